@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv from the pinned lock first.
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DS        ?= 2026-01-01
+ARGS      ?=
+# Extra pip arguments, e.g. PIP_ARGS="--extra-index-url <PyTorch CUDA wheel index>" to take a CUDA build of torch.
+PIP_ARGS  ?=
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install run test bench clean
+
+$(STAMP): requirements.lock setup.cfg
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_ARGS) -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/recpipe run --ds $(DS) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests --ignore=tests/benchmarks $(ARGS)
+
+bench: $(STAMP)
+	set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+clean:
+	rm -rf .recpipe .pytest_cache build *.egg-info

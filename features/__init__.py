@@ -1,0 +1,1 @@
+"""Pure, typed transforms and the table schemas. No reads or writes here."""

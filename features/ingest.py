@@ -1,0 +1,174 @@
+"""Pure transforms from raw source records to the ``interactions``, ``items`` and ``users`` schemas.
+
+Line parsers (``parse_review``, ``parse_meta``) turn one raw line of an Amazon dump into a plain dict and
+are applied by the Spark job; the DataFrame transforms rename, cast and check columns. Nothing here reads
+or writes files.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from features.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event_order", "rating")
+ITEM_COLUMNS = ("item_id", "title", "brand", "categories", "description", "price")
+USER_COLUMNS = ("user_id", "external_id", "first_seen")
+_PRICE = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+
+
+# ---------------------------------------------------------------------------- Amazon review dumps
+
+def parse_review(line: str) -> dict[str, Any] | None:
+    """One review line of the 2014, 2018 (JSON) or 2023 (JSON) dumps -> ``user_id, item_id, timestamp, rating``.
+
+    2014/2018: ``reviewerID, asin, unixReviewTime (s), overall``; 2023: ``user_id, parent_asin (or asin),
+    timestamp (ms), rating``. Returns ``None`` for blank lines; raises ``ValueError`` for unparsable ones.
+    """
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        rec = ast.literal_eval(line)  # some 2014 mirrors ship Python-literal reviews too
+    if "reviewerID" in rec:
+        return {"user_id": str(rec["reviewerID"]), "item_id": str(rec["asin"]),
+                "timestamp": int(rec["unixReviewTime"]), "rating": _float(rec.get("overall"))}
+    if "user_id" in rec:
+        ts = int(rec["timestamp"])
+        return {"user_id": str(rec["user_id"]), "item_id": str(rec.get("parent_asin") or rec["asin"]),
+                "timestamp": ts // 1000 if ts > 10**11 else ts, "rating": _float(rec.get("rating"))}
+    raise ValueError(f"unknown review record with keys {sorted(rec)[:8]}")
+
+
+def parse_meta(line: str) -> dict[str, Any] | None:
+    """One metadata line (2014 Python literal, 2018/2023 JSON) -> the ``items`` columns."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        rec = ast.literal_eval(line)  # the 2014 meta files are Python literals, not JSON
+    item_id = rec.get("parent_asin") or rec.get("asin")
+    if not item_id:
+        raise ValueError("metadata record has neither 'asin' nor 'parent_asin'")
+    cats = rec.get("categories") if "categories" in rec else rec.get("category")
+    flat: list[str] = []
+    for c in cats or []:
+        flat.extend(c if isinstance(c, list) else [c])
+    desc = rec.get("description")
+    if isinstance(desc, list):
+        desc = " ".join(str(d) for d in desc)
+    brand = rec.get("brand") or rec.get("store")
+    return {"item_id": str(item_id), "title": _str(rec.get("title")), "brand": _str(brand),
+            "categories": [str(c) for c in dict.fromkeys(flat) if str(c).strip()],
+            "description": _str(desc), "price": _price(rec.get("price"))}
+
+
+def _str(x: Any) -> str | None:
+    return None if x is None or str(x).strip() == "" else str(x)
+
+
+def _float(x: Any) -> float | None:
+    try:
+        return None if x is None else float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def _price(x: Any) -> float | None:
+    if isinstance(x, (int, float)):
+        return float(x)
+    m = _PRICE.search(str(x or ""))
+    return float(m.group().replace(",", ".")) if m else None
+
+
+# ---------------------------------------------------------------------------- sequence-file layout
+
+def parse_sequence_line(line: str) -> list[tuple[str, str, int]]:
+    """``user item item ...`` -> ``[(user_id, item_id, position)]``; raises ``ValueError`` on bad tokens."""
+    tokens = line.split()
+    if not tokens:
+        return []
+    if len(tokens) < 2:
+        raise ValueError(f"user {tokens[0]} has no items")
+    for t in tokens:
+        if not t.isdigit():
+            raise ValueError(f"token '{t}' is not an integer id")
+    return [(tokens[0], t, pos) for pos, t in enumerate(tokens[1:])]
+
+
+def split_attributes(attributes: str | None) -> list[str]:
+    return [a for a in (attributes or "").split("|") if a]
+
+
+# ---------------------------------------------------------------------------- DataFrame transforms
+
+def require_columns(df: "DataFrame", required: tuple[str, ...], source: str) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(source, f"missing column(s) {missing}; found {df.columns}.",
+                        f"provide a header row with at least {list(required)}.")
+
+
+def cast_timestamps(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame":
+    """Cast a raw ``timestamp`` column (epoch s or ms, or ISO-8601) to int64 seconds.
+
+    Raises ``DataError`` naming the rows whose value is neither.
+    """
+    from pyspark.sql import functions as F
+
+    raw = F.trim(F.col("timestamp").cast("string"))
+    num = F.expr("try_cast(trim(cast(timestamp as string)) as double)")
+    iso = F.unix_timestamp(F.try_to_timestamp(raw))
+    secs = F.when(num.isNotNull(), F.when(num > 1e11, num / 1000).otherwise(num)).otherwise(iso)
+    out = df.withColumn("_ts", secs.cast("long"))
+    bad = out.filter(F.col("_ts").isNull())
+    n_bad = bad.count()
+    if n_bad:
+        rows = [r["timestamp"] for r in bad.select("timestamp").limit(sample).collect()]
+        raise DataError(source, f"{n_bad} row(s) have a timestamp that is neither a number nor ISO-8601, "
+                        f"e.g. {rows}.", "fix or drop those rows (timestamps are epoch seconds or ISO dates).")
+    return out.drop("timestamp").withColumnRenamed("_ts", "timestamp")
+
+
+def to_interactions(df: "DataFrame") -> "DataFrame":
+    """Cast to the ``interactions`` schema; ``event_order`` must already be present."""
+    from pyspark.sql import functions as F
+
+    if "rating" not in df.columns:
+        df = df.withColumn("rating", F.lit(None))
+    return df.select(F.col("user_id").cast("string"), F.col("item_id").cast("string"),
+                     F.col("timestamp").cast("long"), F.col("event_order").cast("long"),
+                     F.col("rating").cast("float"))
+
+
+def to_items(df: "DataFrame") -> "DataFrame":
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, StringType
+
+    for c, t in (("title", "string"), ("brand", "string"), ("description", "string"), ("price", "double")):
+        if c not in df.columns:
+            df = df.withColumn(c, F.lit(None).cast(t))
+    if "categories" not in df.columns:
+        df = df.withColumn("categories", F.lit(None).cast(ArrayType(StringType())))
+    elif dict(df.dtypes)["categories"] == "string":
+        df = df.withColumn("categories", F.split(F.col("categories"), r"\|"))
+    return df.select(F.col("item_id").cast("string"), F.col("title").cast("string"),
+                     F.col("brand").cast("string"), F.col("categories").cast(ArrayType(StringType())),
+                     F.col("description").cast("string"), F.col("price").cast("double"))
+
+
+def users_from_interactions(inter: "DataFrame") -> "DataFrame":
+    """A ``users`` table for sources without one: every user, first-seen timestamp."""
+    from pyspark.sql import functions as F
+
+    return (inter.groupBy("user_id").agg(F.min("timestamp").alias("first_seen"))
+            .select("user_id", F.lit(None).cast("string").alias("external_id"), "first_seen"))

@@ -1,0 +1,99 @@
+"""Table schemas, declared once. Every write is checked against these (``check_schema``).
+
+Id columns of raw tables are strings (the source's own ids); the split assigns contiguous integer
+indices: users ``0..U-1``, items ``1..N`` (0 is padding for sequence models).
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from features.errors import DataError
+
+# Raw tables ---------------------------------------------------------------------------------
+INTERACTIONS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("timestamp", pa.int64(), nullable=False),   # seconds since epoch (or position when the source has none)
+    pa.field("event_order", pa.int64(), nullable=False),  # row order in the source: the documented tie-break
+    pa.field("rating", pa.float32()),
+])
+
+ITEMS = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("brand", pa.string()),
+    pa.field("categories", pa.list_(pa.string())),
+    pa.field("description", pa.string()),
+    pa.field("price", pa.float64()),
+])
+
+USERS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("external_id", pa.string()),
+    pa.field("first_seen", pa.int64()),
+])
+
+# Split outputs ------------------------------------------------------------------------------
+SEQUENCES = pa.schema([
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("item_idx", pa.int32(), nullable=False),
+    pa.field("position", pa.int32(), nullable=False),  # 0-based, time order
+    pa.field("split", pa.string(), nullable=False),    # train | valid | test
+])
+
+USER_MAP = pa.schema([
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+])
+
+ITEM_MAP = pa.schema([
+    pa.field("item_idx", pa.int32(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+])
+
+NEGATIVES = pa.schema([
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("items", pa.list_(pa.int32()), nullable=False),
+])
+
+# Factor tables ------------------------------------------------------------------------------
+USER_FACTORS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("factors", pa.list_(pa.float32()), nullable=False),
+])
+
+ITEM_FACTORS = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("item_idx", pa.int32(), nullable=False),
+    pa.field("factors", pa.list_(pa.float32()), nullable=False),
+])
+
+TABLES: dict[str, pa.Schema] = {
+    "interactions": INTERACTIONS,
+    "items": ITEMS,
+    "users": USERS,
+    "sequences": SEQUENCES,
+    "user_map": USER_MAP,
+    "item_map": ITEM_MAP,
+    "negatives": NEGATIVES,
+    "user_factors": USER_FACTORS,
+    "item_factors": ITEM_FACTORS,
+}
+
+
+def check_schema(table: str, actual: pa.Schema) -> None:
+    """Raise ``DataError`` naming the column when ``actual`` lacks or mistypes a declared column."""
+    expected = TABLES[table]
+    for f in expected:
+        if f.name not in actual.names:
+            raise DataError(f"table '{table}'", f"column '{f.name}' is missing (have {actual.names}).",
+                            "the producing stage must emit every declared column.")
+        got = actual.field(f.name).type
+        if not got.equals(f.type):
+            raise DataError(f"table '{table}'", f"column '{f.name}' has type {got}, expected {f.type}.",
+                            "cast the column in the producing transform.")
+    extra = sorted(set(actual.names) - set(expected.names))
+    if extra:
+        raise DataError(f"table '{table}'", f"undeclared columns {extra}.",
+                        "declare them in features/schemas.py or drop them.")

@@ -1,0 +1,1 @@
+"""spark-submit entry points. Each has ``main(argv) -> int`` and never imports ``pipelines``."""

@@ -1,0 +1,201 @@
+"""Ingest: raw files -> staged ``interactions``, ``items``, ``users`` partitions for ``ds``.
+
+Partitions land in ``<home>/staging/``; the validate stage publishes them to ``<home>/warehouse/``.
+
+Sources (``--params '{"source": ...}'``):
+  ``sequences``  a folder with ``sequences.txt`` (``user item item ...``, oldest first), ``items.tsv``
+                 (``item_id, asin, title, attributes``) and optionally ``users.tsv``; no timestamps, so the
+                 position in the line is the timestamp.
+  ``amazon``     review dumps: 2014 ``reviews_<Cat>_5.json.gz`` + ``meta_<Cat>.json.gz`` (Python-literal
+                 lines), 2018 and 2023 JSON lines; gzip or plain.
+  ``table``      CSV or Parquet interactions (``user_id, item_id, timestamp[, rating]``) + an items file.
+  ``synthetic``  the deterministic synthetic shop (``features.synthetic``), written directly from Arrow.
+
+Run alone: ``spark-submit jobs/ingest.py --home H --ds 2026-01-01 --params '{"source": "sequences", "path": DIR}'``.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+import zlib
+from pathlib import Path
+
+from features import ingest as T
+from features import synthetic
+from features.errors import DataError
+from jobs.common import base_parser, check_spark, spark_session, write_arrow, write_json, write_spark
+
+STAGING = "staging"  # validate publishes these partitions into the warehouse
+
+
+def check_file(path: Path, what: str) -> None:
+    """Fail early, naming the file, when it is missing, empty or a truncated/corrupt gzip."""
+    if not path.exists():
+        raise DataError(str(path), f"the {what} file does not exist.", "check data.path and the file names in the config.")
+    if path.stat().st_size == 0:
+        raise DataError(str(path), f"the {what} file is empty.", "re-export or re-download it.")
+    if path.suffix == ".gz":
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 22):
+                    pass
+        except (EOFError, OSError, zlib.error) as exc:
+            raise DataError(str(path), f"the {what} file is a truncated or corrupt gzip ({exc}).",
+                            "download it again and check its size/checksum.") from None
+
+
+def _parse_lines(spark, path: Path, parser, what: str, sample: int = 5):
+    """Apply a line parser on the executors; collect bad lines into one clear error."""
+    def safe(line: str):
+        try:
+            rec = parser(line)
+            return [] if rec is None else [(None, rec)]
+        except Exception as exc:  # noqa: BLE001 - reported below with the line itself
+            return [(f"{type(exc).__name__}: {exc} in line {line[:120]!r}", None)]
+
+    rdd = spark.sparkContext.textFile(str(path)).flatMap(safe).cache()
+    bad = rdd.filter(lambda r: r[0] is not None)
+    n_bad = bad.count()
+    if n_bad:
+        raise DataError(str(path), f"{n_bad} {what} line(s) could not be parsed, e.g. {bad.map(lambda r: r[0]).take(sample)}.",
+                        "fix or remove those lines.")
+    good = rdd.map(lambda r: r[1])
+    if good.isEmpty():
+        raise DataError(str(path), f"the {what} file holds no records.", "check that it is the right file.")
+    return good
+
+
+# ----------------------------------------------------------------------------- sources
+
+def ingest_sequences(spark, p: dict):
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import IntegerType, StringType, StructField, StructType
+
+    root = Path(p["path"])
+    seq_path, items_path = root / "sequences.txt", root / "items.tsv"
+    check_file(seq_path, "sequences")
+    check_file(items_path, "items")
+    rows = _parse_lines(spark, seq_path, T.parse_sequence_line, "sequence").flatMap(lambda r: r)
+    schema = StructType([StructField("user_id", StringType()), StructField("item_id", StringType()),
+                         StructField("position", IntegerType())])
+    inter = (spark.createDataFrame(rows, schema)
+             .withColumn("timestamp", F.col("position").cast("long"))
+             .withColumn("event_order", F.col("position").cast("long")))
+    items = spark.read.csv(str(items_path), sep="\t", header=True, quote="\u0000")
+    T.require_columns(items, ("item_id", "title", "attributes"), str(items_path))
+    items = items.withColumn("categories", F.split(F.coalesce(F.col("attributes"), F.lit("")), r"\|"))
+    users_path = root / "users.tsv"
+    if users_path.exists():
+        check_file(users_path, "users")
+        users = spark.read.csv(str(users_path), sep="\t", header=True)
+        T.require_columns(users, ("user_id",), str(users_path))
+        ext = "reviewerID" if "reviewerID" in users.columns else None
+        users = users.select(F.col("user_id").cast("string"),
+                             (F.col(ext) if ext else F.lit(None)).cast("string").alias("external_id"),
+                             F.lit(None).cast("long").alias("first_seen"))
+    else:
+        users = T.users_from_interactions(inter)
+    return T.to_interactions(inter), T.to_items(items), users
+
+
+def ingest_amazon(spark, p: dict):
+    from pyspark.sql import Row
+    from pyspark.sql import functions as F
+
+    root = Path(p.get("path") or ".")
+    reviews, meta = root / p["reviews_file"], root / p["meta_file"]
+    check_file(reviews, "reviews")
+    check_file(meta, "metadata")
+    rev = spark.createDataFrame(_parse_lines(spark, reviews, T.parse_review, "review").map(lambda d: Row(**d)),
+                                "user_id string, item_id string, timestamp long, rating double")
+    if p.get("min_rating"):
+        rev = rev.filter(F.col("rating") >= float(p["min_rating"]))
+    inter = rev.withColumn("event_order", F.monotonically_increasing_id())
+    items = spark.createDataFrame(
+        _parse_lines(spark, meta, T.parse_meta, "metadata").map(lambda d: Row(**d)),
+        "item_id string, title string, brand string, categories array<string>, description string, price double")
+    items = items.join(inter.select("item_id").distinct(), "item_id", "left_semi").dropDuplicates(["item_id"])
+    return T.to_interactions(inter), T.to_items(items), T.users_from_interactions(inter)
+
+
+def _read_table(spark, path: Path):
+    if path.suffix == ".parquet" or path.is_dir():
+        return spark.read.parquet(str(path))
+    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
+    return spark.read.csv(str(path), sep=sep, header=True)
+
+
+def ingest_table(spark, p: dict):
+    from pyspark.sql import functions as F
+
+    root = Path(p.get("path") or ".")
+    inter_path, items_path = root / p["interactions_file"], root / p["items_file"]
+    check_file(inter_path, "interactions")
+    check_file(items_path, "items")
+    inter = _read_table(spark, inter_path)
+    T.require_columns(inter, ("user_id", "item_id", "timestamp"), str(inter_path))
+    if inter.isEmpty():
+        raise DataError(str(inter_path), "the interactions file has a header but no rows.", "export the data again.")
+    inter = T.cast_timestamps(inter, str(inter_path))
+    if "rating" in inter.columns and p.get("min_rating"):
+        inter = inter.filter(F.col("rating").cast("double") >= float(p["min_rating"]))
+    inter = inter.withColumn("event_order", F.monotonically_increasing_id())
+    items = _read_table(spark, items_path)
+    T.require_columns(items, ("item_id",), str(items_path))
+    users = T.users_from_interactions(inter)
+    if p.get("users_file"):
+        users_path = root / p["users_file"]
+        check_file(users_path, "users")
+        u = _read_table(spark, users_path)
+        T.require_columns(u, ("user_id", "external_id"), str(users_path))
+        ext = u.select(F.col("user_id").cast("string"), F.col("external_id").cast("string"))
+        users = users.drop("external_id").join(ext, "user_id", "left").select(*T.USER_COLUMNS)
+    return T.to_interactions(inter), T.to_items(items), users
+
+
+def ingest_synthetic(home: str, ds: str, p: dict) -> dict[str, int]:
+    params = synthetic.ShopParams(**p["synthetic"])
+    tables = synthetic.generate(params, ds)
+    return {name: write_arrow(tbl, home, name, ds, STAGING) for name, tbl in tables.items()}
+
+
+SOURCES = {"sequences": ingest_sequences, "amazon": ingest_amazon, "table": ingest_table}
+
+
+def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf: dict | None = None) -> dict[str, int]:
+    """Ingest one day; returns rows written per table."""
+    source = params.get("source", "synthetic")
+    if source == "synthetic":
+        return ingest_synthetic(home, ds, params)
+    if source not in SOURCES:
+        raise DataError("config data.source", f"unknown source '{source}'.",
+                        f"use one of synthetic, {', '.join(SOURCES)}.")
+    spark = spark_session("recpipe-ingest", master, spark_conf)
+    inter, items, users = SOURCES[source](spark, params)
+    # Every table is materialised and checked before the first swap, so a failing source writes nothing.
+    inter, items, users = inter.cache(), items.cache(), users.cache()
+    counts = {"interactions": inter.count(), "items": items.count(), "users": users.count()}
+    for name, n in counts.items():
+        if n == 0:
+            raise DataError(f"source '{source}'", f"no {name} rows were read.", "check the input files.")
+    frames = {"interactions": inter, "items": items, "users": users}
+    for name, df in frames.items():
+        check_spark(name, df)
+    return {name: write_spark(df, home, name, ds, STAGING) for name, df in frames.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    try:
+        counts = run(args.home, args.ds, json.loads(args.params), args.master, json.loads(args.spark_conf))
+    except DataError as exc:
+        print(f"ingest failed: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(counts))
+    write_json(Path(args.home) / "runs" / args.ds / "jobs" / "ingest.json", counts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The ``recpipe`` command line. Nothing is parsed at import; ``main(argv) -> int``.
+
+  recpipe run      [--config FILE] [--ds YYYY-MM-DD] [--home DIR] [--until STAGE | --stages a,b] [--set k=v ...]
+  recpipe stage    NAME [same options]
+  recpipe backfill --from YYYY-MM-DD --to YYYY-MM-DD [--force] [same options]
+  recpipe promote  --model NAME [--ds YYYY-MM-DD] [same options]
+  recpipe tune     wals [same options]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+FIXES = {
+    "ConfigError": "correct the config file or the --set override named above",
+    "DataError": "fix the input named above, then re-run the stage",
+    "FileNotFoundError": "run the earlier stages for this ds first (recpipe run --ds DS), or check the path",
+    "LookupError": "run the pipeline (recpipe run) so the model is registered first",
+}
+
+
+def _date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a date YYYY-MM-DD") from None
+
+
+def _common(p: argparse.ArgumentParser, ds: bool = True) -> None:
+    p.add_argument("--config", default=None, help="YAML config (default: pipelines/conf/synthetic.yaml)")
+    p.add_argument("--home", default=None, help="RECPIPE_HOME (default: $RECPIPE_HOME or ./.recpipe)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set wals.factors=64 (repeatable)")
+    if ds:
+        p.add_argument("--ds", type=_date, default=dt.date.today().isoformat(), help="logical date (default: today)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recpipe", description="LLM-enhanced recommendation: nightly pipeline")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the pipeline for one ds")
+    _common(r)
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--until", default=None, help="run stages up to and including this one")
+    g.add_argument("--stages", default=None, help="comma-separated stages to run (in pipeline order)")
+    s = sub.add_parser("stage", help="run one stage for one ds")
+    s.add_argument("name")
+    _common(s)
+    b = sub.add_parser("backfill", help="run the pipeline for each day in [from, to], in order")
+    b.add_argument("--from", dest="start", type=_date, required=True)
+    b.add_argument("--to", dest="end", type=_date, required=True)
+    b.add_argument("--force", action="store_true", help="re-run days that already succeeded")
+    _common(b, ds=False)
+    pr = sub.add_parser("promote", help="move 'champion' to the challenger if it wins on the same evaluation")
+    pr.add_argument("--model", required=True, help="registered model name, e.g. popularity or wals")
+    pr.add_argument("--ds", type=_date, default=None, help="evaluation day (default: latest successful run)")
+    _common(pr, ds=False)
+    t = sub.add_parser("tune", help="grid search on valid only, then evaluate the chosen model once on test")
+    t.add_argument("model", choices=["wals"])
+    _common(t)
+    return p
+
+
+def _fail(stage: str, ds: str | None, exc: BaseException) -> int:
+    kind = type(exc).__name__
+    fix = next((v for k, v in FIXES.items() if k in {c.__name__ for c in type(exc).__mro__}),
+               "see the stage's record in runs/<ds>/stages/ for the traceback")
+    where = f" for ds={ds}" if ds else ""
+    print(f"recpipe: stage '{stage}' failed{where}: {exc} ({kind}). Next step: {fix}.", file=sys.stderr)
+    return 2
+
+
+def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool = True) -> int:
+    from pipelines import runner
+
+    for ds in days:
+        if not force and runner.is_done(home, ds):
+            print(f"[{ds}] already successful; skipping (use --force to re-run)")
+            continue
+        try:
+            summary = runner.run(cfg, ds, home, stages)
+        except runner.StageFailed as exc:
+            return _fail(exc.stage, exc.ds, exc.cause)
+        timings = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in summary["stages"].items())
+        print(f"[{ds}] {summary['status']}: {timings}")
+        print(f"[{ds}] summary: {home / 'runs' / ds / 'summary.json'}; mlflow run: {summary['mlflow']['run_id']} "
+              f"({summary['mlflow']['tracking_uri']})")
+    return 0
+
+
+def _promote(cfg, home: Path, model: str, ds: str | None) -> int:
+    from pipelines import registry, runner
+    from pipelines.stages import StageContext, load_eval_data
+
+    if ds is None:
+        done = sorted(p.parent.name for p in (home / "runs").glob("*/summary.json") if runner.is_done(home, p.parent.name))
+        if not done:
+            raise LookupError(f"no successful run under {home / 'runs'}")
+        ds = done[-1]
+    data, user_ids, item_ids = load_eval_data(StageContext(cfg, ds, home))
+    hist = data.history("test")
+    users = [u for u in range(data.n_users) if data.test[u] > 0]
+    ids = __import__("numpy").asarray(item_ids, dtype=object)
+    eval_set = {"user_ids": [user_ids[u] for u in users],
+                "exclude": [[i for i in ids[hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] if i != ids[data.test[u]]]
+                            for u in users],
+                "targets": [ids[data.test[u]] for u in users]}
+    out = registry.promote(cfg, home, model, ds, eval_set)
+    print(("PROMOTED: " if out["promoted"] else "NOT PROMOTED: ") + out["reason"])
+    print(json.dumps({k: v for k, v in out.items() if k != "reason"}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from pipelines import runner
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        return _fail("config", None, exc)
+    home = runner.resolve_home(args.home)
+    try:
+        if args.cmd == "run":
+            return _run_days(cfg, home, [args.ds], runner.select_stages(args.until, args.stages))
+        if args.cmd == "stage":
+            return _run_days(cfg, home, [args.ds], runner.select_stages(stages=args.name))
+        if args.cmd == "backfill":
+            start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
+            if end < start:
+                raise ValueError(f"--to {args.end} is before --from {args.start}")
+            days = [(start + dt.timedelta(d)).isoformat() for d in range((end - start).days + 1)]
+            return _run_days(cfg, home, days, runner.select_stages(), force=args.force)
+        if args.cmd == "promote":
+            return _promote(cfg, home, args.model, args.ds)
+        if args.cmd == "tune":
+            from pipelines import wals
+
+            out = wals.tune(cfg, args.ds, home)
+            print(json.dumps(out["chosen"], indent=2))
+            return 0
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        return _fail(args.cmd, getattr(args, "ds", None), exc)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

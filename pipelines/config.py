@@ -1,0 +1,242 @@
+"""One typed, frozen configuration tree, loaded from YAML.
+
+Unknown keys and wrong types are errors raised before any work starts, each naming the dotted key.
+``--set key=value`` overrides are applied to the raw mapping first; the value is parsed as YAML
+(``--set wals.factors=64`` gives an int, ``--set data.path=../x`` a string).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = Path(__file__).parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "synthetic.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """A deterministic synthetic shop that grows every day (see ``features/synthetic.py``)."""
+
+    seed: int = 7
+    start_date: str = "2026-01-01"
+    n_categories: int = 12
+    items_day0: int = 600
+    users_day0: int = 1500
+    new_items_per_day: int = 12
+    new_users_per_day: int = 40
+    events_per_user: int = 12
+    active_users_per_day: float = 0.15
+    events_per_active_user: int = 2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where raw data comes from.
+
+    ``source``: ``synthetic`` | ``sequences`` (the ``sequences.txt`` + ``items.tsv`` layout) |
+    ``amazon`` (review dumps, 2014/2018/2023) | ``table`` (CSV or Parquet interactions + items file).
+    """
+
+    source: str = "synthetic"
+    path: str = ""
+    reviews_file: str = ""
+    meta_file: str = ""
+    interactions_file: str = ""
+    items_file: str = ""
+    users_file: str = ""
+    min_rating: float = 0.0
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Leave-one-out split. ``kcore``: 0 disables the k-core filter."""
+
+    kcore: int = 0
+    min_interactions: int = 3
+    short_policy: str = "drop"  # drop | train_only
+    dedupe_consecutive: bool = False
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    min_interactions: int = 10
+    max_interactions: int = 2_000_000_000
+    min_items: int = 2
+    min_timestamp: int = 0
+    max_timestamp: int = 4_102_444_800  # 2100-01-01
+    sample_size: int = 5
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (5, 10, 20)
+    n_negatives: int = 100
+    negatives_seed: int = 2024
+    short_quantile: float = 0.2
+    tail_fraction: float = 0.8
+    batch_size: int = 2048
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    shuffle_partitions: int = 4
+    driver_memory: str = "2g"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = ""  # empty: sqlite under RECPIPE_HOME/mlflow
+    experiment: str = "recpipe"
+    model_prefix: str = ""
+    top_k: int = 20
+    promote_metric: str = "NDCG@10"
+    promote_min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class WalsConfig:
+    """Weighted ALS (Hu, Koren, Volinsky 2008): confidence = 1 + alpha * count."""
+
+    engine: str = "implicit"  # implicit | spark
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 10.0
+    iterations: int = 15
+    threads: int = 2
+    seed: int = 42
+    refit_on_valid: bool = True
+    grid: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: str = "synthetic"
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    validate: ValidateConfig = ValidateConfig()
+    split: SplitConfig = SplitConfig()
+    eval: EvalConfig = EvalConfig()
+    spark: SparkConfig = SparkConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    wals: WalsConfig = WalsConfig()
+
+
+# --------------------------------------------------------------------------- loading
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (elem, _) = typing.get_args(tp)
+        return tuple(_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (elem,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        ktp, vtp = typing.get_args(tp)
+        return {_coerce(k, ktp, key): _coerce(v, vtp, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, bool) and (type(value) is not tp):
+        raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    if tp is str and not isinstance(value, str):
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (default ``pipelines/conf/synthetic.yaml``), apply ``key=value`` overrides, type-check."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; shipped configs are in {CONF_DIR}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    for item in overrides:
+        _apply_override(raw, item)
+    try:
+        return _build(Config, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)

@@ -1,0 +1,181 @@
+"""MLflow: one run per ``ds``, models registered under alias ``challenger``, gated promotion to ``champion``.
+
+Tracking and registry default to SQLite at ``<home>/mlflow/mlflow.db`` with artifacts under
+``<home>/mlflow/artifacts``; ``mlflow.tracking_uri`` points elsewhere (a tracking server) without code changes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import Config, to_dict
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+SERVING_CODE = Path(__file__).with_name("serving.py")
+SECRET_MARKERS = ("key", "token", "secret", "password")
+
+
+def tracking_uri(cfg: Config, home: Path) -> str:
+    return cfg.mlflow.tracking_uri or f"sqlite:///{(home / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def client(cfg: Config, home: Path):
+    """Configure MLflow for ``home`` and return a client (quiet: no alembic or registry chatter)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+    from mlflow import MlflowClient
+
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    (home / "mlflow").mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(cfg, home)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
+        mlflow.create_experiment(cfg.mlflow.experiment,
+                                 artifact_location=(home / "mlflow" / "artifacts").resolve().as_uri())
+    mlflow.set_experiment(cfg.mlflow.experiment)
+    return MlflowClient(uri, uri)
+
+
+def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
+    """Flatten the config for ``log_params``; secret-looking keys are never logged."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if any(m in k.lower() for m in SECRET_MARKERS):
+            continue
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    return out
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """``{model: {"full": {"NDCG@10": x}}}`` -> ``{"model.full.NDCG_10": x}`` (MLflow key charset)."""
+    out: dict[str, float] = {}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            out[key.replace("@", "_")] = float(node)
+
+    walk(metrics, "")
+    return out
+
+
+def model_name(cfg: Config, model: str) -> str:
+    return f"{cfg.mlflow.model_prefix}{model}"
+
+
+def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, model_dirs: dict[str, Path]) -> dict:
+    """Create the run for ``ds`` (replacing an earlier run of the same day), register every model."""
+    import mlflow
+
+    c = client(cfg, home)
+    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    for old in c.search_runs([exp.experiment_id], f"tags.`recpipe.ds` = '{ds}' and tags.`recpipe.dataset` = '{cfg.dataset}'"):
+        c.delete_run(old.info.run_id)  # one live run per ds: a re-run of a day replaces it
+    models = []
+    with mlflow.start_run(run_name=f"{cfg.dataset}-{ds}",
+                          tags={"recpipe.ds": ds, "recpipe.dataset": cfg.dataset}) as run:
+        mlflow.log_params(flat_params(to_dict(cfg)))
+        mlflow.log_metrics(flat_metrics(metrics))
+        for f in ("summary.json", "report.md", "config.yaml", "validation.json", "metrics.json"):
+            if (run_dir / f).exists():
+                mlflow.log_artifact(str(run_dir / f))
+        for png in sorted(run_dir.glob("*.png")):
+            mlflow.log_artifact(str(png), "plots")
+        for name, mdir in model_dirs.items():
+            models.append(_register(c, cfg, ds, name, mdir, metrics.get(name, {})))
+    return {"run_id": run.info.run_id, "experiment": cfg.mlflow.experiment,
+            "tracking_uri": tracking_uri(cfg, home), "models": models}
+
+
+def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> dict:
+    import mlflow
+
+    registered = model_name(cfg, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE), artifacts={"model": str(mdir)},
+                                       registered_model_name=registered, pip_requirements=["mlflow", "numpy", "pandas"])
+    version = str(info.registered_model_version)
+    tags = {"recpipe.ds": ds, "recpipe.dataset": cfg.dataset}
+    for key in ("NDCG@10", "HR@10"):
+        if key in metrics.get("full", {}):
+            tags[f"eval.full.{key.replace('@', '_')}"] = f"{metrics['full'][key]:.6f}"
+    for k, v in tags.items():
+        c.set_model_version_tag(registered, version, k, v)
+    c.set_registered_model_alias(registered, CHALLENGER, version)
+    aliases = sorted(c.get_model_version(registered, version).aliases)
+    return {"name": registered, "version": version, "aliases": aliases}
+
+
+# --------------------------------------------------------------------------- promotion
+
+def score_topk(model, user_ids: list[str], exclude: list[list[str]], targets: list[str], ks: tuple[int, ...]) -> dict:
+    """HR@k / NDCG@k of a served model on one held-out item per user (full ranking via its top-k list)."""
+    import pandas as pd
+
+    kmax = max(ks)
+    out = model.predict(pd.DataFrame({"user_id": user_ids, "exclude": exclude}), params={"k": kmax})
+    ranks = np.array([lst.index(t) if t in lst else kmax for lst, t in zip(out["item_ids"], targets)])
+    res: dict[str, float] = {}
+    for k in ks:
+        res[f"HR@{k}"] = float((ranks < k).mean())
+        res[f"NDCG@{k}"] = float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    res["users"] = len(ranks)
+    return res
+
+
+def promote(cfg: Config, home: Path, model: str, ds: str, eval_set: dict) -> dict:
+    """Move ``champion`` to the challenger only if it beats the champion on the same evaluation.
+
+    ``eval_set``: ``{"user_ids", "exclude", "targets"}`` (test targets of ``ds``). Both aliases are loaded
+    from the registry and scored on exactly these users; the decision and the reason are written as tags
+    on the challenger version and returned.
+    """
+    import mlflow
+
+    c = client(cfg, home)
+    name = model_name(cfg, model)
+    try:
+        chal = c.get_model_version_by_alias(name, CHALLENGER)
+    except mlflow.exceptions.MlflowException:
+        raise LookupError(f"registered model '{name}' has no '{CHALLENGER}' version; run the pipeline first") from None
+    try:
+        champ = c.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champ = None
+    metric, ks = cfg.mlflow.promote_metric, tuple(cfg.eval.ks)
+    args = (eval_set["user_ids"], eval_set["exclude"], eval_set["targets"], ks)
+    chal_m = score_topk(mlflow.pyfunc.load_model(f"models:/{name}@{CHALLENGER}"), *args)
+    result = {"model": name, "ds": ds, "metric": metric, "challenger": {"version": chal.version, **chal_m}}
+    if champ is None:
+        promoted, reason = True, f"no champion yet; challenger v{chal.version} has {metric}={chal_m[metric]:.5f}"
+    elif champ.version == chal.version:
+        promoted, reason = False, f"challenger v{chal.version} already is the champion"
+    else:
+        champ_m = score_topk(mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}"), *args)
+        result["champion"] = {"version": champ.version, **champ_m}
+        delta = chal_m[metric] - champ_m[metric]
+        promoted = delta > cfg.mlflow.promote_min_delta
+        verb = "beats" if promoted else "does not beat"
+        reason = (f"challenger v{chal.version} {verb} champion v{champ.version} on {metric} of ds={ds} test users "
+                  f"({chal_m[metric]:.5f} vs {champ_m[metric]:.5f}, delta {delta:+.5f}, "
+                  f"required > {cfg.mlflow.promote_min_delta})")
+    if promoted:
+        c.set_registered_model_alias(name, CHAMPION, chal.version)
+    c.set_model_version_tag(name, chal.version, "promotion.decision", "promoted" if promoted else "rejected")
+    c.set_model_version_tag(name, chal.version, "promotion.reason", reason)
+    return {**result, "promoted": promoted, "reason": reason}

@@ -1,0 +1,169 @@
+"""The ``wals`` stage: weighted ALS for implicit feedback on two engines, and its grid search.
+
+Meaning of the hyperparameters, identical on both engines (Hu, Koren and Volinsky 2008):
+preference p_ui = 1[count_ui > 0], confidence c_ui = 1 + alpha * count_ui, L2 penalty ``regularization``,
+``factors`` latent dimensions, ``iterations`` ALS sweeps.
+
+* ``implicit`` (default, one node): ``implicit.cpu.als`` solves with c_ui taken directly from the matrix
+  values, so it is given ``1 + alpha * count`` with its own alpha at 1. BLAS runs single-threaded while it
+  fits (``threadpoolctl``); implicit's own threads come from ``wals.threads``.
+* ``spark`` (cluster): ``jobs/wals.py``, Spark ML ``ALS(implicitPrefs=True)``, submitted like ingest and split.
+  Spark multiplies the penalty of every row by its number of interactions (ALS-WR), so it receives
+  ``regularization / mean interactions per row`` to keep the penalty on the same scale.
+
+With ``refit_on_valid`` (default) the factors for the test targets and for serving are fitted on
+train + valid with the same hyperparameters (``DESIGN.md``); valid metrics use a fit on train only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from features.interactions import count_matrix
+from jobs import common
+from pipelines.config import Config, WalsConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipelines.evaluation import EvalData
+    from pipelines.stages import StageContext
+
+SCRATCH = "scratch"  # zone of the train-only fit used for valid metrics and tuning
+DEFAULT_GRID = {"factors": [32, 64, 128], "regularization": [0.01, 0.05, 0.2], "alpha": [5.0, 10.0, 20.0]}
+
+
+def fit_implicit(m, p: WalsConfig) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U, F) user and (N + 1, F) item factors from a (U, N + 1) count matrix; returns fit seconds too."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    conf = m.copy()
+    conf.data = 1.0 + p.alpha * conf.data                                 # c_ui = 1 + alpha * count
+    model = AlternatingLeastSquares(factors=p.factors, regularization=p.regularization, alpha=1.0,
+                                    iterations=p.iterations, random_state=p.seed, num_threads=p.threads,
+                                    calculate_training_loss=False)
+    t0 = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        model.fit(conf.tocsr(), show_progress=False)
+    return np.asarray(model.user_factors), np.asarray(model.item_factors), time.perf_counter() - t0
+
+
+def _factor_table(ids: list[str], vecs: np.ndarray, id_col: str, idx_col: str, start: int) -> pa.Table:
+    n, f = vecs.shape[0] - start, vecs.shape[1]
+    flat = pa.array(np.ascontiguousarray(vecs[start:], np.float32).ravel(), pa.float32())
+    return pa.table({id_col: pa.array(ids[start:], pa.string()),
+                     idx_col: pa.array(np.arange(start, start + n), pa.int32()),
+                     "factors": pa.FixedSizeListArray.from_arrays(flat, f).cast(pa.list_(pa.float32()))})
+
+
+def fit(ctx: "StageContext", p: WalsConfig, splits: tuple[str, ...], zone: str) -> dict:
+    """Fit on ``splits`` with engine ``p.engine``; write ``user_factors``/``item_factors`` to ``zone``."""
+    if p.engine == "spark":
+        from jobs import wals as job
+
+        seq = common.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "split"])
+        n = int(np.isin(seq.column("split").to_numpy(zero_copy_only=False), splits).sum())
+        n_users = len(np.unique(seq.column("user_idx").to_numpy()))
+        reg = p.regularization / max(n / n_users, 1.0)                    # ALS-WR scaling, see module doc
+        params = {**dataclasses.asdict(p), "regularization": reg, "splits": list(splits), "zone": zone}
+        params.pop("grid")
+        return job.run(str(ctx.home), ctx.ds, params, *ctx.spark_args())
+    if p.engine != "implicit":
+        raise ValueError(f"wals.engine must be 'implicit' or 'spark', got '{p.engine}'")
+    umap = common.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
+    imap = common.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
+    m = count_matrix(common.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows, splits)
+    uf, itf, secs = fit_implicit(m, p)
+    users, items = umap.column("user_id").to_pylist(), [""] + imap.column("item_id").to_pylist()
+    return {"user_factors": common.write_arrow(_factor_table(users, uf, "user_id", "user_idx", 0), ctx.home,
+                                               "user_factors", ctx.ds, zone),
+            "item_factors": common.write_arrow(_factor_table(items, itf, "item_id", "item_idx", 1), ctx.home,
+                                               "item_factors", ctx.ds, zone),
+            "fit_seconds": round(secs, 3)}
+
+
+def load_factors(ctx: "StageContext", zone: str, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(U, F) and (N + 1, F) arrays indexed by user_idx / item_idx (row 0 of items and unseen rows are zero)."""
+    def dense(table: str, idx: str, rows: int) -> np.ndarray:
+        t = common.read_arrow(ctx.home, table, ctx.ds, zone=zone)
+        vals = t.column("factors").combine_chunks()
+        f = len(vals[0]) if len(vals) else 0
+        out = np.zeros((rows, f), np.float32)
+        out[t.column(idx).to_numpy()] = np.asarray(vals.values, np.float32).reshape(-1, f)
+        return out
+
+    return dense("user_factors", "user_idx", n_users), dense("item_factors", "item_idx", n_items + 1)
+
+
+class FactorScorer:
+    """score(users, phase) = U_phase[users] @ V_phase.T: (B, F) x (F, N + 1) -> (B, N + 1)."""
+
+    def __init__(self, by_phase: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.by_phase = by_phase
+
+    def score(self, users: np.ndarray, phase: str) -> np.ndarray:
+        u, v = self.by_phase[phase]
+        return u[users] @ v.T
+
+
+def run(ctx: "StageContext") -> dict:
+    p = ctx.cfg.wals
+    out = {}
+    if p.refit_on_valid:
+        out["valid_fit"] = fit(ctx, p, ("train",), SCRATCH)
+        out["final_fit"] = fit(ctx, p, ("train", "valid"), "warehouse")
+    else:
+        out["final_fit"] = fit(ctx, p, ("train",), "warehouse")
+    fit_s = sum(v["fit_seconds"] for v in out.values())
+    print(f"  wals[{p.engine}] factors={p.factors} reg={p.regularization} alpha={p.alpha} it={p.iterations}: "
+          f"fit {fit_s:.1f} s")
+    return {"rows_out": out["final_fit"]["user_factors"] + out["final_fit"]["item_factors"], "engine": p.engine,
+            "fit_seconds": round(fit_s, 3), "refit_on_valid": p.refit_on_valid,
+            "tables": {"user_factors": out["final_fit"]["user_factors"], "item_factors": out["final_fit"]["item_factors"]},
+            "outputs": {t: str(common.partition_path(ctx.home, t, ctx.ds)) for t in ("user_factors", "item_factors")}}
+
+
+def scorer(ctx: "StageContext", data: "EvalData") -> tuple[FactorScorer, dict]:
+    """The evaluated model and the arrays served through MLflow (test-phase factors)."""
+    test = load_factors(ctx, "warehouse", data.n_users, data.n_items)
+    has_valid = ctx.cfg.wals.refit_on_valid and common.partition_path(ctx.home, "user_factors", ctx.ds, SCRATCH).exists()
+    valid = load_factors(ctx, SCRATCH, data.n_users, data.n_items) if has_valid else test
+    return FactorScorer({"valid": valid, "test": test}), {
+        "user_emb": test[0], "item_emb": test[1], "item_bias": np.zeros(data.n_items + 1, np.float32)}
+
+
+def tune(cfg: Config, ds: str, home: Path) -> dict:
+    """Grid search on valid only (fit on train, NDCG@10 on valid); then wals + evaluate + register once with
+    the chosen values, so the test set is touched by the chosen model only."""
+    from pipelines import runner
+    from pipelines.evaluation import evaluate
+    from pipelines.stages import StageContext, load_eval_data, negatives_for
+
+    ctx = StageContext(cfg, ds, home)
+    data, _, _ = load_eval_data(ctx)
+    neg = negatives_for(ctx, data)
+    m = count_matrix(common.read_arrow(home, "sequences", ds), data.n_users, data.n_items, ("train",))
+    grid = cfg.wals.grid or DEFAULT_GRID
+    keys = sorted(grid)
+    results = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        p = dataclasses.replace(cfg.wals, engine="implicit", **dict(zip(keys, values)))
+        uf, itf, secs = fit_implicit(m, p)
+        met = evaluate(FactorScorer({"valid": (uf, itf)}), data, neg, "valid", ks=tuple(cfg.eval.ks))
+        results.append({**dict(zip(keys, values)), "valid_NDCG@10": met["full"]["NDCG@10"],
+                        "valid_HR@10": met["full"]["HR@10"], "fit_seconds": round(secs, 2)})
+        print(f"  tune {dict(zip(keys, values))}: valid NDCG@10={met['full']['NDCG@10']:.4f}")
+    best = max(results, key=lambda r: r["valid_NDCG@10"])
+    chosen = {k: best[k] for k in keys}
+    tuned = dataclasses.replace(cfg, wals=dataclasses.replace(cfg.wals, **chosen))
+    common.write_json(home / "runs" / ds / "tuning" / "wals.json",
+                      {"selected_by": "valid NDCG@10 (full ranking)", "chosen": chosen, "grid": results})
+    summary = runner.run(tuned, ds, home, ["wals", "evaluate", "register"])
+    overrides = " ".join(f"--set wals.{k}={v}" for k, v in chosen.items())
+    print(f"chosen on valid: {chosen}; use with: {overrides}")
+    return {"chosen": {**chosen, "test": summary["metrics"].get("wals", {}).get("full")}, "grid": results}
