@@ -44,11 +44,11 @@ def fit_implicit(m, p: WalsConfig) -> tuple[np.ndarray, np.ndarray, float]:
 
     conf = m.copy()
     conf.data = 1.0 + p.alpha * conf.data                                 # c_ui = 1 + alpha * count
-    model = AlternatingLeastSquares(factors=p.factors, regularization=p.regularization, alpha=1.0,
-                                    iterations=p.iterations, random_state=p.seed, num_threads=p.threads,
-                                    calculate_training_loss=False)
-    t0 = time.perf_counter()
-    with threadpool_limits(1, "blas"):
+    with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed, so build it inside
+        model = AlternatingLeastSquares(factors=p.factors, regularization=p.regularization, alpha=1.0,
+                                        iterations=p.iterations, random_state=p.seed, num_threads=p.threads,
+                                        calculate_training_loss=False)
+        t0 = time.perf_counter()
         model.fit(conf.tocsr(), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors), time.perf_counter() - t0
 
@@ -61,15 +61,20 @@ def _factor_table(ids: list[str], vecs: np.ndarray, id_col: str, idx_col: str, s
                      "factors": pa.FixedSizeListArray.from_arrays(flat, f).cast(pa.list_(pa.float32()))})
 
 
+def spark_regularization(ctx: "StageContext", reg: float, splits: tuple[str, ...]) -> float:
+    """Spark's regParam for implicit's penalty ``reg``: divided by the mean interactions per user (ALS-WR)."""
+    seq = common.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "split"])
+    n = int(np.isin(seq.column("split").to_numpy(zero_copy_only=False), splits).sum())
+    n_users = len(np.unique(seq.column("user_idx").to_numpy()))
+    return reg / max(n / n_users, 1.0)
+
+
 def fit(ctx: "StageContext", p: WalsConfig, splits: tuple[str, ...], zone: str) -> dict:
     """Fit on ``splits`` with engine ``p.engine``; write ``user_factors``/``item_factors`` to ``zone``."""
     if p.engine == "spark":
         from jobs import wals as job
 
-        seq = common.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "split"])
-        n = int(np.isin(seq.column("split").to_numpy(zero_copy_only=False), splits).sum())
-        n_users = len(np.unique(seq.column("user_idx").to_numpy()))
-        reg = p.regularization / max(n / n_users, 1.0)                    # ALS-WR scaling, see module doc
+        reg = spark_regularization(ctx, p.regularization, splits)
         params = {**dataclasses.asdict(p), "regularization": reg, "splits": list(splits), "zone": zone}
         params.pop("grid")
         return job.run(str(ctx.home), ctx.ds, params, *ctx.spark_args())

@@ -1,0 +1,53 @@
+"""Shared helpers of the benchmarks: data preparation, machine description, result files."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BEAUTY_DS = "2026-11-24"
+
+
+def machine() -> dict:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            mem = int(fh.readline().split()[1]) // 1024 // 1024
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "memory_gib": mem, "platform": platform.platform(),
+            "python": platform.python_version(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv])}
+
+
+def prepare_beauty(data: str, home: str, overrides: list[str]):
+    """Ingest, validate and split Amazon Beauty once (re-used when already there); return a StageContext."""
+    from pipelines import runner
+    from pipelines.config import CONF_DIR, load_config
+    from pipelines.stages import StageContext
+
+    cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={data}", *overrides])
+    ctx = StageContext(cfg, BEAUTY_DS, Path(home).resolve())
+    if not (ctx.home / "warehouse" / "sequences" / f"ds={BEAUTY_DS}").exists():
+        runner.run(cfg, BEAUTY_DS, ctx.home, ["ingest", "validate", "split"])
+    return ctx
+
+
+def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    m = payload.get("machine", machine())
+    lines = [f"# {name}", "", f"- command: `{m['command']}`",
+             f"- machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}, Python {m['python']}",
+             f"- date: {m['date']}", ""]
+    lines.append("| " + " | ".join(rows[0]) + " |")
+    lines.append("|" + "---|" * len(rows[0]))
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    lines += [""] + [f"- {n}" for n in notes] + [""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    print(f"wrote {RESULTS / (name + '.json')}")
