@@ -92,23 +92,9 @@ def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool =
 
 
 def _promote(cfg, home: Path, model: str, ds: str | None) -> int:
-    from pipelines import registry, runner
-    from pipelines.stages import StageContext, load_eval_data
+    from pipelines import promotion
 
-    if ds is None:
-        done = sorted(p.parent.name for p in (home / "runs").glob("*/summary.json") if runner.is_done(home, p.parent.name))
-        if not done:
-            raise LookupError(f"no successful run under {home / 'runs'}")
-        ds = done[-1]
-    data, user_ids, item_ids = load_eval_data(StageContext(cfg, ds, home))
-    hist = data.history("test")
-    users = [u for u in range(data.n_users) if data.test[u] > 0]
-    ids = __import__("numpy").asarray(item_ids, dtype=object)
-    eval_set = {"user_ids": [user_ids[u] for u in users],
-                "exclude": [[i for i in ids[hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] if i != ids[data.test[u]]]
-                            for u in users],
-                "targets": [ids[data.test[u]] for u in users]}
-    out = registry.promote(cfg, home, model, ds, eval_set)
+    out = promotion.promote(cfg, home, model, ds)
     print(("PROMOTED: " if out["promoted"] else "NOT PROMOTED: ") + out["reason"])
     print(json.dumps({k: v for k, v in out.items() if k != "reason"}, indent=2))
     return 0

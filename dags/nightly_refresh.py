@@ -1,0 +1,104 @@
+"""The nightly refresh: one task per pipeline stage, for one logical date ``ds``.
+
+Thin by design (see DESIGN.md, house style): every task body is one call into ``pipelines.runner.run_task``,
+imported inside the task so that parsing this file never loads Spark, torch or MLflow. Only the small dicts of
+output paths that ``run_task`` returns travel between tasks (XCom); the data stays under ``RECPIPE_HOME``.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+
+from airflow.sdk import Param, dag, task
+
+# Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks it); not imported, to keep parsing light.
+STAGES = ("ingest", "validate", "split", "wals", "evaluate", "register")
+
+PARAMS = {
+    "config": Param("", type="string",
+                    description="YAML config path; empty means the embedded default pipelines/conf/synthetic.yaml"),
+    "overrides": Param([], type="array", items={"type": "string"},
+                       description="config overrides, each 'key=value' (as recpipe --set), e.g. wals.factors=64"),
+    "home": Param("", type="string", description="RECPIPE_HOME; empty means $RECPIPE_HOME, else ./.recpipe"),
+}
+
+
+@dag(
+    dag_id="nightly_refresh",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=True,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    tags=["recpipe", "nightly"],
+    params=PARAMS,
+)
+def nightly_refresh():
+    """
+    ### Nightly refresh
+
+    Runs `ingest >> validate >> split >> wals >> evaluate >> register` for one day, `ds`
+    (`recpipe run --ds DS` runs the same stages in one process).
+
+    **Data interval.** `@daily` on Airflow 3 with the default `create_cron_data_intervals=False` is a
+    `CronTriggerTimetable`: a run's data interval is its logical date itself (start = end = midnight UTC),
+    so **`ds` is the run's logical date**, and the scheduled run for `ds` starts at 00:00 UTC *of* `ds`.
+    The stages build the shop "as of `ds`" (the synthetic source includes `ds`'s own events); a real feed that
+    lands during `ds` is therefore not complete when the scheduled run starts. For "yesterday's data"
+    semantics use `schedule=CronDataIntervalTimetable("@daily", timezone="UTC")`: the interval is then the
+    previous day, the run starts when it ends, and `ds` is that previous day. (The deployment setting
+    `[scheduler] create_cron_data_intervals = True` flips every `@daily` DAG to that meaning at parse time.)
+
+    **Backfills.** `catchup=True` from 2026-01-01 and `max_active_runs=1`: missed days run one at a time,
+    in order (each day's stages overwrite that day's partitions, so re-running a day is safe).
+    `airflow backfill create --dag-id nightly_refresh --from-date ... --to-date ...` queues more.
+    A manual trigger must carry a logical date (the tasks need `ds`).
+
+    **Params** (trigger conf overrides them): `config` (YAML path, empty = the synthetic default),
+    `overrides` (list of `key=value`), `home` (empty = `$RECPIPE_HOME` or `./.recpipe`).
+
+    Output: `$RECPIPE_HOME/runs/<ds>/summary.json`, MLflow run and model versions under alias `challenger`.
+    Promotion to `champion` is the separate, manually triggered `promote_model` DAG.
+    """
+
+    @task
+    def ingest(ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.runner import run_task
+
+        return run_task("ingest", ds, params["config"], params["overrides"], params["home"])
+
+    @task
+    def validate(ingested: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.runner import run_task
+
+        return run_task("validate", ds, params["config"], params["overrides"], params["home"])
+
+    @task
+    def split(validated: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.runner import run_task
+
+        return run_task("split", ds, params["config"], params["overrides"], params["home"])
+
+    @task
+    def wals(sequences: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.runner import run_task
+
+        return run_task("wals", ds, params["config"], params["overrides"], params["home"])
+
+    @task
+    def evaluate(factors: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.runner import run_task
+
+        return run_task("evaluate", ds, params["config"], params["overrides"], params["home"])
+
+    @task
+    def register(evaluated: dict, ds: str | None = None, params: dict | None = None) -> dict:
+        from pipelines.runner import run_task
+
+        return run_task("register", ds, params["config"], params["overrides"], params["home"])
+
+    register(evaluate(wals(split(validate(ingest())))))
+
+
+nightly_refresh()

@@ -1,0 +1,194 @@
+"""DAG integrity (fast) and a real ``dag.test()`` run of both DAGs on the synthetic default (slow).
+
+Airflow reads its settings (``AIRFLOW_HOME``, the metadata DB, the DAGs folder) once, at import; so everything
+that needs a particular Airflow environment runs in a subprocess with that environment, never in the test
+process (whose Airflow, if any other test imported it first, would be configured for somewhere else).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+HEAVY = ("pyspark", "torch", "mlflow", "great_expectations", "implicit", "transformers", "deepspeed", "pipelines")
+MARK = "@@RESULT@@"
+
+# Loads the DAG folder with DagBag, reports what the integrity tests check, as JSON on the last line.
+INTEGRITY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=sys.argv[1])
+    dags = {}
+    for dag_id, dag in bag.dags.items():
+        try:
+            dag.check_cycle()
+            cycle = None
+        except Exception as exc:
+            cycle = f"{type(exc).__name__}: {exc}"
+        dags[dag_id] = {
+            "cycle": cycle,
+            "tags": sorted(dag.tags),
+            "schedule": str(dag.schedule) if dag.schedule is not None else None,
+            "timetable": type(dag.timetable).__name__,
+            "catchup": dag.catchup,
+            "max_active_runs": dag.max_active_runs,
+            "params": sorted(dag.params),
+            "doc_md": bool(dag.doc_md),
+            "tasks": {t.task_id: {"retries": t.retries, "downstream": sorted(t.downstream_task_ids)}
+                      for t in dag.topological_sort()},
+            "order": [t.task_id for t in dag.topological_sort()],
+        }
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(",")))
+    print("@@RESULT@@" + json.dumps({"import_errors": bag.import_errors, "dags": dags, "heavy": heavy}))
+""")
+
+# Runs one DAG with dag.test() in this (fresh) interpreter; retries off so a failure surfaces at once.
+DAG_TEST_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file, dag_id, logical_date, conf = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    bag = DagBag(dag_folder=dag_file)
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags[dag_id]
+    for t in dag.tasks:
+        t.retries = 0
+    dr = dag.test(logical_date=pendulum.parse(logical_date) if logical_date else None, run_conf=conf)
+    tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    print("@@RESULT@@" + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tasks": tis}))
+""")
+
+
+def airflow_env(airflow_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "RECPIPE_HOME"}
+    env.update({
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return env
+
+
+def run_script(script: str, args: list[str], env: dict[str, str], timeout: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    assert proc.returncode == 0 and lines, (
+        f"exit {proc.returncode}\n--- stdout (tail)\n{proc.stdout[-6000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len(MARK):])
+
+
+# --------------------------------------------------------------------------- integrity (fast, no DB)
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory) -> dict:
+    return run_script(INTEGRITY_SCRIPT, [str(DAGS), ",".join(HEAVY)],
+                      airflow_env(tmp_path_factory.mktemp("airflow_parse")), timeout=120)
+
+
+def test_dags_import_cleanly(bag):
+    assert bag["import_errors"] == {}
+    assert {"nightly_refresh", "promote_model"} <= set(bag["dags"])
+
+
+def test_no_cycles_retries_tags_docs(bag):
+    for dag_id, d in bag["dags"].items():
+        assert d["cycle"] is None, d["cycle"]
+        assert d["tags"] and "recpipe" in d["tags"], dag_id
+        assert d["doc_md"], f"{dag_id} has no doc_md"
+        for task_id, t in d["tasks"].items():
+            assert t["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
+
+
+def test_nightly_is_the_stage_chain(bag):
+    from pipelines.runner import ORDER
+
+    d = bag["dags"]["nightly_refresh"]
+    assert d["order"] == ORDER
+    for up, down in zip(ORDER, ORDER[1:]):
+        assert d["tasks"][up]["downstream"] == [down]
+    assert d["tasks"][ORDER[-1]]["downstream"] == []
+    assert d["tags"] == ["nightly", "recpipe"]
+    assert d["schedule"] == "@daily" and d["timetable"] == "CronTriggerTimetable"  # data interval = logical date
+    assert d["catchup"] is True and d["max_active_runs"] == 1
+    assert d["params"] == ["config", "home", "overrides"]
+
+
+def test_promote_dag_shape(bag):
+    d = bag["dags"]["promote_model"]
+    assert d["schedule"] is None
+    assert d["tags"] == ["promotion", "recpipe"]
+    assert list(d["tasks"]) == ["promote"]
+    assert d["params"] == ["config", "ds", "home", "model", "overrides"]
+
+
+def test_parsing_dags_imports_nothing_heavy(bag):
+    assert bag["heavy"] == [], f"parsing dags/ imported {bag['heavy']}: move those imports inside the tasks"
+
+
+# --------------------------------------------------------------------------- dag.test() end to end (slow)
+
+@pytest.fixture(scope="module")
+def airflow_db(tmp_path_factory) -> dict[str, str]:
+    """A migrated metadata DB in a fresh AIRFLOW_HOME (dag.test() needs one); returns the subprocess env."""
+    env = airflow_env(tmp_path_factory.mktemp("airflow_home"))
+    airflow = Path(sys.executable).with_name("airflow")
+    proc = subprocess.run([str(airflow), "db", "migrate"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def nightly(airflow_db, tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("recpipe_home")
+    conf = {"home": str(home), "config": "", "overrides": []}
+    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "nightly_refresh.py"), "nightly_refresh",
+                                          "2026-01-02T00:00:00+00:00", json.dumps(conf)], airflow_db, timeout=600)
+    return {**result, "home": home}
+
+
+@pytest.mark.slow
+def test_nightly_dag_runs_end_to_end(nightly):
+    from pipelines.runner import ORDER
+
+    assert nightly["state"] == "success", nightly["tasks"]
+    assert nightly["tasks"] == {s: "success" for s in ORDER}
+    summary = json.loads((nightly["home"] / "runs" / "2026-01-02" / "summary.json").read_text())
+    assert summary["ds"] == "2026-01-02" and summary["status"] == "success"
+    assert list(summary["stages"]) == ORDER
+    for model in ("popularity", "wals"):
+        for protocol in ("full", "sampled100"):
+            assert summary["metrics"][model][protocol]["NDCG@10"] >= 0.0, (model, protocol)
+    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals"}
+
+
+@pytest.mark.slow
+def test_promote_dag_sets_champion(nightly, airflow_db):
+    home = nightly["home"]
+    conf = {"model": "popularity", "ds": "", "home": str(home), "config": "", "overrides": []}
+    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "promote_model.py"), "promote_model", "", json.dumps(conf)],
+                        airflow_db, timeout=300)
+    assert result["state"] == "success", result["tasks"]
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("popularity", "champion")
+    challenger = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("popularity", "challenger")
+    assert champion.version == challenger.version
+    assert champion.tags["promotion.decision"] == "promoted"
+    assert "no champion yet" in champion.tags["promotion.reason"]
