@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event_order", "rating")
 ITEM_COLUMNS = ("item_id", "title", "brand", "categories", "description", "price")
 USER_COLUMNS = ("user_id", "external_id", "first_seen")
-_PRICE = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+# "$1,299.00" (thousands separators) or "12.99" / "12,99" (decimal point or comma)
+_PRICE = re.compile(r"(?P<grouped>[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?)(?!\d)|(?P<plain>[-+]?\d+(?:[.,]\d+)?)")
 
 
 # ---------------------------------------------------------------------------- Amazon review dumps
@@ -33,10 +34,7 @@ def parse_review(line: str) -> dict[str, Any] | None:
     line = line.strip()
     if not line:
         return None
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        rec = ast.literal_eval(line)  # some 2014 mirrors ship Python-literal reviews too
+    rec = _record(line)  # some 2014 mirrors ship Python-literal reviews too
     if "reviewerID" in rec:
         return {"user_id": str(rec["reviewerID"]), "item_id": str(rec["asin"]),
                 "timestamp": int(rec["unixReviewTime"]), "rating": _float(rec.get("overall"))}
@@ -52,10 +50,7 @@ def parse_meta(line: str) -> dict[str, Any] | None:
     line = line.strip()
     if not line:
         return None
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        rec = ast.literal_eval(line)  # the 2014 meta files are Python literals, not JSON
+    rec = _record(line)  # the 2014 meta files are Python literals, not JSON
     item_id = rec.get("parent_asin") or rec.get("asin")
     if not item_id:
         raise ValueError("metadata record has neither 'asin' nor 'parent_asin'")
@@ -70,6 +65,20 @@ def parse_meta(line: str) -> dict[str, Any] | None:
     return {"item_id": str(item_id), "title": _str(rec.get("title")), "brand": _str(brand),
             "categories": [str(c) for c in dict.fromkeys(flat) if str(c).strip()],
             "description": _str(desc), "price": _price(rec.get("price"))}
+
+
+def _record(line: str) -> dict:
+    """A JSON object or a Python-literal dict; ``ValueError`` for anything else (a truncated line too)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        try:
+            rec = ast.literal_eval(line)
+        except (SyntaxError, ValueError) as exc:
+            raise ValueError(f"neither JSON nor a Python literal ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"expected an object, got {type(rec).__name__}")
+    return rec
 
 
 def _str(x: Any) -> str | None:
@@ -87,7 +96,11 @@ def _price(x: Any) -> float | None:
     if isinstance(x, (int, float)):
         return float(x)
     m = _PRICE.search(str(x or ""))
-    return float(m.group().replace(",", ".")) if m else None
+    if not m:
+        return None
+    if m.group("grouped"):
+        return float(m.group("grouped").replace(",", ""))
+    return float(m.group("plain").replace(",", "."))
 
 
 # ---------------------------------------------------------------------------- sequence-file layout

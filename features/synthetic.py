@@ -105,20 +105,19 @@ def _item_blocks(p: ShopParams, n: int) -> dict[str, np.ndarray]:
 def _next_links(p: ShopParams, cat: np.ndarray) -> np.ndarray:
     """The shop's "bought next" chain: item i -> an older item of the complementary category."""
     n = len(cat)
-    n_cat = int(cat.max()) + 1 if n else 1
-    r = np.random.default_rng([p.seed, 2])
-    u = r.random(n)
-    target_cat = np.where(r.random(n) < 0.5, cat, (cat + 1) % n_cat)
+    n_cat = min(p.n_categories, len(VOCAB))  # not cat.max() + 1: that changes as the shop grows
+    # One stream per array, so item i's draws do not depend on n (the shop grows every day).
+    u = np.random.default_rng([p.seed, 2]).random(n)
+    target_cat = np.where(np.random.default_rng([p.seed, 2, 1]).random(n) < 0.5, cat, (cat + 1) % n_cat)
     limit = np.maximum(np.arange(n), min(p.items_day0, n))  # only items that exist when i does
     nxt = np.empty(n, dtype=np.int64)
     for c in range(n_cat):
         pool = np.flatnonzero(cat == c)
-        sel = target_cat == c
-        if not len(pool):
-            nxt[sel] = np.flatnonzero(sel)
-            continue
-        count = np.maximum(np.searchsorted(pool, limit[sel]), 1)
-        nxt[sel] = pool[np.minimum((u[sel] * count).astype(np.int64), len(pool) - 1)]
+        sel = np.flatnonzero(target_cat == c)
+        count = np.searchsorted(pool, limit[sel])  # items of category c that exist when item i does
+        none = count == 0
+        nxt[sel[none]] = sel[none]  # no such item yet: the chain stays on i
+        nxt[sel[~none]] = pool[np.minimum((u[sel[~none]] * count[~none]).astype(np.int64), count[~none] - 1)]
     return nxt
 
 

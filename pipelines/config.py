@@ -7,6 +7,7 @@ Unknown keys and wrong types are errors raised before any work starts, each nami
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import types
 import typing
 from dataclasses import dataclass, field
@@ -175,6 +176,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if tp is str and isinstance(value, dt.date):  # YAML reads an unquoted 2026-01-01 as a date
+        return value.isoformat()
     if tp in (int, float, bool) and (type(value) is not tp):
         raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
     if tp is str and not isinstance(value, str):
@@ -205,7 +208,10 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: '{p}' is not a section")
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = text  # not YAML (e.g. "*nightly", "[x"): the raw text, type-checked like any value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -151,10 +151,11 @@ def _ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, negativ
         ns = np.take_along_axis(s, negatives[b].astype(np.int64), axis=1)     # (B, n_neg)
         sampled[lo:lo + len(b)] = (ns >= ts[:, None]).sum(1)                  # ties count against the target
         r, items = hist.rows(b)
-        s[r, items] = -np.inf                                                 # history is not a candidate...
-        s[:, 0] = -np.inf                                                     # ...nor is padding
-        s[rows, targets[b]] = ts                                              # ...but the target always is
-        full[lo:lo + len(b)] = (s >= ts[:, None]).sum(1) - 1                  # minus the target itself
+        cand = np.ones(s.shape, bool)                                         # (B, N + 1); a mask, not -inf,
+        cand[r, items] = False                                                # so a -inf target is not tied by
+        cand[:, 0] = False                                                    # history or padding
+        cand[rows, targets[b]] = True                                         # the target is always a candidate
+        full[lo:lo + len(b)] = ((s >= ts[:, None]) & cand).sum(1) - 1         # minus the target itself
     return full, sampled
 
 

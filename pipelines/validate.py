@@ -40,13 +40,14 @@ def _suites(cfg: Config, item_ids: list[str]) -> dict[str, list[Any]]:
 
 def _describe(table: str, r: Any) -> str:
     cfg = r.expectation_config
+    name = "".join(w.capitalize() for w in cfg.type.split("_"))  # the class used in _suites, e.g. ExpectColumnValuesToBeInSet
     kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "value_set")}
     res = r.result or {}
     count = res.get("unexpected_count")
     sample = res.get("partial_unexpected_list") or res.get("partial_unexpected_index_list")
     if count is None and "observed_value" in res:
-        return f"{table}: {cfg.type} {kwargs} failed (observed {res['observed_value']})"
-    return f"{table}: {cfg.type} {kwargs} failed for {count} row(s), e.g. {list(sample or [])[:5]}"
+        return f"{table}: {name} {kwargs} failed (observed {res['observed_value']})"
+    return f"{table}: {name} {kwargs} failed for {count} row(s), e.g. {list(sample or [])[:5]}"
 
 
 def validate_frames(cfg: Config, frames: dict[str, pd.DataFrame]) -> tuple[list[str], dict]:
