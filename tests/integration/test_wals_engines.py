@@ -54,8 +54,12 @@ def _valid_ndcg(ctx, zone: str) -> float:
     return evaluate(wals.FactorScorer({"valid": factors}), data, neg, "valid")["full"]["NDCG@10"]
 
 
-def test_spark_on_separate_executors_matches_local(ctx):
-    local = _spark_job(ctx, "local[2]", "spark_local")
+@pytest.fixture(scope="module")
+def local(ctx) -> dict:
+    return _spark_job(ctx, "local[2]", "spark_local")
+
+
+def test_spark_on_separate_executors_matches_local(ctx, local):
     cluster = _spark_job(ctx, "local-cluster[2,1,1024]", "spark_cluster")
     assert local["user_factors"] == cluster["user_factors"] > 1000
     assert local["item_factors"] == cluster["item_factors"] > 100
@@ -64,9 +68,8 @@ def test_spark_on_separate_executors_matches_local(ctx):
     assert abs(nd_local - nd_cluster) / nd_local < 0.05
 
 
-def test_implicit_and_spark_agree(ctx):
-    _spark_job(ctx, "local[2]", "spark_local2")
+def test_implicit_and_spark_agree(ctx, local):
     p = dataclasses.replace(ctx.cfg.wals, engine="implicit", **PARAMS)
     wals.fit(ctx, p, ("train",), "implicit_zone")
-    nd_spark, nd_implicit = _valid_ndcg(ctx, "spark_local2"), _valid_ndcg(ctx, "implicit_zone")
+    nd_spark, nd_implicit = _valid_ndcg(ctx, "spark_local"), _valid_ndcg(ctx, "implicit_zone")
     assert abs(nd_spark - nd_implicit) / nd_implicit < 0.10, (nd_spark, nd_implicit)
