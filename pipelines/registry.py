@@ -95,6 +95,10 @@ def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, mode
                 mlflow.log_artifact(str(run_dir / f))
         for png in sorted(run_dir.glob("*.png")):
             mlflow.log_artifact(str(png), "plots")
+        for table in ("user_factors", "item_factors"):  # WALS factors, keyed by the original ids
+            part = home / "warehouse" / table / f"ds={ds}"
+            if part.exists():
+                mlflow.log_artifacts(str(part), f"factors/{table}")
         for name, mdir in model_dirs.items():
             models.append(_register(c, cfg, ds, name, mdir, metrics.get(name, {})))
     return {"run_id": run.info.run_id, "experiment": cfg.mlflow.experiment,
