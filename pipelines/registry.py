@@ -105,6 +105,20 @@ def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, mode
             "tracking_uri": tracking_uri(cfg, home), "models": models}
 
 
+def signature(top_k: int):
+    """Input ``user_id`` (+ optional ``exclude`` item ids), output the top-k lists, param ``k``.
+
+    MLflow passes ``params`` to ``predict`` only when the signature declares them.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "exclude", required=False)])
+    outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "item_ids"),
+                      ColSpec(Array("double"), "scores"), ColSpec("boolean", "known")])
+    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", top_k)]))
+
+
 def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> dict:
     import mlflow
 
@@ -112,7 +126,8 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE), artifacts={"model": str(mdir)},
-                                       registered_model_name=registered, pip_requirements=["mlflow", "numpy", "pandas"])
+                                       registered_model_name=registered, signature=signature(cfg.mlflow.top_k),
+                                       pip_requirements=["mlflow", "numpy", "pandas"])
     version = str(info.registered_model_version)
     tags = {"recpipe.ds": ds, "recpipe.dataset": cfg.dataset}
     for key in ("NDCG@10", "HR@10"):

@@ -1,0 +1,75 @@
+"""End to end through the CLI on the synthetic default: run, backfill, promote, serve from the registry."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines import cli
+
+pytestmark = pytest.mark.slow
+D1, D2 = "2026-01-01", "2026-01-02"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    h = tmp_path_factory.mktemp("e2e")
+    assert cli.main(["run", "--home", str(h), "--ds", D1]) == 0
+    return h
+
+
+def _summary(home, ds):
+    return json.loads((home / "runs" / ds / "summary.json").read_text())
+
+
+def test_summary_has_documented_shape(home):
+    s = _summary(home, D1)
+    assert set(s) >= {"ds", "dataset", "status", "stages", "tables", "metrics", "mlflow"}
+    assert s["status"] == "success" and s["ds"] == D1 and s["dataset"] == "synthetic"
+    assert list(s["stages"]) == ["ingest", "validate", "split", "wals", "evaluate", "register"]
+    assert all({"seconds", "rows_out"} <= set(v) for v in s["stages"].values())
+    t = s["tables"]
+    assert t["train"] + t["valid"] + t["test"] == t["interactions"] - s["stages"]["split"].get("interactions_dropped", 0)
+    assert t["valid"] == t["test"] == t["user_map"]
+    for model in ("popularity", "wals"):
+        m = s["metrics"][model]
+        assert {"HR@10", "NDCG@10", "MRR", "HR@5", "NDCG@20"} <= set(m["full"]) and "NDCG@10" in m["sampled100"]
+        assert set(m["slices"]) == {"short_history", "tail_items"}
+    # the synthetic shop is learnable: WALS beats popularity clearly
+    assert s["metrics"]["wals"]["full"]["NDCG@10"] > 1.5 * s["metrics"]["popularity"]["full"]["NDCG@10"]
+    assert {m["name"] for m in s["mlflow"]["models"]} == {"popularity", "wals"}
+    assert all("challenger" in m["aliases"] for m in s["mlflow"]["models"])
+    assert (home / "runs" / D1 / "report.md").exists() and (home / "runs" / D1 / "ndcg_by_slice.png").exists()
+
+
+def test_backfill_skips_done_days_and_next_day_is_larger(home, capsys):
+    assert cli.main(["backfill", "--home", str(home), "--from", D1, "--to", D2]) == 0
+    assert "already successful; skipping" in capsys.readouterr().out
+    s1, s2 = _summary(home, D1), _summary(home, D2)
+    for table in ("interactions", "items", "users"):
+        assert s2["tables"][table] > s1["tables"][table]
+
+
+def test_promote_then_serve_from_registry_in_fresh_process(home, capsys):
+    assert cli.main(["promote", "--home", str(home), "--model", "wals"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("PROMOTED: no champion yet")
+    served = json.loads(out.split("\n", 1)[1])["challenger"]["NDCG@10"]  # via models:/wals@challenger
+    assert served == pytest.approx(_summary(home, D2)["metrics"]["wals"]["full"]["NDCG@10"], abs=1e-6)
+    assert cli.main(["promote", "--home", str(home), "--model", "wals"]) == 0
+    assert "already is the champion" in capsys.readouterr().out
+    code = (
+        "import mlflow, pandas as pd, json, sys\n"
+        f"mlflow.set_tracking_uri('sqlite:///{home}/mlflow/mlflow.db')\n"
+        "m = mlflow.pyfunc.load_model('models:/wals@champion')\n"
+        "out = m.predict(pd.DataFrame({'user_id': ['U000001', 'nobody']}), params={'k': 5})\n"
+        "print(json.dumps({'lens': [len(x) for x in out['item_ids']], 'known': out['known'].tolist()}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res == {"lens": [5, 5], "known": [True, False]}
