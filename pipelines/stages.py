@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -123,8 +124,6 @@ def evaluate(ctx: StageContext) -> dict:
     metrics, seconds, model_dirs = {}, {}, {}
     hist = data.history("test")
     for name, factory in model_zoo(ctx, data).items():
-        import time
-
         model, arrays = factory(data)
         t0 = time.perf_counter()
         metrics[name] = score(model, data, neg, "test", **kw)
