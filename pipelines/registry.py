@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from jobs.common import partition_path
 from pipelines.config import Config, to_dict
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -96,7 +97,7 @@ def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, mode
         for png in sorted(run_dir.glob("*.png")):
             mlflow.log_artifact(str(png), "plots")
         for table in ("user_factors", "item_factors"):  # WALS factors, keyed by the original ids
-            part = home / "warehouse" / table / f"ds={ds}"
+            part = partition_path(home, table, ds)
             if part.exists():
                 mlflow.log_artifacts(str(part), f"factors/{table}")
         for name, mdir in model_dirs.items():
