@@ -12,7 +12,8 @@ import pendulum
 
 from airflow.sdk import Param, dag, task
 
-# Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks it); not imported, to keep parsing light.
+# The tasks, in order. Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks it); not
+# imported from there, to keep parsing light.
 STAGES = ("ingest", "validate", "split", "wals", "evaluate", "register")
 
 PARAMS = {
@@ -62,43 +63,21 @@ def nightly_refresh():
     Promotion to `champion` is the separate, manually triggered `promote_model` DAG.
     """
 
-    @task
-    def ingest(ds: str | None = None, params: dict | None = None) -> dict:
+    upstream = None
+    for stage in STAGES:  # a straight chain; each task gets the previous task's output paths
+        upstream = _stage_task(stage)(upstream)
+
+
+def _stage_task(stage: str):
+    """The task for one stage: its body is one call into ``pipelines.runner.run_task``."""
+
+    @task(task_id=stage)
+    def run_stage(upstream: dict | None = None, ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.runner import run_task
 
-        return run_task("ingest", ds, params["config"], params["overrides"], params["home"])
+        return run_task(stage, ds, params["config"], params["overrides"], params["home"])
 
-    @task
-    def validate(ingested: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        from pipelines.runner import run_task
-
-        return run_task("validate", ds, params["config"], params["overrides"], params["home"])
-
-    @task
-    def split(validated: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        from pipelines.runner import run_task
-
-        return run_task("split", ds, params["config"], params["overrides"], params["home"])
-
-    @task
-    def wals(sequences: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        from pipelines.runner import run_task
-
-        return run_task("wals", ds, params["config"], params["overrides"], params["home"])
-
-    @task
-    def evaluate(factors: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        from pipelines.runner import run_task
-
-        return run_task("evaluate", ds, params["config"], params["overrides"], params["home"])
-
-    @task
-    def register(evaluated: dict, ds: str | None = None, params: dict | None = None) -> dict:
-        from pipelines.runner import run_task
-
-        return run_task("register", ds, params["config"], params["overrides"], params["home"])
-
-    register(evaluate(wals(split(validate(ingest())))))
+    return run_stage
 
 
 nightly_refresh()
