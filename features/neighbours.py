@@ -1,0 +1,69 @@
+"""Top-k cosine neighbours of unit vectors, self excluded: pure functions, no I/O.
+
+``exact_topk`` is a blocked matrix multiply: a block of queries against all keys at a time, so memory stays at
+``block x N`` scores however large N is. ``faiss_topk`` does the same search with a FAISS index (any
+``index_factory`` string: ``Flat`` is exact, ``HNSW32`` or ``IVF...`` approximate) for large catalogues.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def exact_topk(vectors: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``vectors`` (N, D), unit-norm float32: the ``k`` most similar other rows.
+
+    Returns ``(index (N, k) int64, score (N, k) float32)``, best first; ties broken by the lower index.
+    """
+    import torch
+
+    x = torch.from_numpy(np.require(vectors, np.float32, ["C", "W"]))  # (N, D), a writable copy only if needed
+    n = x.shape[0]
+    k = min(k, n - 1)
+    idx = np.empty((n, k), np.int64)
+    val = np.empty((n, k), np.float32)
+    for s in range(0, n, block):
+        q = x[s:s + block]                                  # (b, D)
+        sim = q @ x.T                                       # (b, N)
+        rows = torch.arange(q.shape[0])
+        sim[rows, rows + s] = -torch.inf                    # never your own neighbour
+        v, i = torch.topk(sim, k, dim=1, sorted=True)       # (b, k)
+        idx[s:s + block], val[s:s + block] = i.numpy(), v.numpy()
+    return idx, val
+
+
+def faiss_topk(vectors: np.ndarray, k: int, index: str = "Flat") -> tuple[np.ndarray, np.ndarray]:
+    """Same contract as ``exact_topk``, searched with ``faiss.index_factory(D, index, inner product)``."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    k = min(k, n - 1)
+    ix = faiss.index_factory(d, index, faiss.METRIC_INNER_PRODUCT)
+    if not ix.is_trained:
+        ix.train(x)
+    ix.add(x)
+    val, idx = ix.search(x, k + 1)                          # (N, k+1): usually self first
+    own = idx == np.arange(n)[:, None]
+    keep = ~own & (idx >= 0)
+    # drop self (or, when self was crowded out by exact duplicates, the last hit) to leave k per row
+    keep[~own.any(1), k] = False
+    return idx[keep].reshape(n, k).astype(np.int64), val[keep].reshape(n, k).astype(np.float32)
+
+
+def share_rate(neigh: np.ndarray, labels: list[set], rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """How often a row and its neighbours share a label, against as many uniformly random pairs.
+
+    ``neigh`` (N, k) holds 0-based row indices; ``labels[i]`` the label set of row ``i``. Rows without labels are
+    left out. Returns ``(neighbour_rate, random_rate)``.
+    """
+    rng = rng or np.random.default_rng(0)
+    n, k = neigh.shape
+    has = np.array([bool(s) for s in labels])
+    rows = np.repeat(np.arange(n), k)
+    cols = neigh.ravel()
+    ok = has[rows] & has[cols]
+    hit = np.mean([bool(labels[a] & labels[b]) for a, b in zip(rows[ok], cols[ok])])
+    rnd = rng.integers(0, n, size=(2, int(ok.sum())))
+    rnd = rnd[:, (rnd[0] != rnd[1]) & has[rnd[0]] & has[rnd[1]]]
+    base = np.mean([bool(labels[a] & labels[b]) for a, b in zip(rnd[0], rnd[1])])
+    return float(hit), float(base)

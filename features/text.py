@@ -1,0 +1,117 @@
+"""Pure text transforms for the LLM stages: prompts, metadata texts, content hashes, degenerate-output checks.
+
+Prompts are versioned (``ITEM_PROMPT_VERSION``, ``USER_PROMPT_VERSION``): the version is part of every cache
+key, so editing a template and bumping its version regenerates exactly the entities it touches.
+Prompts hold only facts from the catalogue and ask the model to use only those facts (small models invent).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Sequence
+
+Message = dict[str, str]
+
+ITEM_PROMPT_VERSION = "item-v1"
+USER_PROMPT_VERSION = "user-v1"
+
+ITEM_SYSTEM = ("You write short, factual product descriptions for an online shop. "
+               "Use only the facts given. Do not invent ingredients, sizes or prices.")
+USER_SYSTEM = ("You summarise a shopper's taste for a recommender system. "
+               "Use only the purchases given. Do not invent products.")
+
+
+def _clip(text: str | None, words: int) -> str:
+    parts = (text or "").split()
+    return " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
+
+
+def _price(price: float | None) -> str | None:
+    return None if price is None or price != price or price <= 0 else f"${price:,.2f}"
+
+
+def item_facts(item: dict, desc_words: int = 40) -> str:
+    """The catalogue facts of one item as ``Field: value`` lines (missing fields left out).
+
+    ``item`` has the ``items`` table's columns: title, brand, categories (list), description, price.
+    """
+    cats = [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
+    lines = [("Title", _clip(item.get("title"), 30)), ("Brand", item.get("brand")),
+             ("Category", " > ".join(cats)), ("Price", _price(item.get("price"))),
+             ("Details", _clip(item.get("description"), desc_words))]
+    return "\n".join(f"{k}: {v}" for k, v in lines if v)
+
+
+def item_messages(item: dict, desc_words: int = 40) -> list[Message]:
+    return [{"role": "system", "content": ITEM_SYSTEM},
+            {"role": "user", "content": item_facts(item, desc_words)
+             + "\nIn two sentences, describe this product and who would buy it."}]
+
+
+def history_line(item: dict, title_words: int = 12) -> str:
+    cats = [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
+    extra = ", ".join(x for x in (cats[-1] if cats else None, _price(item.get("price"))) if x)
+    return _clip(item.get("title"), title_words) + (f" ({extra})" if extra else "")
+
+
+def user_facts(history: Sequence[dict], max_items: int = 8, title_words: int = 12) -> str:
+    """A user's purchases, newest first, at most ``max_items`` lines. ``history`` is oldest first."""
+    recent = list(history)[::-1][:max_items]
+    return "Purchases, newest first:\n" + "\n".join(f"- {history_line(it, title_words)}" for it in recent)
+
+
+def user_messages(history: Sequence[dict], max_items: int = 8, title_words: int = 12) -> list[Message]:
+    return [{"role": "system", "content": USER_SYSTEM},
+            {"role": "user", "content": user_facts(history, max_items, title_words)
+             + "\nIn two sentences, describe this shopper's taste, price level and favourite categories."}]
+
+
+def item_metadata_text(item: dict) -> str:
+    """The no-LLM text of an item (title and attributes): the ``metadata`` text source."""
+    return item_facts(item, desc_words=40).replace("\n", ". ")
+
+
+def user_metadata_text(history: Sequence[dict], max_items: int = 8) -> str:
+    """The no-LLM text of a user: their recent purchases' titles and categories, newest first."""
+    return "; ".join(history_line(it) for it in list(history)[::-1][:max_items])
+
+
+def content_hash(*parts: object) -> str:
+    """A stable SHA-256 over JSON-serialisable parts (prompt version, model key, messages or text)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+def degenerate_reason(text: str, min_words: int = 5) -> str | None:
+    """Why ``text`` is not a usable description, or None when it is.
+
+    Flags empty or very short output, output that is mostly not words, and repetition loops (fewer than
+    half of the word trigrams distinct, or one word making up more than a third of a long output).
+    """
+    words = [w.lower() for w in _WORD.findall(text or "")]
+    if not words:
+        return "empty"
+    if len(words) < min_words:
+        return f"too short ({len(words)} words)"
+    if sum(len(w) for w in words) < 0.5 * len(re.sub(r"\s", "", text)):
+        return "mostly non-word characters"
+    if len(words) >= 12:
+        grams = list(zip(words, words[1:], words[2:]))
+        if len(set(grams)) < 0.5 * len(grams):
+            return "repetition loop"
+        top = max(words.count(w) for w in set(words) if len(w) > 3) if any(len(w) > 3 for w in words) else 0
+        if top > len(words) / 3:
+            return "one word repeated"
+    return None
+
+
+def clean_output(text: str) -> str:
+    """Strip whitespace and a trailing unfinished sentence (generation stopped by the token bound)."""
+    text = " ".join((text or "").split())
+    if text and text[-1] not in ".!?\"')" and re.search(r"[.!?]", text):
+        text = text[: max(text.rfind("."), text.rfind("!"), text.rfind("?")) + 1]
+    return text
