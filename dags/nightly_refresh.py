@@ -12,9 +12,26 @@ import pendulum
 
 from airflow.sdk import Param, dag, task
 
-# The tasks, in order. Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks it); not
-# imported from there, to keep parsing light.
-STAGES = ("ingest", "validate", "split", "wals", "evaluate", "register")
+# The tasks, in the local runner's order. Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks
+# it); not imported from there, to keep parsing light.
+STAGES = ("ingest", "validate", "split", "wals", "describe", "embed", "neighbours", "evaluate", "register")
+
+# Each task's upstream tasks: the factor branch (wals) and the LLM branch (describe >> embed >> neighbours) run
+# side by side after split and join at evaluate.
+UPSTREAM = {"ingest": (), "validate": ("ingest",), "split": ("validate",), "wals": ("split",),
+            "describe": ("split",), "embed": ("describe",), "neighbours": ("embed",),
+            "evaluate": ("wals", "neighbours"), "register": ("evaluate",)}
+
+# Model-bound work runs in its own pool so a night's LLM and encoder jobs never crowd out Spark tasks, and a
+# deployment can size it to its GPUs or LLM-server quota. Create it once: `airflow pools import
+# infra/airflow/pools.json`.
+LLM_POOL = "recpipe_llm"
+POOLS = {"describe": LLM_POOL, "embed": LLM_POOL}
+
+# The Airflow connection holding the LLM server's key (password) for describe.backend=openai; exported to the
+# task's environment as the variable the config names (describe.openai.api_key_env, default below).
+LLM_CONN_ID = "recpipe_llm"
+LLM_KEY_ENV = "RECPIPE_LLM_API_KEY"
 
 PARAMS = {
     "config": Param("", type="string",
@@ -39,8 +56,11 @@ def nightly_refresh():
     """
     ### Nightly refresh
 
-    Runs `ingest >> validate >> split >> wals >> evaluate >> register` for one day, `ds`
-    (`recpipe run --ds DS` runs the same stages in one process).
+    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours] >> evaluate >> register`
+    for one day, `ds` (`recpipe run --ds DS` runs the same stages in one process). `describe` and `embed`
+    run in the pool `recpipe_llm` (`airflow pools import infra/airflow/pools.json`); with
+    `describe.backend=openai` the server's key comes from the connection `recpipe_llm` (its password) or
+    the environment, and is never logged.
 
     **Data interval.** `@daily` on Airflow 3 with the default `create_cron_data_intervals=False` is a
     `CronTriggerTimetable`: a run's data interval is its logical date itself (start = end = midnight UTC),
@@ -63,18 +83,35 @@ def nightly_refresh():
     Promotion to `champion` is the separate, manually triggered `promote_model` DAG.
     """
 
-    upstream = None
-    for stage in STAGES:  # a straight chain; each task gets the previous task's output paths
-        upstream = _stage_task(stage)(upstream)
+    done: dict = {}
+    for stage in STAGES:  # each task gets its upstream tasks' output paths
+        done[stage] = _stage_task(stage)([done[u] for u in UPSTREAM[stage]])
+
+
+def _export_llm_key() -> None:
+    """Copy the password of the connection ``recpipe_llm``, if defined, into the task's environment."""
+    import os
+
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(LLM_CONN_ID)
+    except AirflowNotFoundException:
+        return  # no connection: the key, if any, comes from the worker's environment
+    if conn.password:
+        os.environ.setdefault(LLM_KEY_ENV, conn.password)
 
 
 def _stage_task(stage: str):
     """The task for one stage: its body is one call into ``pipelines.runner.run_task``."""
 
-    @task(task_id=stage)
-    def run_stage(upstream: dict | None = None, ds: str | None = None, params: dict | None = None) -> dict:
+    @task(task_id=stage, pool=POOLS.get(stage, "default_pool"))
+    def run_stage(upstream: list | None = None, ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.runner import run_task
 
+        if stage == "describe":
+            _export_llm_key()
         return run_task(stage, ds, params["config"], params["overrides"], params["home"])
 
     return run_stage

@@ -42,7 +42,7 @@ INTEGRITY_SCRIPT = textwrap.dedent("""
             "max_active_runs": dag.max_active_runs,
             "params": sorted(dag.params),
             "doc_md": bool(dag.doc_md),
-            "tasks": {t.task_id: {"retries": t.retries, "downstream": sorted(t.downstream_task_ids)}
+            "tasks": {t.task_id: {"retries": t.retries, "downstream": sorted(t.downstream_task_ids), "pool": t.pool}
                       for t in dag.topological_sort()},
             "order": [t.task_id for t in dag.topological_sort()],
         }
@@ -114,18 +114,29 @@ def test_no_cycles_retries_tags_docs(bag):
             assert t["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
 
 
-def test_nightly_is_the_stage_chain(bag):
+def test_nightly_is_the_stage_graph(bag):
     from pipelines.runner import ORDER
 
     d = bag["dags"]["nightly_refresh"]
-    assert d["order"] == ORDER
-    for up, down in zip(ORDER, ORDER[1:]):
-        assert d["tasks"][up]["downstream"] == [down]
-    assert d["tasks"][ORDER[-1]]["downstream"] == []
+    assert sorted(d["order"]) == sorted(ORDER)
+    expected = {"ingest": ["validate"], "validate": ["split"], "split": ["describe", "wals"], "wals": ["evaluate"],
+                "describe": ["embed"], "embed": ["neighbours"], "neighbours": ["evaluate"], "evaluate": ["register"],
+                "register": []}
+    assert {t: v["downstream"] for t, v in d["tasks"].items()} == expected
+    for task, downs in expected.items():  # the local runner's order is a valid order of the graph
+        assert all(ORDER.index(task) < ORDER.index(x) for x in downs)
     assert d["tags"] == ["nightly", "recpipe"]
     assert d["schedule"] == "@daily" and d["timetable"] == "CronTriggerTimetable"  # data interval = logical date
     assert d["catchup"] is True and d["max_active_runs"] == 1
     assert d["params"] == ["config", "home", "overrides"]
+
+
+def test_llm_work_has_its_own_declared_pool(bag):
+    pools = json.loads((REPO / "infra" / "airflow" / "pools.json").read_text())
+    tasks = bag["dags"]["nightly_refresh"]["tasks"]
+    assert tasks["describe"]["pool"] == tasks["embed"]["pool"] == "recpipe_llm"
+    assert tasks["split"]["pool"] == "default_pool"
+    assert {t["pool"] for t in tasks.values()} - {"default_pool"} <= set(pools)
 
 
 def test_promote_dag_shape(bag):
@@ -150,13 +161,17 @@ def airflow_db(tmp_path_factory) -> dict[str, str]:
     proc = subprocess.run([str(airflow), "db", "migrate"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run([str(airflow), "pools", "import", str(REPO / "infra" / "airflow" / "pools.json")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"airflow pools import failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return env
 
 
 @pytest.fixture(scope="module")
-def nightly(airflow_db, tmp_path_factory) -> dict:
+def nightly(airflow_db, tmp_path_factory, smollm2_dir) -> dict:
     home = tmp_path_factory.mktemp("recpipe_home")
-    conf = {"home": str(home), "config": "", "overrides": []}
+    llm = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3"]
+    conf = {"home": str(home), "config": "", "overrides": llm}
     result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "nightly_refresh.py"), "nightly_refresh",
                                           "2026-01-02T00:00:00+00:00", json.dumps(conf)], airflow_db, timeout=600)
     return {**result, "home": home}
@@ -171,6 +186,8 @@ def test_nightly_dag_runs_end_to_end(nightly):
     summary = json.loads((nightly["home"] / "runs" / "2026-01-02" / "summary.json").read_text())
     assert summary["ds"] == "2026-01-02" and summary["status"] == "success"
     assert list(summary["stages"]) == ORDER
+    assert summary["stages"]["describe"]["generated"] == 6
+    assert summary["stages"]["neighbours"]["rows_out"] > 0
     for model in ("popularity", "wals"):
         for protocol in ("full", "sampled100"):
             assert summary["metrics"][model][protocol]["NDCG@10"] >= 0.0, (model, protocol)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,11 +14,16 @@ D1, D2 = "2026-01-01", "2026-01-02"
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+def small_llm(smollm2_dir) -> list[str]:
+    """The real SmolLM2 (converted once per session) on a few entities, to keep the suite's time in budget."""
+    return ["--set", f"describe.model_path={smollm2_dir}", "--set", "describe.max_items=4",
+            "--set", "describe.max_users=4"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, small_llm):
     h = tmp_path_factory.mktemp("e2e")
-    assert cli.main(["run", "--home", str(h), "--ds", D1]) == 0
+    assert cli.main(["run", "--home", str(h), "--ds", D1, *small_llm]) == 0
     return h
 
 
@@ -31,7 +35,10 @@ def test_summary_has_documented_shape(home):
     s = _summary(home, D1)
     assert set(s) >= {"ds", "dataset", "status", "stages", "tables", "metrics", "mlflow"}
     assert s["status"] == "success" and s["ds"] == D1 and s["dataset"] == "synthetic"
-    assert list(s["stages"]) == ["ingest", "validate", "split", "wals", "evaluate", "register"]
+    assert list(s["stages"]) == ["ingest", "validate", "split", "wals", "describe", "embed", "neighbours",
+                                 "evaluate", "register"]
+    assert {"generated", "cached", "failed"} <= set(s["stages"]["describe"])
+    assert s["stages"]["describe"]["generated"] == 8 and s["stages"]["describe"]["cached"] == 0
     assert all({"seconds", "rows_out"} <= set(v) for v in s["stages"].values())
     t = s["tables"]
     assert t["train"] + t["valid"] + t["test"] == t["interactions"] - s["stages"]["split"].get("interactions_dropped", 0)
@@ -47,8 +54,8 @@ def test_summary_has_documented_shape(home):
     assert (home / "runs" / D1 / "report.md").exists() and (home / "runs" / D1 / "ndcg_by_slice.png").exists()
 
 
-def test_backfill_skips_done_days_and_next_day_is_larger(home, capsys):
-    assert cli.main(["backfill", "--home", str(home), "--from", D1, "--to", D2]) == 0
+def test_backfill_skips_done_days_and_next_day_is_larger(home, capsys, small_llm):
+    assert cli.main(["backfill", "--home", str(home), "--from", D1, "--to", D2, *small_llm]) == 0
     assert "already successful; skipping" in capsys.readouterr().out
     s1, s2 = _summary(home, D1), _summary(home, D2)
     for table in ("interactions", "items", "users"):
