@@ -72,9 +72,17 @@ def item_metadata_text(item: dict) -> str:
     return item_facts(item, desc_words=40).replace("\n", ". ")
 
 
-def user_metadata_text(history: Sequence[dict], max_items: int = 8) -> str:
-    """The no-LLM text of a user: their recent purchases' titles and categories, newest first."""
-    return "; ".join(history_line(it) for it in list(history)[::-1][:max_items])
+def user_metadata_text(history: Sequence[dict], max_items: int = 5, title_words: int = 10) -> str:
+    """The no-LLM text of a user: their recent purchases' titles and leaf categories, newest first.
+
+    Shorter than the LLM prompt (5 items, 10-word titles, no prices) because the encoder truncates at 128 word
+    pieces and its cost grows with length.
+    """
+    def line(it: dict) -> str:
+        cats = [c for c in (it.get("categories") or []) if c and c.lower() != "unknown"]
+        return _clip(it.get("title"), title_words) + (f" ({cats[-1]})" if cats else "")
+
+    return "; ".join(line(it) for it in list(history)[::-1][:max_items])
 
 
 def content_hash(*parts: object) -> str:

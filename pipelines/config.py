@@ -185,6 +185,7 @@ class EmbedConfig:
     model_path: str = ""
     sources: tuple[str, ...] = ("descriptions", "metadata")
     batch_size: int = 64
+    max_tokens: int = 128  # longer texts are truncated (all-MiniLM-L6-v2 was trained on 128 word pieces)
     threads: int = 0
     device: str = "cpu"
 

@@ -142,7 +142,8 @@ def run(ctx) -> dict:
     keys = [entry_key(e, model_key) for e in todo_all]
     with Cache(ctx.home / "cache" / "describe.sqlite") as cache:
         found = cache.get_many(keys)
-        miss = [i for i, k in enumerate(keys) if k not in found]
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # identical prompts are generated once
+        miss = sorted(i for k, i in first.items() if k not in found)
         print(f"  describe: {len(todo_all)} entities, {len(todo_all) - len(miss)} cached, {len(miss)} to generate "
               f"with {model_key}", flush=True)
         stats, counts = None, {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0, "first_error": None}
@@ -171,8 +172,9 @@ def run(ctx) -> dict:
     }, schema=schemas.DESCRIPTIONS)
     common.write_arrow(tbl, ctx.home, "descriptions", ctx.ds)
     degenerate = sum(r["status"] != "ok" for _, _, r in keep)
-    out = {"rows_out": tbl.num_rows, "generated": counts["generated"] + counts["degenerate"],
-           "cached": len(todo_all) - len(miss), "failed": failed + degenerate, "degenerate": degenerate,
+    out = {"rows_out": tbl.num_rows, "tables": {"descriptions": tbl.num_rows},
+           "generated": counts["generated"] + counts["degenerate"], "cached": len(todo_all) - len(miss),
+           "failed": failed + degenerate, "degenerate": degenerate,
            "transport_errors": failed, "retried": counts["retried"], "skipped": skipped,
            "llm_calls": stats.calls if stats else 0, "generated_tokens": stats.generated_tokens if stats else 0,
            "tokens_per_s": round(stats.tokens_per_s, 1) if stats else None, "model": model_key,

@@ -34,11 +34,13 @@ def default_encoder_dir() -> Path:
 class Encoder:
     """A sentence-transformers model loaded on first use; ``key`` identifies it in cache keys."""
 
-    def __init__(self, model_path: str = "", batch_size: int = 64, threads: int = 0, device: str = "cpu") -> None:
+    def __init__(self, model_path: str = "", batch_size: int = 64, threads: int = 0, device: str = "cpu",
+                 max_tokens: int = 128) -> None:
         self.path = Path(model_path) if model_path else default_encoder_dir()
         cfg = self.path / "config.json"
-        self.key = f"st:{self.path.name}:{T.content_hash(cfg.read_text())[:12] if cfg.exists() else 'noconfig'}"
-        self.batch_size, self.threads, self.device = batch_size, threads, device
+        ident = T.content_hash(cfg.read_text())[:12] if cfg.exists() else "noconfig"
+        self.key = f"st:{self.path.name}:{ident}:max_tokens={max_tokens}"
+        self.batch_size, self.threads, self.device, self.max_tokens = batch_size, threads, device, max_tokens
         self._model = None
         self.seconds, self.sentences = 0.0, 0
 
@@ -53,6 +55,7 @@ class Encoder:
             torch.set_num_threads(self.threads)
         if self._model is None:
             self._model = SentenceTransformer(str(self.path), device=self.device)
+            self._model.max_seq_length = self.max_tokens
         t0 = time.perf_counter()
         vec = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                  convert_to_numpy=True, show_progress_bar=len(texts) > 2000)
@@ -84,7 +87,7 @@ def texts_for(ctx, source: str) -> list[dict]:
     meta = [{"kind": "item", "id": iid, "idx": i, "text": T.item_metadata_text(rows[i]), "fallback": False}
             for i, iid in enumerate(item_ids, start=1)]
     meta += [{"kind": "user", "id": uid, "idx": u, "fallback": False,
-              "text": T.user_metadata_text([rows[i] for i in hist.get(u, [])], ctx.cfg.describe.user_history)}
+              "text": T.user_metadata_text([rows[i] for i in hist.get(u, [])])}
              for u, uid in enumerate(user_ids)]
     if source == "metadata":
         return meta
@@ -104,7 +107,7 @@ def texts_for(ctx, source: str) -> list[dict]:
 
 def run(ctx) -> dict:
     cfg = ctx.cfg.embed
-    encoder = Encoder(cfg.model_path, cfg.batch_size, cfg.threads, cfg.device)
+    encoder = Encoder(cfg.model_path, cfg.batch_size, cfg.threads, cfg.device, cfg.max_tokens)
     parts, out = [], {"encoded": 0, "cached": 0, "fallback": {}, "model": encoder.key}
     with Cache(ctx.home / "cache" / "embed.sqlite") as cache:
         for source in cfg.sources:
@@ -126,5 +129,5 @@ def run(ctx) -> dict:
         out["sentences_per_s"] = round(encoder.sentences / encoder.seconds, 1)
     print(f"  embed: {tbl.num_rows} vectors ({', '.join(cfg.sources)}), {out['encoded']} encoded, {out['cached']} "
           f"from cache, metadata stood in for {out['fallback']}", flush=True)
-    return {"rows_out": tbl.num_rows, **out,
+    return {"rows_out": tbl.num_rows, "tables": {"text_embeddings": tbl.num_rows}, **out,
             "outputs": {"text_embeddings": str(common.partition_path(ctx.home, "text_embeddings", ctx.ds))}}

@@ -52,7 +52,8 @@ def run(ctx) -> dict:
         raise ValueError(f"text_embeddings of ds={ctx.ds} has fewer than two vectors per kind: nothing to compare")
     tbl = pa.concat_tables(parts)
     common.write_arrow(tbl, ctx.home, "neighbours", ctx.ds)
-    print(f"  neighbours: top-{cfg.k} by cosine ({cfg.engine}) for " + ", ".join(f"{b} in {s} s" for b, s in seconds.items()),
-          flush=True)
-    return {"rows_out": tbl.num_rows, "k": cfg.k, "engine": cfg.engine, "seconds_by_block": seconds,
+    print(f"  neighbours: top-{cfg.k} by cosine ({cfg.engine}) for "
+          + ", ".join(f"{b} in {s} s" for b, s in seconds.items()), flush=True)
+    return {"rows_out": tbl.num_rows, "tables": {"neighbours": tbl.num_rows}, "k": cfg.k, "engine": cfg.engine,
+            "seconds_by_block": seconds,
             "outputs": {"neighbours": str(common.partition_path(ctx.home, "neighbours", ctx.ds))}}

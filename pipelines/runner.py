@@ -18,7 +18,7 @@ from pipelines.stages import STAGES, StageContext
 
 ORDER = list(STAGES)
 TABLE_KEYS = ("interactions", "items", "users", "train", "valid", "test", "user_map", "item_map",
-              "user_factors", "item_factors")
+              "user_factors", "item_factors", "descriptions", "text_embeddings", "neighbours")
 
 
 class StageFailed(RuntimeError):
