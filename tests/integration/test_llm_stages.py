@@ -117,7 +117,7 @@ def test_openai_backend_through_the_stage(synthetic_home, monkeypatch, capsys):
     with LocalLLMServer(beh) as server:
         ctx = ctx_for(synthetic_home, "describe.backend=openai", f"describe.openai.base_url={server.base_url}",
                       "describe.openai.model=smollm2", "describe.openai.backoff_s=0.01",
-                      "describe.entities=[items]", "describe.max_failed_fraction=0.5")
+                      "describe.entities=[items]", "describe.max_items=0", "describe.max_failed_fraction=0.5")
         out = stage(ctx, "describe")
     d = table(synthetic_home, "descriptions")
     n_items = table(synthetic_home, "item_map").num_rows
