@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from features import schemas, text as T
 from jobs import common
@@ -42,7 +43,7 @@ def catalogue(ctx) -> tuple[dict[int, dict], dict[int, list[int]], list[str], li
     item_ids = imap.column("item_id").to_pylist()
     rows = {int(i): by_id.get(iid, {"item_id": iid}) for i, iid in zip(imap.column("item_idx").to_pylist(), item_ids)}
     seq = common.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "item_idx", "position", "split"])
-    train = seq.filter(pa.compute.equal(seq.column("split"), "train")).sort_by([("user_idx", "ascending"),
+    train = seq.filter(pc.equal(seq.column("split"), "train")).sort_by([("user_idx", "ascending"),
                                                                                 ("position", "ascending")])
     u = train.column("user_idx").to_numpy()
     it = train.column("item_idx").to_numpy()

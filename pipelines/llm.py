@@ -18,7 +18,7 @@ import random
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
@@ -44,7 +44,6 @@ class Stats:
     generated_tokens: int = 0
     seconds: float = 0.0
     retries: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
