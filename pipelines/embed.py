@@ -79,8 +79,8 @@ def embed_texts(encoder: Encoder, texts: list[str], cache: Cache) -> tuple[np.nd
     return vec, len(miss)
 
 
-def texts_for(ctx, source: str) -> list[dict]:
-    """Rows ``{kind, id, idx, text, fallback}`` for every item and user of ``ds`` under ``source``."""
+def metadata_rows(ctx) -> list[dict]:
+    """Rows ``{kind, id, idx, text, fallback}`` for every item and user of ``ds`` with their metadata text."""
     from pipelines.describe import catalogue
 
     rows, hist, item_ids, user_ids, _, _ = catalogue(ctx)
@@ -89,6 +89,12 @@ def texts_for(ctx, source: str) -> list[dict]:
     meta += [{"kind": "user", "id": uid, "idx": u, "fallback": False,
               "text": T.user_metadata_text([rows[i] for i in hist.get(u, [])])}
              for u, uid in enumerate(user_ids)]
+    return meta
+
+
+def texts_for(ctx, source: str, meta: list[dict] | None = None) -> list[dict]:
+    """``metadata_rows`` under ``source``: for ``descriptions`` the good LLM text replaces the metadata text."""
+    meta = meta if meta is not None else metadata_rows(ctx)
     if source == "metadata":
         return meta
     desc_path = common.partition_path(ctx.home, "descriptions", ctx.ds)
@@ -98,20 +104,21 @@ def texts_for(ctx, source: str) -> list[dict]:
     d = common.read_arrow(ctx.home, "descriptions", ctx.ds, columns=["kind", "idx", "text", "status"])
     good = {(k, i): t for k, i, t, s in zip(*(d.column(c).to_pylist() for c in ("kind", "idx", "text", "status")))
             if s == "ok"}
+    out = []
     for r in meta:
         text = good.get((r["kind"], r["idx"]))
-        r["fallback"] = text is None
-        r["text"] = text if text is not None else r["text"]
-    return meta
+        out.append({**r, "fallback": text is None, "text": r["text"] if text is None else text})
+    return out
 
 
 def run(ctx) -> dict:
     cfg = ctx.cfg.embed
     encoder = Encoder(cfg.model_path, cfg.batch_size, cfg.threads, cfg.device, cfg.max_tokens)
     parts, out = [], {"encoded": 0, "cached": 0, "fallback": {}, "model": encoder.key}
+    meta = metadata_rows(ctx)  # read the catalogue once for every source
     with Cache(ctx.home / "cache" / "embed.sqlite") as cache:
         for source in cfg.sources:
-            rows = texts_for(ctx, source)
+            rows = texts_for(ctx, source, meta)
             vec, n_new = embed_texts(encoder, [r["text"] for r in rows], cache)
             out["encoded"] += n_new
             out["cached"] += len(rows) - n_new

@@ -174,6 +174,11 @@ class TransformersBackend:
 
 # ----------------------------------------------------------------------------- OpenAI-compatible server
 
+def openai_key(base_url: str, model: str, max_new_tokens: int) -> str:
+    """The cache identity of a served model and its generation settings (never the API key)."""
+    return f"openai:{base_url.rstrip('/')}:{model}:greedy:max_new={max_new_tokens}"
+
+
 class OpenAIBackend:
     RETRYABLE = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -186,7 +191,7 @@ class OpenAIBackend:
         self.model, self.concurrency = model, max(1, concurrency)
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.max_new_tokens, self.seed = max_new_tokens, seed
-        self.key = f"openai:{base_url.rstrip('/')}:{model}:greedy:max_new={max_new_tokens}"
+        self.key = openai_key(base_url, model, max_new_tokens)
         self.stats = Stats()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers,
@@ -251,7 +256,7 @@ class OpenAIBackend:
 def describe_key(cfg) -> str:
     """The cache identity of ``cfg.describe``'s backend, without loading anything."""
     if cfg.backend == "openai":
-        return f"openai:{cfg.openai.base_url.rstrip('/')}:{cfg.openai.model}:greedy:max_new={cfg.max_new_tokens}"
+        return openai_key(cfg.openai.base_url, cfg.openai.model, cfg.max_new_tokens)
     return transformers_key(cfg.model_path, not cfg.model_path, cfg.max_new_tokens, cfg.repetition_penalty)
 
 

@@ -79,11 +79,11 @@ def encoder_and_neighbours(ctx) -> dict:
     from features.neighbours import exact_topk, faiss_topk, share_rate
     from pipelines import embed
     from pipelines.describe import catalogue
-    from features import text as T
 
-    rows, hist, item_ids, user_ids, _, _ = catalogue(ctx)
-    item_texts = [T.item_metadata_text(rows[i]) for i in range(1, len(item_ids) + 1)]
-    user_texts = [T.user_metadata_text([rows[i] for i in hist.get(u, [])]) for u in range(len(user_ids))]
+    rows, _, item_ids, _, _, _ = catalogue(ctx)
+    meta = embed.metadata_rows(ctx)
+    item_texts = [r["text"] for r in meta if r["kind"] == "item"]
+    user_texts = [r["text"] for r in meta if r["kind"] == "user"]
     enc = embed.Encoder(batch_size=ctx.cfg.embed.batch_size, max_tokens=ctx.cfg.embed.max_tokens)
     enc.encode(item_texts[:64])  # load and warm up
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def encoder_and_neighbours(ctx) -> dict:
         d = common.read_arrow(ctx.home, "descriptions", ctx.ds)
         kinds = d.column("kind").to_pylist()
         if sum(k == "item" for k in kinds) == len(item_ids):
-            ctx_texts = embed.texts_for(ctx, "descriptions")
+            ctx_texts = embed.texts_for(ctx, "descriptions", meta)
             texts = [r["text"] for r in ctx_texts if r["kind"] == "item"]
             item_vec = enc.encode(texts)
             item_source = "descriptions"
