@@ -1,0 +1,149 @@
+"""GRASP's holistic attention (Dai et al., "Enhancing Sequential Recommendation with World Knowledge from LLMs").
+
+A swappable enhancer for ``models.sasrec.SASRec``: it rewrites the backbone's input embeddings with frozen semantic
+features derived from LLM (or metadata) text, used as *input*, never as a supervision target:
+
+* **fine-grained attention** between the user and the items of the sequence: at position t the query is the user as
+  of t (the mean semantic vector of items 1..t) plus item t's vector, the keys/values are the semantic vectors of
+  items 1..t (causal);
+* **global attention** over the mean-pooled semantic features of the user's top-k similar users and of item t's
+  top-k similar items (plus the user as of t and item t's own semantic vector);
+* **sigmoid** attention weights (each weight in (0, 1) independently, so they do not sum to one and several interests
+  can be active at once, unlike softmax);
+* an **MLP adapter** from ``[embedding, fine, global]`` into the backbone's hidden size, added residually.
+
+Optionally (``enrich_items``) the item table used for input and scoring gets the same semantic features through a
+second adapter, which lets rarely-seen (tail) items borrow from their text.
+
+The user's own description is used to *retrieve* similar users, not as an input by default: it is written from all
+of the user's train items, so at training position t it describes items t+1.. that are the training targets; fed in,
+the model learns to read the answer off it during training, which does not carry over to the held-out item
+(``own_user_text=True`` restores it for comparison).
+
+The feature tables are buffers (not parameters, not saved in checkpoints): ``item_sem``/``item_nb`` (N + 1, D) and
+``user_sem``/``user_nb`` (U, D), row 0 of the item tables being padding.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class GRASPConfig:
+    text_dim: int = 384       # D: sentence-embedding size
+    hidden: int = 64          # H: the backbone's hidden size
+    dropout: float = 0.2
+    enrich_items: bool = True
+    own_user_text: bool = False  # the user's own text vector as input: it summarises the train items, i.e. the
+                                 # training targets, so it leaks them into training (off by default, see below)
+
+
+class SigmoidAttention(nn.Module):
+    """Single-head attention whose weights are ``sigmoid(q.k / sqrt(H) + b)``, masked, never normalised."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(hidden, hidden) for _ in range(3))
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.scale = 1.0 / math.sqrt(hidden)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (..., Q, H), context (..., C, H), mask (..., Q, C) bool -> out (..., Q, H), weights (..., Q, C)."""
+        scores = (self.q(query) @ self.k(context).transpose(-1, -2)) * self.scale + self.bias  # (..., Q, C)
+        w = torch.sigmoid(scores)                                               # (..., Q, C), each in (0, 1)
+        if mask is not None:
+            w = w * mask
+        return w @ self.v(context), w                                           # (..., Q, H), (..., Q, C)
+
+
+class Adapter(nn.Module):
+    """MLP from concatenated features into the backbone's hidden size."""
+
+    def __init__(self, d_in: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, 2 * hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * hidden, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., H)
+        return self.net(x)
+
+
+class HolisticAttention(nn.Module):
+    def __init__(self, cfg: GRASPConfig, item_sem: torch.Tensor, item_nb: torch.Tensor,
+                 user_sem: torch.Tensor, user_nb: torch.Tensor) -> None:
+        super().__init__()
+        assert item_sem.shape == item_nb.shape and item_sem.shape[1] == cfg.text_dim, "item tables (N + 1, D)"
+        assert user_sem.shape == user_nb.shape and user_sem.shape[1] == cfg.text_dim, "user tables (U, D)"
+        self.cfg = cfg
+        for name, t in (("item_sem", item_sem), ("item_nb", item_nb), ("user_sem", user_sem), ("user_nb", user_nb)):
+            self.register_buffer(name, t.float(), persistent=False)            # frozen features
+        H = cfg.hidden
+        self.item_proj = nn.Linear(cfg.text_dim, H)                             # semantic space -> hidden
+        self.user_proj = nn.Linear(cfg.text_dim, H)
+        self.fine = SigmoidAttention(H)
+        self.glob = SigmoidAttention(H)
+        self.adapter = Adapter(3 * H, H, cfg.dropout)
+        self.item_adapter = Adapter(3 * H, H, 0.0) if cfg.enrich_items else None  # the scoring table gets no dropout
+        self.drop = nn.Dropout(cfg.dropout)
+        self.last_weights: dict[str, torch.Tensor] = {}
+
+    def zero_init(self) -> None:
+        """Zero the adapters' output layers: training starts from the plain backbone and learns what the text adds."""
+        for a in (self.adapter, self.item_adapter):
+            if a is not None:
+                nn.init.zeros_(a.net[-1].weight)
+                nn.init.zeros_(a.net[-1].bias)
+
+    def enrich_items(self, emb: torch.Tensor) -> torch.Tensor:
+        """(N + 1, H) id embeddings -> (N + 1, H) id embeddings + adapter(id, own text, neighbours' text)."""
+        if self.item_adapter is None:
+            return emb
+        sem = self.item_proj(torch.stack([self.item_sem, self.item_nb]))       # (2, N + 1, H)
+        extra = self.item_adapter(torch.cat([emb, sem[0], sem[1]], dim=-1))     # (N + 1, H)
+        return emb + extra * (torch.arange(len(emb), device=emb.device) != 0)[:, None]  # padding row stays as is
+
+    def forward(self, x: torch.Tensor, seq: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H) input embeddings, seq (B, T) left-padded item ids, users (B,) -> (B, T, H)."""
+        B, T, H = x.shape
+        assert seq.shape == (B, T) and users.shape == (B,), "seq (B, T) and users (B,) must match x (B, T, H)"
+        valid = seq != 0                                                        # (B, T)
+        it = self.item_proj(self.item_sem[seq]) * valid[..., None]              # (B, T, H)
+        it_nb = self.item_proj(self.item_nb[seq])                               # (B, T, H)
+        us_nb = self.user_proj(self.user_nb[users])                             # (B, H)
+        # the user as of position t: the mean semantic vector of items 1..t (causal), plus optionally their own text
+        n = valid.cumsum(1).clamp(min=1)[..., None]                             # (B, T, 1)
+        profile = it.cumsum(1) / n                                              # (B, T, H)
+        if self.cfg.own_user_text:
+            profile = profile + self.user_proj(self.user_sem[users])[:, None, :]
+
+        # fine-grained: the user at t (with item t) attends to the items 1..t of the sequence
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()    # (T, T)
+        mask = causal[None] & valid[:, None, :] & valid[:, :, None]             # (B, T, T)
+        fine, w_fine = self.fine(profile + it, it, mask)                        # (B, T, H), (B, T, T)
+
+        # global: the item embedding at t attends to [the user at t, similar users, item t, item t's similar items]
+        ctx = torch.stack([profile, us_nb[:, None, :].expand(B, T, H), it, it_nb], dim=2)  # (B, T, 4, H)
+        glob, w_glob = self.glob(x.unsqueeze(2), ctx)                           # (B, T, 1, H), (B, T, 1, 4)
+        glob = glob.squeeze(2)                                                  # (B, T, H)
+
+        self.last_weights = {"fine": w_fine.detach(), "global": w_glob.squeeze(2).detach()}
+        return x + self.drop(self.adapter(torch.cat([x, fine, glob], dim=-1)))  # (B, T, H)
+
+
+def mean_neighbours(vectors: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Mean-pool the vectors of each row's neighbours: vectors (R, D), neighbours (R, k) row ids (-1 = none) -> (R, D)."""
+    have = (neighbours >= 0).float()                                            # (R, k)
+    gathered = vectors[neighbours.clamp(min=0)] * have[..., None]               # (R, k, D)
+    return gathered.sum(1) / have.sum(1, keepdim=True).clamp(min=1.0)           # (R, D)
+
+
+def build(n_items: int, backbone_hidden: int, tables: dict[str, torch.Tensor], cfg: GRASPConfig) -> HolisticAttention:
+    """The enhancer from ``{"item_sem", "item_nb", "user_sem", "user_nb"}`` tables (see the module docstring)."""
+    assert tables["item_sem"].shape[0] == n_items + 1, "item tables need a padding row 0"
+    assert cfg.hidden == backbone_hidden, "GRASPConfig.hidden must equal the backbone's hidden size"
+    return HolisticAttention(cfg, tables["item_sem"], tables["item_nb"], tables["user_sem"], tables["user_nb"])

@@ -1,0 +1,177 @@
+"""SASRec (Kang & McAuley, 2018): causal self-attention over a user's item sequence.
+
+nanoGPT-style: one idea per class, a dataclass config, shape comments. Items are ``1..n_items``; ``0`` is padding,
+and sequences are **left-padded** (the newest item is always in the last column). The item embedding table is
+shared between the input and the scoring layer: ``score(h) = h @ E.T``.
+
+An optional ``enhancer`` (an ``nn.Module`` such as ``models.grasp.HolisticAttention``) rewrites the input
+embeddings ``(B, T, H) -> (B, T, H)`` given the item ids and the user ids; with ``enhancer=None`` this is plain SASRec.
+No training code lives here: losses are pure functions of the model's outputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class SASRecConfig:
+    n_items: int              # items are 1..n_items, 0 is padding
+    max_len: int = 50
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    attn_dropout: float = 0.2
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where position t sees positions <= t that are not padding (and always itself)."""
+
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        assert cfg.hidden % cfg.n_heads == 0, "hidden must be divisible by n_heads"
+        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
+        self.proj = nn.Linear(cfg.hidden, cfg.hidden)
+        self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H), mask (B, 1, T, T) bool (True = may attend) -> (B, T, H)."""
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).split(H, dim=2)                                   # 3 x (B, T, H)
+        q, k, v = (z.view(B, T, self.n_heads, H // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, H)                        # (B, T, H)
+        return self.resid_drop(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Point-wise two-layer feed-forward network."""
+
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.hidden, 4 * cfg.hidden)
+        self.proj = nn.Linear(4 * cfg.hidden, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.hidden), nn.LayerNorm(cfg.hidden)
+        self.attn, self.ffn = CausalSelfAttention(cfg), FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
+        x = x + self.attn(self.ln1(x), mask)
+        return x + self.ffn(self.ln2(x))
+
+
+def attention_mask(seq: torch.Tensor) -> torch.Tensor:
+    """(B, T) item ids -> (B, 1, T, T) bool: causal, padding keys hidden, the diagonal always visible.
+
+    Keeping the diagonal means a padding query attends to itself only (never an all-masked row, which would give NaN).
+    """
+    B, T = seq.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=seq.device).tril()        # (T, T)
+    keys = (seq != 0)[:, None, :]                                               # (B, 1, T)
+    eye = torch.eye(T, dtype=torch.bool, device=seq.device)                     # (T, T)
+    return ((causal & keys) | eye)[:, None, :, :]                               # (B, 1, T, T)
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: SASRecConfig, enhancer: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.hidden)
+        self.enhancer = enhancer
+        self.apply(self._init)
+        if enhancer is not None and hasattr(enhancer, "zero_init"):
+            enhancer.zero_init()  # after the generic init, which would overwrite it
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def item_table(self) -> torch.Tensor:
+        """(N + 1, H) item vectors used both as input and for scoring (the enhancer may enrich them)."""
+        w = self.item_emb.weight
+        if self.enhancer is not None and hasattr(self.enhancer, "enrich_items"):
+            w = self.enhancer.enrich_items(w)
+        return w
+
+    def forward(self, seq: torch.Tensor, users: torch.Tensor | None = None,
+                items: torch.Tensor | None = None) -> torch.Tensor:
+        """seq (B, T) left-padded item ids, users (B,) user ids (needed by an enhancer) -> hidden (B, T, H).
+
+        ``items``: a precomputed ``item_table()`` (so a training step computes it once for input and scoring).
+        """
+        B, T = seq.shape
+        assert T <= self.cfg.max_len, f"sequence length {T} exceeds max_len {self.cfg.max_len}"
+        assert seq.dtype == torch.long and (seq.numel() == 0 or int(seq.min()) >= 0), "seq: item ids (long), 0 = pad"
+        table = self.item_table() if items is None else items                   # (N + 1, H)
+        x = table[seq] * math.sqrt(self.cfg.hidden)                             # (B, T, H)
+        if self.enhancer is not None:
+            assert users is not None and users.shape == (B,), "the enhancer needs users (B,)"
+            x = self.enhancer(x, seq, users)                                    # (B, T, H)
+        pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=seq.device)  # newest item = last position
+        x = self.drop(x + self.pos_emb(pos)[None])                              # (B, T, H)
+        x = x * (seq != 0).unsqueeze(-1)                                        # padding carries nothing
+        mask = attention_mask(seq)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x)                                                     # (B, T, H)
+
+    def last_hidden(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) -> (B, H): the representation after the newest item (the last column, left padding)."""
+        return self.forward(seq, users)[:, -1, :]
+
+
+# ----------------------------------------------------------------------------- losses (pure functions)
+
+def ce_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
+            normaliser: float | None = None) -> torch.Tensor:
+    """Cross-entropy over all items, computed only where there is a target.
+
+    hidden (B, T, H), targets (B, T) with 0 = no target, items (N + 1, H). ``normaliser``: divide the summed loss by
+    this count instead of the local number of targets (data-parallel ranks pass the global count so their gradients
+    average to the one-process gradient exactly).
+    """
+    keep = targets != 0                                                         # (B, T)
+    h = hidden[keep]                                                            # (M, H)
+    logits = h @ items.T                                                        # (M, N + 1)
+    logits[:, 0] = float("-inf")                                                # padding is never a candidate
+    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    return loss / (normaliser if normaliser is not None else max(int(keep.sum()), 1))
+
+
+def bce_loss(hidden: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, items: torch.Tensor,
+             normaliser: float | None = None) -> torch.Tensor:
+    """Binary cross-entropy with one sampled negative per target (the original SASRec objective).
+
+    hidden (B, T, H), targets and negatives (B, T) item ids (0 = no target), items (N + 1, H).
+    """
+    keep = targets != 0                                                         # (B, T)
+    h = hidden[keep]                                                            # (M, H)
+    pos = (h * items[targets[keep]]).sum(-1)                                    # (M,)
+    neg = (h * items[negatives[keep]]).sum(-1)                                  # (M,)
+    loss = F.softplus(-pos).sum() + F.softplus(neg).sum()
+    return loss / (normaliser if normaliser is not None else max(int(keep.sum()), 1))

@@ -1,0 +1,164 @@
+"""SASRec and GRASP on tiny configs: shapes, causality, padding, sigmoid weights, losses."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.grasp import GRASPConfig, HolisticAttention, SigmoidAttention, build, mean_neighbours
+from models.sasrec import SASRec, SASRecConfig, attention_mask, bce_loss, ce_loss
+
+N_ITEMS, N_USERS, D, H, T = 30, 7, 12, 16, 6
+
+
+def tables(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    t = {"item_sem": torch.randn(N_ITEMS + 1, D, generator=g), "item_nb": torch.randn(N_ITEMS + 1, D, generator=g),
+         "user_sem": torch.randn(N_USERS, D, generator=g), "user_nb": torch.randn(N_USERS, D, generator=g)}
+    t["item_sem"][0] = t["item_nb"][0] = 0
+    return t
+
+
+def make(kind: str, dropout: float = 0.0) -> SASRec:
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=N_ITEMS, max_len=8, hidden=H, n_layers=2, n_heads=2, dropout=dropout,
+                       attn_dropout=dropout)
+    if kind == "sasrec":
+        return SASRec(cfg).eval()
+    m = SASRec(cfg, build(N_ITEMS, H, tables(), GRASPConfig(text_dim=D, hidden=H, dropout=dropout)))
+    for a in (m.enhancer.adapter, m.enhancer.item_adapter):  # zero-initialised; give them weights as after training
+        torch.nn.init.normal_(a.net[-1].weight, std=0.2)
+    return m.eval()
+
+
+def test_grasp_starts_as_the_plain_backbone():
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=N_ITEMS, max_len=8, hidden=H, n_heads=2, dropout=0.0, attn_dropout=0.0)
+    m = SASRec(cfg, build(N_ITEMS, H, tables(), GRASPConfig(text_dim=D, hidden=H, dropout=0.0))).eval()
+    plain = SASRec(cfg).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("enhancer.")})
+    assert torch.allclose(m(SEQ, USERS), plain(SEQ), atol=1e-6)
+
+
+SEQ = torch.tensor([[0, 0, 3, 5, 7, 9], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 11]])
+USERS = torch.tensor([0, 3, 6])
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+def test_shapes(kind):
+    m = make(kind)
+    h = m(SEQ, USERS)
+    assert h.shape == (3, T, H)
+    assert m.item_table().shape == (N_ITEMS + 1, H)
+    assert m.last_hidden(SEQ, USERS).shape == (3, H)
+    assert torch.isfinite(h).all()
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+def test_causality_changing_position_t_plus_1_leaves_earlier_outputs(kind):
+    m = make(kind)
+    t = 3
+    changed = SEQ.clone()
+    changed[:, t + 1] = torch.tensor([20, 21, 22])
+    a, b = m(SEQ, USERS), m(changed, USERS)
+    assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(a[:, t + 1], b[:, t + 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+def test_more_left_padding_changes_nothing(kind):
+    m = make(kind)
+    short = torch.tensor([[3, 5, 7, 9]])
+    padded = torch.tensor([[0, 0, 3, 5, 7, 9]])
+    u = torch.tensor([2])
+    assert torch.allclose(m(short, u)[:, -1], m(padded, u)[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+def test_padding_item_ids_do_not_leak(kind):
+    """Whatever sits in padded positions' embeddings cannot reach the real positions."""
+    m = make(kind)
+    before = m(SEQ, USERS)
+    with torch.no_grad():
+        m.item_emb.weight[0] = 5.0  # padding row changed
+    after = m(SEQ, USERS)
+    real = SEQ != 0
+    assert torch.allclose(before[real], after[real], atol=1e-5)
+
+
+def test_attention_mask_is_causal_hides_padding_keeps_diagonal():
+    mask = attention_mask(torch.tensor([[0, 4, 5]]))[0, 0]
+    assert mask.tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+
+
+def test_sigmoid_attention_weights_are_in_0_1_and_do_not_sum_to_one():
+    torch.manual_seed(0)
+    att = SigmoidAttention(H)
+    q, c = torch.randn(2, 3, H), torch.randn(2, 5, H)
+    out, w = att(q, c)
+    assert out.shape == (2, 3, H) and w.shape == (2, 3, 5)
+    assert ((w > 0) & (w < 1)).all()
+    assert not torch.allclose(w.sum(-1), torch.ones(2, 3), atol=1e-2)
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    mask[..., :2] = True
+    _, wm = att(q, c, mask)
+    assert (wm[..., 2:] == 0).all()
+
+
+def test_grasp_weights_recorded_causal_and_not_normalised():
+    m = make("grasp")
+    m(SEQ, USERS)
+    enh: HolisticAttention = m.enhancer
+    fine, glob = enh.last_weights["fine"], enh.last_weights["global"]
+    assert fine.shape == (3, T, T) and glob.shape == (3, T, 4)
+    assert (fine.triu(1) == 0).all()                       # no attention to later items
+    assert (fine[0, :, :2] == 0).all()                      # nor to padding
+    assert ((glob > 0) & (glob < 1)).all()
+    assert not torch.allclose(glob.sum(-1), torch.ones(3, T), atol=1e-2)
+
+
+def test_grasp_uses_the_text_features():
+    m = make("grasp")
+    a = m(SEQ, USERS)
+    m.enhancer.user_nb[USERS[0]] += 3.0                     # similar users' text of user 0
+    m.enhancer.item_nb[9] += 3.0                            # similar items' text of item 9 (only in row 0)
+    b = m(SEQ, USERS)
+    assert not torch.allclose(a[0], b[0], atol=1e-4) and torch.allclose(a[1:], b[1:], atol=1e-6)
+    m.enhancer.user_sem[USERS[1]] += 3.0                    # the user's own text: not an input by default
+    assert torch.allclose(b, m(SEQ, USERS), atol=1e-6)
+    m.enhancer.cfg.own_user_text = True
+    assert not torch.allclose(b[1], m(SEQ, USERS)[1], atol=1e-4)
+
+
+def test_feature_tables_are_frozen_buffers():
+    m = make("grasp")
+    names = {n for n, _ in m.named_parameters()}
+    assert not any("item_sem" in n or "user_nb" in n for n in names)
+    assert "enhancer.item_sem" not in m.state_dict()
+
+
+def test_mean_neighbours():
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    nb = torch.tensor([[1, 2], [0, -1], [-1, -1]])
+    assert torch.allclose(mean_neighbours(v, nb), torch.tensor([[1.0, 1.5], [1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_ce_loss_only_where_there_is_a_target():
+    torch.manual_seed(0)
+    h, items = torch.randn(2, 3, H), torch.randn(N_ITEMS + 1, H)
+    tgt = torch.tensor([[0, 4, 5], [0, 0, 6]])
+    logits = h @ items.T
+    logits[..., 0] = float("-inf")
+    manual = torch.stack([torch.nn.functional.cross_entropy(logits[b, t][None], tgt[b, t][None])
+                          for b, t in [(0, 1), (0, 2), (1, 2)]]).mean()
+    assert torch.allclose(ce_loss(h, tgt, items), manual, atol=1e-6)
+    assert torch.allclose(ce_loss(h, tgt, items, normaliser=6.0), manual / 2, atol=1e-6)
+    neg = torch.full_like(tgt, 7)
+    assert bce_loss(h, tgt, neg, items) > 0
+
+
+def test_input_contracts_are_asserted():
+    m = make("sasrec")
+    with pytest.raises(AssertionError, match="max_len"):
+        m(torch.ones(1, 9, dtype=torch.long))
+    with pytest.raises(AssertionError, match="users"):
+        make("grasp")(SEQ)
