@@ -209,6 +209,48 @@ class NeighboursConfig:
 
 
 @dataclass(frozen=True)
+class TrainGraspConfig:
+    """SASRec and SASRec + GRASP (``pipelines/train_grasp.py``), trained by ``pipelines/train.py``.
+
+    ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
+    ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
+    ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``.
+    """
+
+    models: tuple[str, ...] = ("sasrec", "grasp")
+    text_source: str = "descriptions"
+    max_len: int = 50
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    enrich_items: bool = True
+    own_user_text: bool = False
+    loss: str = "ce"
+    batch_size: int = 256
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    epochs: int = 200
+    patience: int = 5
+    threads: int = 0
+    deepspeed_config: str = ""
+    dist_backend: str = "gloo"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _one_of("train_grasp.models", self.models, ("sasrec", "grasp"))
+        _one_of("train_grasp.text_source", self.text_source, ("descriptions", "metadata"))
+        _one_of("train_grasp.loss", self.loss, ("ce", "bce"))
+        _one_of("train_grasp.dist_backend", self.dist_backend, ("gloo", "nccl"))
+        _one_of("train_grasp.device", self.device, ("cpu", "cuda"))
+        if self.hidden % self.n_heads:
+            raise ConfigError(f"config key 'train_grasp.hidden' ({self.hidden}) must be divisible by "
+                              f"'train_grasp.n_heads' ({self.n_heads})")
+        if self.patience < 1 or self.epochs < 1:
+            raise ConfigError("config keys 'train_grasp.epochs' and 'train_grasp.patience' must be at least 1")
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: str = "synthetic"
     seed: int = 42
@@ -223,6 +265,7 @@ class Config:
     describe: DescribeConfig = DescribeConfig()
     embed: EmbedConfig = EmbedConfig()
     neighbours: NeighboursConfig = NeighboursConfig()
+    train_grasp: TrainGraspConfig = TrainGraspConfig()
 
 
 # --------------------------------------------------------------------------- loading

@@ -49,6 +49,8 @@ def select_stages(until: str | None = None, stages: str | None = None) -> list[s
 
 def run_stage(name: str, ctx: StageContext) -> dict:
     """Run one stage, record its timing/counts (or its error), refresh the summary."""
+    if int(os.environ.get("RANK", "0")) != 0:  # a non-zero rank of torchrun/deepspeed: rank 0 keeps the records
+        return {"status": "success", **STAGES[name](ctx)}
     rec_path = ctx.run_dir / "stages" / f"{name}.json"
     print(f"[{ctx.ds}] {name} ...", flush=True)
     t0 = time.perf_counter()

@@ -84,6 +84,12 @@ def neighbours(ctx: StageContext) -> dict:
     return neighbours_stage.run(ctx)
 
 
+def train_grasp(ctx: StageContext) -> dict:
+    from pipelines import train_grasp as train_stage
+
+    return train_stage.run(ctx)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 def load_eval_data(ctx: StageContext):
@@ -117,7 +123,7 @@ def negatives_for(ctx: StageContext, data) -> np.ndarray:
 
 def model_zoo(ctx: StageContext, data) -> dict[str, Callable]:
     """Models to evaluate this run: name -> factory(data) returning (scorer, serving arrays)."""
-    from pipelines import wals as wals_stage
+    from pipelines import train_grasp as train_stage, wals as wals_stage
     from pipelines.evaluation import Popularity
 
     def popularity(d):
@@ -128,6 +134,8 @@ def model_zoo(ctx: StageContext, data) -> dict[str, Callable]:
     zoo = {"popularity": popularity}
     if common.partition_path(ctx.home, "user_factors", ctx.ds).exists():
         zoo["wals"] = lambda d: wals_stage.scorer(ctx, d)
+    for name in train_stage.trained(ctx):
+        zoo[name] = lambda d, name=name: train_stage.scorer(ctx, name, d)
     return zoo
 
 
@@ -176,5 +184,6 @@ def register(ctx: StageContext) -> dict:
 
 STAGES: dict[str, Callable[[StageContext], dict]] = {
     "ingest": ingest, "validate": validate, "split": split, "wals": wals,
-    "describe": describe, "embed": embed, "neighbours": neighbours, "evaluate": evaluate, "register": register,
+    "describe": describe, "embed": embed, "neighbours": neighbours,
+    "train_grasp": train_grasp, "evaluate": evaluate, "register": register,
 }
