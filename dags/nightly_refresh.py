@@ -14,19 +14,22 @@ from airflow.sdk import Param, dag, task
 
 # The tasks, in the local runner's order. Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks
 # it); not imported from there, to keep parsing light.
-STAGES = ("ingest", "validate", "split", "wals", "describe", "embed", "neighbours", "evaluate", "register")
+STAGES = ("ingest", "validate", "split", "wals", "describe", "embed", "neighbours", "train_grasp", "evaluate",
+          "register")
 
-# Each task's upstream tasks: the factor branch (wals) and the LLM branch (describe >> embed >> neighbours) run
-# side by side after split and join at evaluate.
+# Each task's upstream tasks: the factor branch (wals) and the LLM branch (describe >> embed >> neighbours >>
+# train_grasp) run side by side after split and join at evaluate.
 UPSTREAM = {"ingest": (), "validate": ("ingest",), "split": ("validate",), "wals": ("split",),
-            "describe": ("split",), "embed": ("describe",), "neighbours": ("embed",),
-            "evaluate": ("wals", "neighbours"), "register": ("evaluate",)}
+            "describe": ("split",), "embed": ("describe",), "neighbours": ("embed",), "train_grasp": ("neighbours",),
+            "evaluate": ("wals", "train_grasp"), "register": ("evaluate",)}
 
 # Model-bound work runs in its own pool so a night's LLM and encoder jobs never crowd out Spark tasks, and a
 # deployment can size it to its GPUs or LLM-server quota. Create it once: `airflow pools import
 # infra/airflow/pools.json`.
+# Training gets a pool of its own for the same reason (size it to the training nodes).
 LLM_POOL = "recpipe_llm"
-POOLS = {"describe": LLM_POOL, "embed": LLM_POOL}
+TRAIN_POOL = "recpipe_train"
+POOLS = {"describe": LLM_POOL, "embed": LLM_POOL, "train_grasp": TRAIN_POOL}
 
 # The Airflow connection holding the LLM server's key (password) for describe.backend=openai; exported to the
 # task's environment as the variable the config names (describe.openai.api_key_env, default below).
@@ -56,9 +59,10 @@ def nightly_refresh():
     """
     ### Nightly refresh
 
-    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours] >> evaluate >> register`
+    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours >> train_grasp] >> evaluate >> register`
     for one day, `ds` (`recpipe run --ds DS` runs the same stages in one process). `describe` and `embed`
-    run in the pool `recpipe_llm` (`airflow pools import infra/airflow/pools.json`); with
+    run in the pool `recpipe_llm` and `train_grasp` in `recpipe_train` (`airflow pools import
+    infra/airflow/pools.json`); with
     `describe.backend=openai` the server's key comes from the connection `recpipe_llm` (its password) or
     the environment, and is never logged.
 

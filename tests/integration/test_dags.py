@@ -120,7 +120,8 @@ def test_nightly_is_the_stage_graph(bag):
     d = bag["dags"]["nightly_refresh"]
     assert sorted(d["order"]) == sorted(ORDER)
     expected = {"ingest": ["validate"], "validate": ["split"], "split": ["describe", "wals"], "wals": ["evaluate"],
-                "describe": ["embed"], "embed": ["neighbours"], "neighbours": ["evaluate"], "evaluate": ["register"],
+                "describe": ["embed"], "embed": ["neighbours"], "neighbours": ["train_grasp"],
+                "train_grasp": ["evaluate"], "evaluate": ["register"],
                 "register": []}
     assert {t: v["downstream"] for t, v in d["tasks"].items()} == expected
     for task, downs in expected.items():  # the local runner's order is a valid order of the graph
@@ -135,6 +136,7 @@ def test_llm_work_has_its_own_declared_pool(bag):
     pools = json.loads((REPO / "infra" / "airflow" / "pools.json").read_text())
     tasks = bag["dags"]["nightly_refresh"]["tasks"]
     assert tasks["describe"]["pool"] == tasks["embed"]["pool"] == "recpipe_llm"
+    assert tasks["train_grasp"]["pool"] == "recpipe_train"
     assert tasks["split"]["pool"] == "default_pool"
     assert {t["pool"] for t in tasks.values()} - {"default_pool"} <= set(pools)
 
@@ -170,7 +172,8 @@ def airflow_db(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def nightly(airflow_db, tmp_path_factory, smollm2_dir) -> dict:
     home = tmp_path_factory.mktemp("recpipe_home")
-    llm = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3"]
+    llm = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3",
+           "train_grasp.epochs=2"]
     conf = {"home": str(home), "config": "", "overrides": llm}
     result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "nightly_refresh.py"), "nightly_refresh",
                                           "2026-01-02T00:00:00+00:00", json.dumps(conf)], airflow_db, timeout=600)
@@ -188,10 +191,11 @@ def test_nightly_dag_runs_end_to_end(nightly):
     assert list(summary["stages"]) == ORDER
     assert summary["stages"]["describe"]["generated"] == 6
     assert summary["stages"]["neighbours"]["rows_out"] > 0
-    for model in ("popularity", "wals"):
+    assert summary["stages"]["train_grasp"]["models"]["grasp"]["epochs_run"] == 2
+    for model in ("popularity", "wals", "sasrec", "grasp"):
         for protocol in ("full", "sampled100"):
             assert summary["metrics"][model][protocol]["NDCG@10"] >= 0.0, (model, protocol)
-    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals"}
+    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp"}
 
 
 @pytest.mark.slow

@@ -36,20 +36,24 @@ def test_summary_has_documented_shape(home):
     assert set(s) >= {"ds", "dataset", "status", "stages", "tables", "metrics", "mlflow"}
     assert s["status"] == "success" and s["ds"] == D1 and s["dataset"] == "synthetic"
     assert list(s["stages"]) == ["ingest", "validate", "split", "wals", "describe", "embed", "neighbours",
-                                 "evaluate", "register"]
+                                 "train_grasp", "evaluate", "register"]
     assert {"generated", "cached", "failed"} <= set(s["stages"]["describe"])
     assert s["stages"]["describe"]["generated"] == 8 and s["stages"]["describe"]["cached"] == 0
     assert all({"seconds", "rows_out"} <= set(v) for v in s["stages"].values())
     t = s["tables"]
     assert t["train"] + t["valid"] + t["test"] == t["interactions"] - s["stages"]["split"].get("interactions_dropped", 0)
     assert t["valid"] == t["test"] == t["user_map"]
-    for model in ("popularity", "wals"):
+    for model in ("popularity", "wals", "sasrec", "grasp"):
         m = s["metrics"][model]
         assert {"HR@10", "NDCG@10", "MRR", "HR@5", "NDCG@20"} <= set(m["full"]) and "NDCG@10" in m["sampled100"]
         assert set(m["slices"]) == {"short_history", "tail_items"}
     # the synthetic shop is learnable: WALS beats popularity clearly
     assert s["metrics"]["wals"]["full"]["NDCG@10"] > 1.5 * s["metrics"]["popularity"]["full"]["NDCG@10"]
-    assert {m["name"] for m in s["mlflow"]["models"]} == {"popularity", "wals"}
+    # the sequential models learn the shop's category-following sessions: better than popularity
+    for model in ("sasrec", "grasp"):
+        assert s["metrics"][model]["full"]["NDCG@10"] > 1.5 * s["metrics"]["popularity"]["full"]["NDCG@10"], model
+    assert s["stages"]["train_grasp"]["models"]["grasp"]["text_source"] == "descriptions"
+    assert {m["name"] for m in s["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp"}
     assert all("challenger" in m["aliases"] for m in s["mlflow"]["models"])
     assert (home / "runs" / D1 / "report.md").exists() and (home / "runs" / D1 / "ndcg_by_slice.png").exists()
 
