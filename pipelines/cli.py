@@ -84,6 +84,8 @@ def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool =
             summary = runner.run(cfg, ds, home, stages)
         except runner.StageFailed as exc:
             return _fail(exc.stage, exc.ds, exc.cause)
+        if summary is None:  # a non-zero rank under torchrun/deepspeed: rank 0 reports
+            continue
         timings = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in summary["stages"].items())
         print(f"[{ds}] {summary['status']}: {timings}")
         print(f"[{ds}] summary: {home / 'runs' / ds / 'summary.json'}; mlflow run: {summary['mlflow']['run_id']} "

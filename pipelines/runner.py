@@ -47,9 +47,14 @@ def select_stages(until: str | None = None, stages: str | None = None) -> list[s
     return list(ORDER)
 
 
+def is_rank0() -> bool:
+    """False in the non-zero ranks of torchrun/deepspeed: only rank 0 keeps records and prints summaries."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def run_stage(name: str, ctx: StageContext) -> dict:
     """Run one stage, record its timing/counts (or its error), refresh the summary."""
-    if int(os.environ.get("RANK", "0")) != 0:  # a non-zero rank of torchrun/deepspeed: rank 0 keeps the records
+    if not is_rank0():
         return {"status": "success", **STAGES[name](ctx)}
     rec_path = ctx.run_dir / "stages" / f"{name}.json"
     print(f"[{ctx.ds}] {name} ...", flush=True)
@@ -68,8 +73,13 @@ def run_stage(name: str, ctx: StageContext) -> dict:
     return rec
 
 
-def run(cfg: Config, ds: str, home: Path, stages: list[str] | None = None) -> dict:
+def run(cfg: Config, ds: str, home: Path, stages: list[str] | None = None) -> dict | None:
+    """Run the stages of one day; the summary (None in a non-zero rank, which writes nothing)."""
     ctx = StageContext(cfg, ds, home)
+    if not is_rank0():
+        for name in stages or list(ORDER):
+            run_stage(name, ctx)
+        return None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))
     selected = stages or list(ORDER)
