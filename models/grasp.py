@@ -38,6 +38,7 @@ class GRASPConfig:
     hidden: int = 64          # H: the backbone's hidden size
     dropout: float = 0.2
     enrich_items: bool = True
+    user_neighbours: bool = True  # similar users' mean text in the global attention
     own_user_text: bool = False  # the user's own text vector as input: it summarises the train items, i.e. the
                                  # training targets, so it leaks them into training (off by default, see below)
 
@@ -127,8 +128,9 @@ class HolisticAttention(nn.Module):
         fine, w_fine = self.fine(profile + it, it, mask)                        # (B, T, H), (B, T, T)
 
         # global: the item embedding at t attends to [the user at t, similar users, item t, item t's similar items]
-        ctx = torch.stack([profile, us_nb[:, None, :].expand(B, T, H), it, it_nb], dim=2)  # (B, T, 4, H)
-        glob, w_glob = self.glob(x.unsqueeze(2), ctx)                           # (B, T, 1, H), (B, T, 1, 4)
+        ctx = [profile, us_nb[:, None, :].expand(B, T, H), it, it_nb] if self.cfg.user_neighbours \
+            else [profile, it, it_nb]
+        glob, w_glob = self.glob(x.unsqueeze(2), torch.stack(ctx, dim=2))       # (B, T, 1, H), (B, T, 1, C)
         glob = glob.squeeze(2)                                                  # (B, T, H)
 
         self.last_weights = {"fine": w_fine.detach(), "global": w_glob.squeeze(2).detach()}

@@ -225,6 +225,7 @@ class TrainGraspConfig:
     n_heads: int = 2
     dropout: float = 0.2
     enrich_items: bool = True
+    user_neighbours: bool = True
     own_user_text: bool = False
     loss: str = "ce"
     batch_size: int = 256

@@ -71,7 +71,8 @@ def build_model(name: str, n_items: int, cfg, tables: dict[str, np.ndarray] | No
         return SASRec(scfg)
     assert tables is not None
     gcfg = GRASPConfig(text_dim=tables["item_sem"].shape[1], hidden=t.hidden, dropout=t.dropout,
-                       enrich_items=t.enrich_items, own_user_text=t.own_user_text)
+                       enrich_items=t.enrich_items, user_neighbours=t.user_neighbours,
+                       own_user_text=t.own_user_text)
     enhancer = build(n_items, t.hidden, {k: torch.from_numpy(v) for k, v in tables.items()}, gcfg)
     return SASRec(scfg, enhancer)
 
@@ -116,7 +117,7 @@ def run(ctx) -> dict:
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
         settings = {"model": name, "train_grasp": dataclasses.asdict(t), "seed": ctx.cfg.seed}
         if name == "sasrec":  # the baseline does not read text: GRASP-only settings do not retrain it
-            for k in ("text_source", "enrich_items", "own_user_text"):
+            for k in ("text_source", "enrich_items", "user_neighbours", "own_user_text"):
                 settings["train_grasp"].pop(k)
         for k in ("epochs", "patience", "threads", "models"):  # more epochs resume; threads change no result
             settings["train_grasp"].pop(k)

@@ -129,6 +129,15 @@ def test_grasp_uses_the_text_features():
     assert not torch.allclose(b[1], m(SEQ, USERS)[1], atol=1e-4)
 
 
+def test_similar_users_can_be_switched_off():
+    m = make("grasp")
+    m.enhancer.cfg.user_neighbours = False
+    a = m(SEQ, USERS)
+    assert m.enhancer.last_weights["global"].shape == (3, T, 3)   # [profile, item, item's neighbours]
+    m.enhancer.user_nb += 3.0
+    assert torch.allclose(a, m(SEQ, USERS), atol=1e-6)
+
+
 def test_feature_tables_are_frozen_buffers():
     m = make("grasp")
     names = {n for n, _ in m.named_parameters()}
