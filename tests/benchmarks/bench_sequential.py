@@ -1,0 +1,181 @@
+"""SASRec vs SASRec + GRASP on Amazon Beauty: full ranking and 100 sampled negatives, slices, CPU time per epoch,
+time to convergence, memory, and the same training with 2 processes.
+
+    python tests/benchmarks/bench_sequential.py [--data ../shared/datasets/amazon-beauty] [--home DIR]
+        [--text-source metadata|descriptions] [--compare-text-source] [--grasp-variant KEY=VALUE ...]
+        [--skip-two-process]
+
+Runs the real stages (embed and neighbours if missing, wals, train_grasp, evaluate) on the ds 2026-11-24 split and
+writes ``tests/benchmarks/results/beauty_sequential.{json,md}``.
+
+``--compare-text-source`` also trains GRASP on the other text source (``descriptions`` needs the LLM's item
+descriptions: the describe stage runs for all items first, from ``HOME/cache/describe.sqlite`` where it is filled;
+users are not described, so their metadata text stands in). ``--grasp-variant train_grasp.KEY=VALUE`` trains a GRASP
+variant (an ablation). Both run in a hard-linked copy of the home and are reported beside the main models; the
+main comparison is the configured GRASP, chosen before these runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import BEAUTY_DS, machine, prepare_beauty, write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def two_process(ctx, data: str, source: str, epochs: int) -> dict:
+    """The same SASRec training under ``torchrun --nproc_per_node 2`` in a hard-linked copy of the home."""
+    home2 = Path(str(ctx.home) + "-2proc")
+    shutil.rmtree(home2, ignore_errors=True)
+    home2.mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home2 / "warehouse")], check=True)
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", "29533", "-m", "pipelines.cli", "stage", "train_grasp",
+           "--config", "pipelines/conf/amazon_beauty.yaml", "--set", f"data.path={data}", "--home", str(home2),
+           "--ds", BEAUTY_DS, "--set", f"train_grasp.text_source={source}", "--set", "train_grasp.models=[sasrec]",
+           "--set", f"train_grasp.epochs={epochs}", "--set", "train_grasp.patience=1000"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = json.loads((home2 / "runs" / BEAUTY_DS / "train_grasp" / "sasrec" / "result.json").read_text())
+    return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
+
+
+def best_valid(m: dict) -> float:
+    return max(h["valid_NDCG@10"] for h in m["history"])
+
+
+def grasp_run(ctx, label: str, overrides: list[str]) -> dict:
+    """GRASP trained with ``overrides`` and evaluated in a hard-linked copy of the home (the main home's outputs stay)."""
+    from pipelines import runner
+    from pipelines.config import CONF_DIR, load_config
+
+    home = Path(f"{ctx.home}-{label}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    for sub in ("warehouse", "checkpoints"):  # checkpoints: an identical earlier run resumes instead of retraining
+        if (ctx.home / sub).exists():
+            subprocess.run(["cp", "-al", str(ctx.home / sub), str(home / sub)], check=True)
+    cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={ctx.cfg.data.path}", *overrides,
+                                                         "train_grasp.models=[grasp]"])
+    runner.run(cfg, BEAUTY_DS, home, ["train_grasp", "evaluate"])
+    m = json.loads((home / "runs" / BEAUTY_DS / "metrics.json").read_text())["grasp"]
+    r = json.loads((home / "runs" / BEAUTY_DS / "train_grasp" / "grasp" / "result.json").read_text())
+    return {"overrides": overrides, **{k: m[k] for k in ("full", "sampled100", "slices", "valid")},
+            **{k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "best_valid_ndcg10", "history")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
+    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap.add_argument("--text-source", default="metadata", choices=["metadata", "descriptions"])
+    ap.add_argument("--skip-two-process", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="delete this ds's checkpoints first (else finished or "
+                    "interrupted trainings with identical settings and data are resumed)")
+    ap.add_argument("--two-process-epochs", type=int, default=3)
+    ap.add_argument("--compare-text-source", action="store_true")
+    ap.add_argument("--grasp-variant", action="append", default=[], metavar="train_grasp.KEY=VALUE")
+    args = ap.parse_args(argv)
+    other = "descriptions" if args.text_source == "metadata" else "metadata"
+    sources = [args.text_source] + ([other] if args.compare_text_source else [])
+
+    from pipelines import runner
+    from jobs import common
+
+    overrides = [f"train_grasp.text_source={args.text_source}", f"embed.sources=[{','.join(sources)}]",
+                 "describe.entities=[items]"]
+    ctx = prepare_beauty(args.data, args.home, overrides)
+    if "descriptions" in sources and not common.partition_path(ctx.home, "descriptions", BEAUTY_DS).exists():
+        runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["describe"])
+    have = [common.partition_path(ctx.home, t, BEAUTY_DS).exists() for t in ("text_embeddings", "neighbours")]
+    emb = common.read_arrow(ctx.home, "text_embeddings", BEAUTY_DS, columns=["source"]) if have[0] else None
+    if emb is None or not set(sources) <= set(emb.column("source").to_pylist()) or not have[1]:
+        runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["embed", "neighbours"])
+    if args.fresh:
+        shutil.rmtree(ctx.home / "checkpoints" / "train_grasp" / BEAUTY_DS, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["wals", "train_grasp", "evaluate"])
+    wall = time.perf_counter() - t0
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    out: dict = {}
+    for model, m in metrics.items():
+        out[model] = {k: m[k] for k in ("full", "sampled100", "slices", "valid")}
+        rp = ctx.run_dir / "train_grasp" / model / "result.json"
+        if rp.exists():
+            r = json.loads(rp.read_text())
+            out[model].update({k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "seconds_to_best",
+                                                 "train_seconds", "peak_rss_mb", "parameters", "history")})
+            out[model]["text_source"] = r.get("text_source")
+    s, g = out["sasrec"], out["grasp"]
+    gain = lambda a, b: round(a / b - 1.0, 4) if b else None  # noqa: E731
+    comparison = {"grasp_vs_sasrec_NDCG@10": {
+        "all": gain(g["full"]["NDCG@10"], s["full"]["NDCG@10"]),
+        **{sl: gain(g["slices"][sl]["full"]["NDCG@10"], s["slices"][sl]["full"]["NDCG@10"]) for sl in s["slices"]}}}
+    if not args.skip_two_process:
+        tp = two_process(ctx, args.data, args.text_source, args.two_process_epochs)
+        one = s["history"][: args.two_process_epochs]
+        comparison["two_process"] = {
+            "epochs": args.two_process_epochs, "epoch_seconds_2proc": tp["epoch_seconds"],
+            "epoch_seconds_1proc": round(sum(h["seconds"] for h in one) / len(one), 3),
+            "valid_NDCG@10_2proc": [h["valid_NDCG@10"] for h in tp["history"]],
+            "valid_NDCG@10_1proc": [h["valid_NDCG@10"] for h in one],
+            "peak_rss_mb_per_process": tp["peak_rss_mb"], "command": tp["command"]}
+    variants = {}
+    if args.compare_text_source:
+        variants[f"grasp[{other}]"] = grasp_run(ctx, other, [f"train_grasp.text_source={other}"])
+    for v in args.grasp_variant:
+        key = v if v.startswith("train_grasp.") else f"train_grasp.{v}"
+        variants[f"grasp[{key.split('.', 1)[1]}]"] = grasp_run(
+            ctx, key.split(".", 1)[1].replace("=", "-"), [f"train_grasp.text_source={args.text_source}", key])
+    for label, v in variants.items():
+        comparison[f"{label}_vs_sasrec_NDCG@10"] = {
+            "all": gain(v["full"]["NDCG@10"], s["full"]["NDCG@10"]),
+            **{sl: gain(v["slices"][sl]["full"]["NDCG@10"], s["slices"][sl]["full"]["NDCG@10"]) for sl in s["slices"]}}
+    if args.compare_text_source:
+        ds_, md = (variants[f"grasp[{other}]"], g) if other == "descriptions" else (g, variants[f"grasp[{other}]"])
+        comparison["descriptions_vs_metadata_NDCG@10"] = {
+            "all": gain(ds_["full"]["NDCG@10"], md["full"]["NDCG@10"]),
+            **{sl: gain(ds_["slices"][sl]["full"]["NDCG@10"], md["slices"][sl]["full"]["NDCG@10"])
+               for sl in md["slices"]},
+            "valid": gain(best_valid(ds_), best_valid(md))}
+    payload = {**out, **variants, "_comparison": comparison,
+               "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
+                         "protocol": "leave-one-out; full ranking over all items (history excluded) and 100 sampled "
+                                     "negatives (seed %d); test phase reads train + valid" % ctx.cfg.eval.negatives_seed,
+                         "text_source": args.text_source, "train_grasp": {k: v for k, v in
+                                                                        __import__("dataclasses").asdict(ctx.cfg.train_grasp).items()},
+                         "stage_seconds": {k: v["seconds"] for k, v in summary["stages"].items()},
+                         "wall_seconds": round(wall, 1), "machine": machine()}}
+    rows = [("model", "full NDCG@10", "full HR@10", "sampled100 NDCG@10", "short-history NDCG@10",
+             "tail-items NDCG@10", "s/epoch", "epochs (best)")]
+    for model, m in {**out, **variants}.items():
+        rows.append((model, f"{m['full']['NDCG@10']:.4f}", f"{m['full']['HR@10']:.4f}",
+                     f"{m['sampled100']['NDCG@10']:.4f}", f"{m['slices']['short_history']['full']['NDCG@10']:.4f}",
+                     f"{m['slices']['tail_items']['full']['NDCG@10']:.4f}", str(m.get("epoch_seconds", "-")),
+                     f"{m['epochs_run']} ({m['best_epoch']})" if "epochs_run" in m else "-"))
+    notes = [f"GRASP vs SASRec, NDCG@10 relative gain: {comparison['grasp_vs_sasrec_NDCG@10']}",
+             f"GRASP text source: {args.text_source}", f"seed {ctx.cfg.seed}; {payload['_meta']['protocol']}"]
+    for k, v in comparison.items():
+        if k.startswith("grasp[") or k.startswith("descriptions_vs"):
+            notes.append(f"{k}: {v}")
+    if variants:
+        notes.append("valid NDCG@10 at the best epoch: " + ", ".join(
+            f"{k} {best_valid(v):.4f}" for k, v in {**out, **variants}.items()
+            if "history" in v))
+    if "two_process" in comparison:
+        notes.append(f"2 processes (torchrun, OMP_NUM_THREADS=1): {comparison['two_process']}")
+    write_results("beauty_sequential", {**payload, "machine": machine()}, rows, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
