@@ -47,6 +47,9 @@ def select_stages(until: str | None = None, stages: str | None = None) -> list[s
     return list(ORDER)
 
 
+DISTRIBUTED = {"train_grasp"}  # stages that run on every rank of torchrun/deepspeed
+
+
 def is_rank0() -> bool:
     """False in the non-zero ranks of torchrun/deepspeed: only rank 0 keeps records and prints summaries."""
     return int(os.environ.get("RANK", "0")) == 0
@@ -76,9 +79,10 @@ def run_stage(name: str, ctx: StageContext) -> dict:
 def run(cfg: Config, ds: str, home: Path, stages: list[str] | None = None) -> dict | None:
     """Run the stages of one day; the summary (None in a non-zero rank, which writes nothing)."""
     ctx = StageContext(cfg, ds, home)
-    if not is_rank0():
+    if not is_rank0():  # other ranks join the distributed stages only; rank 0 runs the rest and keeps the records
         for name in stages or list(ORDER):
-            run_stage(name, ctx)
+            if name in DISTRIBUTED:
+                run_stage(name, ctx)
         return None
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))

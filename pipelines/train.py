@@ -109,6 +109,9 @@ def deepspeed_config(path: str, batch_size: int, world: int) -> dict:
                  "gradient_accumulation_steps": 1})
     conf.setdefault("steps_per_print", 10 ** 9)
     conf.setdefault("wall_clock_breakdown", False)
+    if int(conf.get("zero_optimization", {}).get("stage", 0)) >= 3:
+        raise ValueError(f"train_grasp.deepspeed_config: {path} asks for ZeRO stage 3, which partitions the item table "
+                         "the loop scores with outside the engine; use stage 0-2 (infra/deepspeed/)")
     conf.pop("optimizer", None)  # we pass a torch optimizer: a named one would JIT-compile cpu_adam
     return conf
 
@@ -229,6 +232,8 @@ def fit(model: torch.nn.Module, data: EvalData, cfg: LoopConfig, max_len: int, c
     from models.sasrec import bce_loss, ce_loss
     from pipelines.evaluation import metrics_from_ranks
 
+    import torch.distributed as dist
+
     tune_allocator()
     rank, world = init_distributed(cfg.dist_backend)
     torch.manual_seed(cfg.seed)
@@ -253,12 +258,12 @@ def fit(model: torch.nn.Module, data: EvalData, cfg: LoopConfig, max_len: int, c
     for epoch in range(res.epochs_run + 1, cfg.epochs + 1):
         if bad >= cfg.patience:
             break
-        torch.manual_seed(cfg.seed * 100_003 + epoch)                           # dropout repeats on resume
+        torch.manual_seed(cfg.seed * 100_003 + epoch + 7_919 * rank)            # dropout repeats on resume
         engine.train()
         t0 = time.perf_counter()
         total, count = 0.0, 0
         batches = train.batches(cfg.batch_size, cfg.seed * 100_003 + epoch)
-        neg_rng = np.random.default_rng(cfg.seed * 7 + epoch)
+        neg_rng = np.random.default_rng(cfg.seed * 7 + epoch + 7_919 * rank)
         for rows in tqdm(batches, desc=f"{name} epoch {epoch}", unit="batch", leave=False,
                          disable=rank != 0 or None):
             n_global = float(train.n_targets[rows].sum())
@@ -280,17 +285,22 @@ def fit(model: torch.nn.Module, data: EvalData, cfg: LoopConfig, max_len: int, c
             total += loss.item() * (n_global / world)
             count += int((tgt != 0).sum())
         if world > 1:                                                           # the epoch loss over all ranks
-            import torch.distributed as dist
-
             tc = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
             dist.all_reduce(tc)
             total, count = tc[0].item(), int(tc[1].item())
         res.epoch_seconds.append(time.perf_counter() - t0)
 
         t1 = time.perf_counter()
-        uv, iv = user_vectors(engine.module, data.train, data.n_users, max_len, cfg.eval_batch, device)
-        met = metrics_from_ranks(full_ranks(torch.from_numpy(uv), torch.from_numpy(iv), data.train, data.valid), (10,))
-        ndcg = met["NDCG@10"]
+        ndcg, hr = 0.0, 0.0
+        if rank == 0:                     # rank 0 evaluates and tells the others, so every rank stops at the same epoch
+            uv, iv = user_vectors(engine.module, data.train, data.n_users, max_len, cfg.eval_batch, device)
+            met = metrics_from_ranks(full_ranks(torch.from_numpy(uv), torch.from_numpy(iv), data.train, data.valid),
+                                     (10,))
+            ndcg, hr = met["NDCG@10"], met["HR@10"]
+        if world > 1:
+            tv = torch.tensor([ndcg, hr], dtype=torch.float64, device=device)
+            dist.broadcast(tv, 0)
+            ndcg, hr = tv.tolist()
         res.eval_seconds.append(time.perf_counter() - t1)
         res.epochs_run = epoch
         improved = ndcg > res.best_valid_ndcg10
@@ -303,7 +313,7 @@ def fit(model: torch.nn.Module, data: EvalData, cfg: LoopConfig, max_len: int, c
         else:
             bad += 1
         res.history.append({"epoch": epoch, "loss": round(total / max(count, 1), 5),
-                            "valid_NDCG@10": round(ndcg, 6), "valid_HR@10": round(met["HR@10"], 6),
+                            "valid_NDCG@10": round(ndcg, 6), "valid_HR@10": round(hr, 6),
                             "seconds": round(res.epoch_seconds[-1], 2)})
         if rank == 0:
             log(f"  {name} epoch {epoch}: loss {total / max(count, 1):.4f}, valid NDCG@10 {ndcg:.4f}"

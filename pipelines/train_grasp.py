@@ -122,6 +122,8 @@ def run(ctx) -> dict:
         for k in ("epochs", "patience", "threads", "models"):  # more epochs resume; threads change no result
             settings["train_grasp"].pop(k)
         settings["code"] = _code_version(name)  # a change to the model's code trains afresh
+        if world > 1:  # a DeepSpeed checkpoint is sharded per rank: another world size starts afresh
+            settings["world_size"] = world
         key = _fingerprint(settings, data.train.indptr, data.train.indices, data.valid,
                            *(tables.values() if name == "grasp" else ()))
         ckpt = ctx.home / "checkpoints" / "train_grasp" / ctx.ds / f"{name}-{key}"
@@ -130,12 +132,12 @@ def run(ctx) -> dict:
             print(f"  {name}: {n_params:,} trainable parameters, {world} process(es), checkpoints in {ckpt}", flush=True)
         res = fit(model, data, loop_config(ctx.cfg), t.max_len, ckpt, name)
         dev = "cpu" if t.device == "cpu" else next(model.parameters()).device
-        uv, items = user_vectors(model, data.history("valid"), data.n_users, t.max_len, 1024, dev)
-        ut, _ = user_vectors(model, data.history("test"), data.n_users, t.max_len, 1024, dev)
         summary = {**res.summary(), "parameters": n_params, "seconds": round(time.perf_counter() - t0, 2),
                    "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt)}
         out[name] = {k: v for k, v in summary.items() if k != "history"}
-        if rank == 0:
+        if rank == 0:  # the serving vectors: valid phase from train, test phase from train + valid
+            uv, items = user_vectors(model, data.history("valid"), data.n_users, t.max_len, 1024, dev)
+            ut, _ = user_vectors(model, data.history("test"), data.n_users, t.max_len, 1024, dev)
             d = ctx.run_dir / "train_grasp" / name
             d.mkdir(parents=True, exist_ok=True)
             tmp = d / "vectors.tmp.npz"

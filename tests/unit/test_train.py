@@ -42,6 +42,9 @@ def test_deepspeed_config_sets_batch_keys_and_drops_named_optimizers(tmp_path):
     assert "optimizer" not in conf and conf["zero_optimization"]["stage"] == 2
     with pytest.raises(ValueError, match="not divisible"):
         deepspeed_config("", 255, 2)
+    p.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ValueError, match="stage 3"):
+        deepspeed_config(str(p), 256, 1)
     with pytest.raises(FileNotFoundError, match="infra/deepspeed"):
         deepspeed_config(str(tmp_path / "missing.json"), 256, 1)
 
