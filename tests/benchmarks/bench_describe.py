@@ -134,6 +134,35 @@ def encoder_and_neighbours(ctx) -> dict:
     return out
 
 
+def encoder_int8_probe(ctx, n: int = 2000) -> dict:
+    """Is int8 a way past the fp32 encoder's compute bound? Dynamic int8 quantisation of every Linear against fp32
+    on the first ``n`` Beauty item texts, same batches: speed, and agreement of vectors and top-10 item neighbours."""
+    import torch
+
+    from features.neighbours import exact_topk
+    from pipelines import embed
+
+    texts = [r["text"] for r in embed.metadata_rows(ctx) if r["kind"] == "item"][:n]
+    enc = embed.Encoder(batch_size=ctx.cfg.embed.batch_size, max_tokens=ctx.cfg.embed.max_tokens)
+    enc.encode(texts[:64])
+    tokens = enc._model.tokenizer(texts, truncation=True, max_length=ctx.cfg.embed.max_tokens)["input_ids"]
+    t0 = time.perf_counter()
+    a = enc.encode(texts)
+    fp32_s = time.perf_counter() - t0
+    enc._model = torch.ao.quantization.quantize_dynamic(enc._model, {torch.nn.Linear}, dtype=torch.qint8)
+    enc.encode(texts[:64])
+    t0 = time.perf_counter()
+    b = enc.encode(texts)
+    int8_s = time.perf_counter() - t0
+    ia, _ = exact_topk(a, 10)
+    ib, _ = exact_topk(b, 10)
+    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ia, ib)])
+    return {"texts": len(texts), "mean_tokens": round(float(np.mean([len(t) for t in tokens])), 1),
+            "fp32_sentences_per_s": round(len(texts) / fp32_s, 1), "int8_sentences_per_s": round(len(texts) / int8_s, 1),
+            "int8_mean_cosine_to_fp32": round(float((a * b).sum(1).mean()), 4),
+            "int8_top10_neighbour_overlap": round(float(overlap), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
@@ -141,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-home", default="/tmp/recpipe-bench-describe",
                     help="home for the generation part (its describe cache is reset)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--part", choices=["all", "generation", "encoder"], default="all",
+    ap.add_argument("--part", choices=["all", "generation", "encoder", "encoder-int8"], default="all",
                     help="run one part and merge it into results/describe.json (the generation part takes ~15 min)")
     args = ap.parse_args(argv)
 
@@ -153,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = prepare_beauty(args.data, args.home, args.overrides)
     prev = RESULTS / "describe.json"
     res = json.loads(prev.read_text()) if args.part != "all" and prev.exists() else {}
-    res.update({"dataset": "amazon-beauty (items.tsv titles and attributes)", "machine": machine()})
+    res["dataset"] = "amazon-beauty (items.tsv titles and attributes)"
+    if args.part != "encoder-int8":  # the probe records its own machine and command
+        res["machine"] = machine()
     if args.part in ("all", "generation"):
         gen_home = Path(args.gen_home)
         if not (gen_home / "warehouse").exists():
@@ -164,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         prev.write_text(json.dumps(res, indent=2) + "\n")  # keep the slow part even if a later one fails
     if args.part in ("all", "encoder"):
         res.update(encoder_and_neighbours(ctx))
+    if args.part in ("all", "encoder-int8"):
+        res["encoder_int8_probe"] = {**encoder_int8_probe(ctx), "machine": machine()}
     if "generation" not in res or "encoder_sentences_per_s" not in res:
         prev.write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote the parts run so far to {prev}; run the other part to complete it")
@@ -187,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"model: {g['model']}; {g['identical_outputs_fraction']:.0%} of the 200 batched outputs are identical "
              "to the one-at-a-time ones (left padding changes float rounding, so greedy paths can split)",
              "user vectors: metadata texts (recent purchases' titles), item vectors: " + res["item_vectors_source"]]
+    if "encoder_int8_probe" in res:
+        notes.append(f"int8 probe (dynamic quantisation, not used by the pipeline): {res['encoder_int8_probe']}")
     write_results("describe", res, rows, notes)
     return 0
 
