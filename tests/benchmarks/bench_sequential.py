@@ -59,18 +59,23 @@ def grasp_run(ctx, label: str, overrides: list[str]) -> dict:
     from pipelines.config import CONF_DIR, load_config
 
     home = Path(f"{ctx.home}-{label}")
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    for sub in ("warehouse", "checkpoints"):  # checkpoints: an identical earlier run resumes instead of retraining
-        if (ctx.home / sub).exists():
-            subprocess.run(["cp", "-al", str(ctx.home / sub), str(home / sub)], check=True)
+    for sub in ("warehouse", "runs"):
+        shutil.rmtree(home / sub, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home / "warehouse")], check=True)
+    src = ctx.home / "checkpoints" / "train_grasp" / BEAUTY_DS  # an identical earlier run resumes, not retrains
+    dst = home / "checkpoints" / "train_grasp" / BEAUTY_DS
+    dst.mkdir(parents=True, exist_ok=True)
+    for d in src.glob("*") if src.exists() else ():
+        if not (dst / d.name).exists():
+            subprocess.run(["cp", "-al", str(d), str(dst / d.name)], check=True)
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={ctx.cfg.data.path}", *overrides,
                                                          "train_grasp.models=[grasp]"])
     runner.run(cfg, BEAUTY_DS, home, ["train_grasp", "evaluate"])
     m = json.loads((home / "runs" / BEAUTY_DS / "metrics.json").read_text())["grasp"]
     r = json.loads((home / "runs" / BEAUTY_DS / "train_grasp" / "grasp" / "result.json").read_text())
     return {"overrides": overrides, **{k: m[k] for k in ("full", "sampled100", "slices", "valid")},
-            **{k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "best_valid_ndcg10", "history")}}
+            **{k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "best_valid_NDCG@10", "history")}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "all": gain(ds_["full"]["NDCG@10"], md["full"]["NDCG@10"]),
             **{sl: gain(ds_["slices"][sl]["full"]["NDCG@10"], md["slices"][sl]["full"]["NDCG@10"])
                for sl in md["slices"]},
-            "valid": gain(best_valid(ds_), best_valid(md))}
+            "valid": gain(best_valid(ds_), best_valid(md))}  # at each model's best epoch
     payload = {**out, **variants, "_comparison": comparison,
                "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
                          "protocol": "leave-one-out; full ranking over all items (history excluded) and 100 sampled "
