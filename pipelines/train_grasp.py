@@ -31,6 +31,9 @@ MODELS = ("sasrec", "grasp")
 
 def feature_tables(ctx, source: str, n_items: int, n_users: int) -> dict[str, np.ndarray]:
     """``item_sem``/``item_nb`` (N + 1, D) and ``user_sem``/``user_nb`` (U, D): own vectors and neighbours' mean."""
+    import torch
+
+    from models.grasp import mean_neighbours
     from pipelines.neighbours import vectors_of
 
     for table, stage in (("text_embeddings", "embed"), ("neighbours", "neighbours")):
@@ -51,9 +54,8 @@ def feature_tables(ctx, source: str, n_items: int, n_users: int) -> dict[str, np
         k = int(pc.max(part.column("rank")).as_py() or 0) + 1 if part.num_rows else 1
         table = np.full((rows, k), -1, np.int64)
         table[part.column("idx").to_numpy(), part.column("rank").to_numpy()] = part.column("neighbour_idx").to_numpy()
-        have = table >= 0
-        pooled = (sem[np.maximum(table, 0)] * have[..., None]).sum(1) / np.maximum(have.sum(1, keepdims=True), 1)
-        out[f"{kind}_sem"], out[f"{kind}_nb"] = sem, pooled.astype(np.float32)
+        pooled = mean_neighbours(torch.from_numpy(sem), torch.from_numpy(table)).numpy()
+        out[f"{kind}_sem"], out[f"{kind}_nb"] = sem, pooled
     return out
 
 

@@ -55,6 +55,11 @@ def _synthetic_split(tmp_path_factory) -> Path:
 @pytest.fixture
 def synthetic_home(_synthetic_split, tmp_path) -> Path:
     """A private copy of a synthetic home after split (ds 2026-01-01): tests may write anything into it."""
+    return private_home(_synthetic_split, tmp_path)
+
+
+def private_home(shared: Path, tmp_path: Path) -> Path:
+    """A copy of ``shared``'s warehouse under ``tmp_path/home``: a test's writes never reach the shared home."""
     home = tmp_path / "home"
-    shutil.copytree(_synthetic_split / "warehouse", home / "warehouse")
+    shutil.copytree(shared / "warehouse", home / "warehouse")
     return home

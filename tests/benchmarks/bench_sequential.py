@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pipelines.train import free_port  # noqa: E402
 from tests.benchmarks.common import BEAUTY_DS, machine, prepare_beauty, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def two_process(ctx, data: str, source: str, epochs: int) -> dict:
     home2.mkdir(parents=True)
     subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home2 / "warehouse")], check=True)
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "29533", "-m", "pipelines.cli", "stage", "train_grasp",
+           "--master_port", str(free_port()), "-m", "pipelines.cli", "stage", "train_grasp",
            "--config", "pipelines/conf/amazon_beauty.yaml", "--set", f"data.path={data}", "--home", str(home2),
            "--ds", BEAUTY_DS, "--set", f"train_grasp.text_source={source}", "--set", "train_grasp.models=[sasrec]",
            "--set", f"train_grasp.epochs={epochs}", "--set", "train_grasp.patience=1000"]
@@ -47,6 +48,16 @@ def two_process(ctx, data: str, source: str, epochs: int) -> dict:
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     res = json.loads((home2 / "runs" / BEAUTY_DS / "train_grasp" / "sasrec" / "result.json").read_text())
     return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
+
+
+def gain(a: float, b: float) -> float | None:
+    return round(a / b - 1.0, 4) if b else None
+
+
+def ndcg_gains(a: dict, b: dict) -> dict:
+    """Relative full-ranking NDCG@10 gain of model ``a`` over ``b``, overall and per slice."""
+    return {"all": gain(a["full"]["NDCG@10"], b["full"]["NDCG@10"]),
+            **{sl: gain(a["slices"][sl]["full"]["NDCG@10"], b["slices"][sl]["full"]["NDCG@10"]) for sl in b["slices"]}}
 
 
 def best_valid(m: dict) -> float:
@@ -121,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "train_seconds", "peak_rss_mb", "parameters", "history")})
             out[model]["text_source"] = r.get("text_source")
     s, g = out["sasrec"], out["grasp"]
-    gain = lambda a, b: round(a / b - 1.0, 4) if b else None  # noqa: E731
-    comparison = {"grasp_vs_sasrec_NDCG@10": {
-        "all": gain(g["full"]["NDCG@10"], s["full"]["NDCG@10"]),
-        **{sl: gain(g["slices"][sl]["full"]["NDCG@10"], s["slices"][sl]["full"]["NDCG@10"]) for sl in s["slices"]}}}
+    comparison = {"grasp_vs_sasrec_NDCG@10": ndcg_gains(g, s)}
     if not args.skip_two_process:
         tp = two_process(ctx, args.data, args.text_source, args.two_process_epochs)
         one = s["history"][: args.two_process_epochs]
@@ -150,16 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         variants[f"grasp[{key.split('.', 1)[1]}]"] = grasp_run(
             ctx, key.split(".", 1)[1].replace("=", "-"), [f"train_grasp.text_source={args.text_source}", key])
     for label, v in variants.items():
-        comparison[f"{label}_vs_sasrec_NDCG@10"] = {
-            "all": gain(v["full"]["NDCG@10"], s["full"]["NDCG@10"]),
-            **{sl: gain(v["slices"][sl]["full"]["NDCG@10"], s["slices"][sl]["full"]["NDCG@10"]) for sl in s["slices"]}}
+        comparison[f"{label}_vs_sasrec_NDCG@10"] = ndcg_gains(v, s)
     if args.compare_text_source:
         ds_, md = (variants[f"grasp[{other}]"], g) if other == "descriptions" else (g, variants[f"grasp[{other}]"])
         comparison["descriptions_vs_metadata_NDCG@10"] = {
-            "all": gain(ds_["full"]["NDCG@10"], md["full"]["NDCG@10"]),
-            **{sl: gain(ds_["slices"][sl]["full"]["NDCG@10"], md["slices"][sl]["full"]["NDCG@10"])
-               for sl in md["slices"]},
-            "valid": gain(best_valid(ds_), best_valid(md))}  # at each model's best epoch
+            **ndcg_gains(ds_, md), "valid": gain(best_valid(ds_), best_valid(md))}  # at each model's best epoch
     payload = {**out, **variants, "_comparison": comparison,
                "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
                          "protocol": "leave-one-out; full ranking over all items (history excluded) and 100 sampled "

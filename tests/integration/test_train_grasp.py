@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DS
+from pipelines.train import free_port
+from tests.conftest import DS, private_home
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,17 +34,7 @@ def _text_home(_synthetic_split, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def text_home(_text_home, tmp_path) -> Path:
-    home = tmp_path / "home"
-    shutil.copytree(_text_home / "warehouse", home / "warehouse")
-    return home
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return private_home(_text_home, tmp_path)
 
 
 def _stage(home: Path, *sets: str, procs: int = 1) -> subprocess.CompletedProcess:
@@ -55,7 +46,7 @@ def _stage(home: Path, *sets: str, procs: int = 1) -> subprocess.CompletedProces
     else:
         # a concrete free port: with --master_port 0 the workers never meet (each binds its own store)
         cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(procs),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
