@@ -15,6 +15,11 @@ features derived from LLM (or metadata) text, used as *input*, never as a superv
 Optionally (``enrich_items``) the item table used for input and scoring gets the same semantic features through a
 second adapter, which lets rarely-seen (tail) items borrow from their text.
 
+Optionally (``text_init`` > 0) the backbone's item id embeddings start from the text's top principal components
+instead of random noise (an addition to the paper, in the spirit of LLM-ESR/LLMInit: the text is still input only).
+On Amazon Beauty this, not the attention alone, is what lifts GRASP above SASRec in full ranking
+(``tests/benchmarks/results/beauty_sequential.md``).
+
 The user's own description is used to *retrieve* similar users, not as an input by default: it is written from all
 of the user's train items, so at training position t it describes items t+1.. that are the training targets; fed in,
 the model learns to read the answer off it during training, which does not carry over to the held-out item
@@ -41,6 +46,7 @@ class GRASPConfig:
     user_neighbours: bool = True  # similar users' mean text in the global attention
     own_user_text: bool = False  # the user's own text vector as input: it summarises the train items, i.e. the
                                  # training targets, so it leaks them into training (off by default, see below)
+    text_init: float = 0.0       # > 0: start the backbone's item embeddings from the text (PCA), at this std
 
 
 class SigmoidAttention(nn.Module):
@@ -93,12 +99,16 @@ class HolisticAttention(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.last_weights: dict[str, torch.Tensor] = {}
 
-    def zero_init(self) -> None:
-        """Zero the adapters' output layers: training starts from the plain backbone and learns what the text adds."""
+    def post_init(self, item_emb: nn.Embedding) -> None:
+        """After the backbone's generic init: zero the adapters' output layers (training starts from the plain
+        backbone and learns what the text adds) and, with ``text_init``, start the id embeddings from the text."""
         for a in (self.adapter, self.item_adapter):
             if a is not None:
                 nn.init.zeros_(a.net[-1].weight)
                 nn.init.zeros_(a.net[-1].bias)
+        if self.cfg.text_init > 0:
+            with torch.no_grad():
+                item_emb.weight[1:] = text_pca(self.item_sem[1:], item_emb.embedding_dim, self.cfg.text_init)
 
     def enrich_items(self, emb: torch.Tensor) -> torch.Tensor:
         """(N + 1, H) id embeddings -> (N + 1, H) id embeddings + adapter(id, own text, neighbours' text)."""
@@ -135,6 +145,16 @@ class HolisticAttention(nn.Module):
 
         self.last_weights = {"fine": w_fine.detach(), "global": w_glob.squeeze(2).detach()}
         return x + self.drop(self.adapter(torch.cat([x, fine, glob], dim=-1)))  # (B, T, H)
+
+
+def text_pca(vectors: torch.Tensor, dim: int, std: float) -> torch.Tensor:
+    """(R, D) text vectors -> (R, dim): their top principal components, scaled to an overall ``std``
+    (zero columns beyond min(R, D) components)."""
+    centred = vectors - vectors.mean(0)                                          # (R, D)
+    q = min(dim, *centred.shape)
+    _, _, v = torch.pca_lowrank(centred, q=q, center=False, niter=4)             # v (D, q)
+    out = torch.nn.functional.pad(centred @ v, (0, dim - q))                     # (R, dim)
+    return out * (std / out.std().clamp(min=1e-12))
 
 
 def mean_neighbours(vectors: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:

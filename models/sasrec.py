@@ -27,6 +27,7 @@ class SASRecConfig:
     n_heads: int = 2
     dropout: float = 0.2
     attn_dropout: float = 0.2
+    item_init_std: float = 0.02  # std of the random item embeddings at the start
 
 
 class CausalSelfAttention(nn.Module):
@@ -100,8 +101,9 @@ class SASRec(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.hidden)
         self.enhancer = enhancer
         self.apply(self._init)
-        if enhancer is not None and hasattr(enhancer, "zero_init"):
-            enhancer.zero_init()  # after the generic init, which would overwrite it
+        nn.init.normal_(self.item_emb.weight, std=cfg.item_init_std)
+        if enhancer is not None and hasattr(enhancer, "post_init"):
+            enhancer.post_init(self.item_emb)  # after the generic init, which would overwrite it
 
     @staticmethod
     def _init(m: nn.Module) -> None:

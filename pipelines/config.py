@@ -227,6 +227,8 @@ class TrainGraspConfig:
     enrich_items: bool = True
     user_neighbours: bool = True
     own_user_text: bool = False
+    text_init: float = 0.0
+    item_init_std: float = 0.02
     loss: str = "ce"
     batch_size: int = 256
     lr: float = 0.001

@@ -68,13 +68,14 @@ def build_model(name: str, n_items: int, cfg, tables: dict[str, np.ndarray] | No
     t = cfg.train_grasp
     torch.manual_seed(cfg.seed)
     scfg = SASRecConfig(n_items=n_items, max_len=t.max_len, hidden=t.hidden, n_layers=t.n_layers,
-                        n_heads=t.n_heads, dropout=t.dropout, attn_dropout=t.dropout)
+                        n_heads=t.n_heads, dropout=t.dropout, attn_dropout=t.dropout,
+                        item_init_std=t.item_init_std)
     if name == "sasrec":
         return SASRec(scfg)
     assert tables is not None
     gcfg = GRASPConfig(text_dim=tables["item_sem"].shape[1], hidden=t.hidden, dropout=t.dropout,
                        enrich_items=t.enrich_items, user_neighbours=t.user_neighbours,
-                       own_user_text=t.own_user_text)
+                       own_user_text=t.own_user_text, text_init=t.text_init)
     enhancer = build(n_items, t.hidden, {k: torch.from_numpy(v) for k, v in tables.items()}, gcfg)
     return SASRec(scfg, enhancer)
 
@@ -119,7 +120,7 @@ def run(ctx) -> dict:
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
         settings = {"model": name, "train_grasp": dataclasses.asdict(t), "seed": ctx.cfg.seed}
         if name == "sasrec":  # the baseline does not read text: GRASP-only settings do not retrain it
-            for k in ("text_source", "enrich_items", "user_neighbours", "own_user_text"):
+            for k in ("text_source", "enrich_items", "user_neighbours", "own_user_text", "text_init"):
                 settings["train_grasp"].pop(k)
         for k in ("epochs", "patience", "threads", "models"):  # more epochs resume; threads change no result
             settings["train_grasp"].pop(k)

@@ -145,6 +145,20 @@ def test_feature_tables_are_frozen_buffers():
     assert "enhancer.item_sem" not in m.state_dict()
 
 
+def test_text_init_starts_item_embeddings_from_the_text():
+    torch.manual_seed(0)
+    cfg = SASRecConfig(n_items=N_ITEMS, max_len=8, hidden=H, n_heads=2)
+    t = tables()
+    t["item_sem"][1:11] += 5.0 * torch.randn(D)                   # items 1..10 share a topic, the rest do not
+    m = SASRec(cfg, build(N_ITEMS, H, t, GRASPConfig(text_dim=D, hidden=H, text_init=0.05)))
+    e = m.item_emb.weight.detach()[1:]
+    assert e.std().item() == pytest.approx(0.05, rel=1e-3)
+    sim = torch.nn.functional.normalize(e, dim=1) @ torch.nn.functional.normalize(e, dim=1).T
+    assert sim[:10, :10].mean() > 0.5 > sim[:10, 10:].mean()      # the text's structure is in the embeddings
+    off = SASRec(cfg, build(N_ITEMS, H, t, GRASPConfig(text_dim=D, hidden=H)))
+    assert off.item_emb.weight.std().item() == pytest.approx(0.02, rel=0.2)  # default: the generic random init
+
+
 def test_mean_neighbours():
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     nb = torch.tensor([[1, 2], [0, -1], [-1, -1]])
