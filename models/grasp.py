@@ -110,11 +110,16 @@ class HolisticAttention(nn.Module):
             with torch.no_grad():
                 item_emb.weight[1:] = text_pca(self.item_sem[1:], item_emb.embedding_dim, self.cfg.text_init)
 
+    def _text(self, rows: torch.Tensor) -> torch.Tensor:
+        """Looked-up text rows in the weights' dtype: the frozen tables stay fp32 when DeepSpeed's bf16/fp16 casts
+        only the parameters (ZeRO-2 on GPUs)."""
+        return rows.to(self.item_proj.weight.dtype)
+
     def enrich_items(self, emb: torch.Tensor) -> torch.Tensor:
         """(N + 1, H) id embeddings -> (N + 1, H) id embeddings + adapter(id, own text, neighbours' text)."""
         if self.item_adapter is None:
             return emb
-        sem = self.item_proj(torch.stack([self.item_sem, self.item_nb]))       # (2, N + 1, H)
+        sem = self.item_proj(self._text(torch.stack([self.item_sem, self.item_nb])))  # (2, N + 1, H)
         extra = self.item_adapter(torch.cat([emb, sem[0], sem[1]], dim=-1))     # (N + 1, H)
         return emb + extra * (torch.arange(len(emb), device=emb.device) != 0)[:, None]  # padding row stays as is
 
@@ -123,14 +128,14 @@ class HolisticAttention(nn.Module):
         B, T, H = x.shape
         assert seq.shape == (B, T) and users.shape == (B,), "seq (B, T) and users (B,) must match x (B, T, H)"
         valid = seq != 0                                                        # (B, T)
-        it = self.item_proj(self.item_sem[seq]) * valid[..., None]              # (B, T, H)
-        it_nb = self.item_proj(self.item_nb[seq])                               # (B, T, H)
-        us_nb = self.user_proj(self.user_nb[users])                             # (B, H)
+        it = self.item_proj(self._text(self.item_sem[seq])) * valid[..., None]  # (B, T, H)
+        it_nb = self.item_proj(self._text(self.item_nb[seq]))                   # (B, T, H)
+        us_nb = self.user_proj(self._text(self.user_nb[users]))                 # (B, H)
         # the user as of position t: the mean semantic vector of items 1..t (causal), plus optionally their own text
         n = valid.cumsum(1).clamp(min=1)[..., None]                             # (B, T, 1)
         profile = it.cumsum(1) / n                                              # (B, T, H)
         if self.cfg.own_user_text:
-            profile = profile + self.user_proj(self.user_sem[users])[:, None, :]
+            profile = profile + self.user_proj(self._text(self.user_sem[users]))[:, None, :]
 
         # fine-grained: the user at t (with item t) attends to the items 1..t of the sequence
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()    # (T, T)

@@ -145,6 +145,18 @@ def test_feature_tables_are_frozen_buffers():
     assert "enhancer.item_sem" not in m.state_dict()
 
 
+def test_grasp_runs_with_bf16_weights_and_fp32_text_tables():
+    """DeepSpeed's bf16 (ZeRO-2 on GPUs) casts the parameters, not the frozen buffers (seen on an H100)."""
+    m = make("grasp")
+    want = m(SEQ, USERS)
+    for p in m.parameters():
+        p.data = p.data.bfloat16()
+    assert m.enhancer.item_sem.dtype == torch.float32
+    h = m(SEQ, USERS)
+    assert h.dtype == torch.bfloat16 and m.item_table().dtype == torch.bfloat16
+    assert torch.allclose(h.float(), want, atol=0.1)
+
+
 def test_text_init_starts_item_embeddings_from_the_text():
     torch.manual_seed(0)
     cfg = SASRecConfig(n_items=N_ITEMS, max_len=8, hidden=H, n_heads=2)
