@@ -17,13 +17,15 @@ second adapter, which lets rarely-seen (tail) items borrow from their text.
 
 Optionally (``text_init`` > 0) the backbone's item id embeddings start from the text's top principal components
 instead of random noise (an addition to the paper, in the spirit of LLM-ESR/LLMInit: the text is still input only).
-On Amazon Beauty this, not the attention alone, is what lifts GRASP above SASRec in full ranking
-(``tests/benchmarks/results/beauty_sequential.md``).
+On Amazon Beauty the attention alone stays below SASRec in full ranking; with it, and without similar users (below),
+GRASP is above (``tests/benchmarks/results/beauty_sequential*.md``).
 
 The user's own description is used to *retrieve* similar users, not as an input by default: it is written from all
 of the user's train items, so at training position t it describes items t+1.. that are the training targets; fed in,
 the model learns to read the answer off it during training, which does not carry over to the held-out item
-(``own_user_text=True`` restores it for comparison).
+(``own_user_text=True`` restores it for comparison). The similar users retrieved by that text carry the same
+information one step removed, and they are stale by one item at test time; the pipeline leaves them out by default
+(``user_neighbours``; the module keeps them on, as in the paper).
 
 The feature tables are buffers (not parameters, not saved in checkpoints): ``item_sem``/``item_nb`` (N + 1, D) and
 ``user_sem``/``user_nb`` (U, D), row 0 of the item tables being padding.

@@ -225,7 +225,7 @@ class TrainGraspConfig:
     n_heads: int = 2
     dropout: float = 0.2
     enrich_items: bool = True
-    user_neighbours: bool = True
+    user_neighbours: bool = False
     own_user_text: bool = False
     text_init: float = 0.0
     item_init_std: float = 0.02
