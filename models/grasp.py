@@ -132,7 +132,6 @@ class HolisticAttention(nn.Module):
         valid = seq != 0                                                        # (B, T)
         it = self.item_proj(self._text(self.item_sem[seq])) * valid[..., None]  # (B, T, H)
         it_nb = self.item_proj(self._text(self.item_nb[seq]))                   # (B, T, H)
-        us_nb = self.user_proj(self._text(self.user_nb[users]))                 # (B, H)
         # the user as of position t: the mean semantic vector of items 1..t (causal), plus optionally their own text
         n = valid.cumsum(1).clamp(min=1)[..., None]                             # (B, T, 1)
         profile = it.cumsum(1) / n                                              # (B, T, H)
@@ -145,8 +144,10 @@ class HolisticAttention(nn.Module):
         fine, w_fine = self.fine(profile + it, it, mask)                        # (B, T, H), (B, T, T)
 
         # global: the item embedding at t attends to [the user at t, similar users, item t, item t's similar items]
-        ctx = [profile, us_nb[:, None, :].expand(B, T, H), it, it_nb] if self.cfg.user_neighbours \
-            else [profile, it, it_nb]
+        ctx = [profile, it, it_nb]
+        if self.cfg.user_neighbours:
+            us_nb = self.user_proj(self._text(self.user_nb[users]))             # (B, H)
+            ctx.insert(1, us_nb[:, None, :].expand(B, T, H))
         glob, w_glob = self.glob(x.unsqueeze(2), torch.stack(ctx, dim=2))       # (B, T, 1, H), (B, T, 1, C)
         glob = glob.squeeze(2)                                                  # (B, T, H)
 

@@ -139,14 +139,19 @@ def model_zoo(ctx: StageContext, data) -> dict[str, Callable]:
     return zoo
 
 
+def eval_kwargs(cfg: Config) -> dict:
+    """The protocol settings of ``eval`` as keyword arguments of ``pipelines.evaluation.evaluate``."""
+    e = cfg.eval
+    return dict(ks=tuple(e.ks), batch=e.batch_size, short_quantile=e.short_quantile, tail_fraction=e.tail_fraction)
+
+
 def evaluate(ctx: StageContext) -> dict:
     from pipelines import report, serving
     from pipelines.evaluation import evaluate as score
 
-    e = ctx.cfg.eval
     data, user_ids, item_ids = load_eval_data(ctx)
     neg = negatives_for(ctx, data)
-    kw = dict(ks=tuple(e.ks), batch=e.batch_size, short_quantile=e.short_quantile, tail_fraction=e.tail_fraction)
+    kw = eval_kwargs(ctx.cfg)
     metrics, seconds, model_dirs = {}, {}, {}
     hist = data.history("test")
     for name, factory in model_zoo(ctx, data).items():

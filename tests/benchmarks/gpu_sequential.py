@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.common import BEAUTY_DS, machine, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("sequences", "user_map", "item_map")
 VARIANTS = {
     "zero2_bf16": "infra/deepspeed/zero2_gpu.json",
@@ -75,8 +74,8 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
 
     from pipelines import runner, train_grasp
     from pipelines.config import CONF_DIR, load_config
-    from pipelines.evaluation import draw_negatives, evaluate
-    from pipelines.stages import StageContext, load_eval_data
+    from pipelines.evaluation import evaluate
+    from pipelines.stages import StageContext, eval_kwargs, load_eval_data, negatives_for
 
     meta = json.loads((bundle / "bundle.json").read_text())
     z = np.load(bundle / "tables.npz")
@@ -84,6 +83,9 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
     train_grasp.feature_tables = lambda ctx, source, n_items, n_users: tables  # pooled on the warehouse's machine
     home = (bundle / "home").resolve()
     out.mkdir(parents=True, exist_ok=True)
+    base = StageContext(load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={bundle}"]), meta["ds"], home)
+    data, _, _ = load_eval_data(base)
+    neg = negatives_for(base, data)  # drawn (seeded) as the evaluate stage draws them
     results = {}
     for v, seed in [(v, s) for s in (seeds or [None]) for v in variants]:
         key = v + (f" seed={seed}" if seed is not None else "") + "".join(f" {x}" for x in sets or [])
@@ -100,13 +102,9 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         rec = runner.run_stage("train_grasp", ctx)
         wall = time.perf_counter() - t0
-        data, _, _ = load_eval_data(ctx)
-        e = cfg.eval
-        neg = draw_negatives(data, e.n_negatives, e.negatives_seed)
-        kw = dict(ks=tuple(e.ks), batch=e.batch_size, short_quantile=e.short_quantile, tail_fraction=e.tail_fraction)
         for name, summary in rec["models"].items():
             scorer, _ = train_grasp.scorer(ctx, name, data)
-            m = evaluate(scorer, data, neg, "test", **kw)
+            m = evaluate(scorer, data, neg, "test", **eval_kwargs(cfg))
             results.setdefault(key, {})[name] = {**m, **{k: summary[k] for k in (
                 "epoch_seconds", "best_epoch", "epochs_run", "best_valid_NDCG@10", "seconds_to_best", "train_seconds")}}
             print(f"  {key} {name}: test full NDCG@10 {m['full']['NDCG@10']:.4f} HR@10 {m['full']['HR@10']:.4f}, "
