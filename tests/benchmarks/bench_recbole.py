@@ -5,7 +5,8 @@ same leave-one-out split (RecBole splits the same sequences itself: ``LS: valid_
 are scored on valid by full ranking. recpipe runs the real ``train_grasp`` stage (``models=[sasrec]``, the
 ``amazon_beauty.yaml`` settings) in a hard-linked copy of the bench home; RecBole runs in a subprocess with its
 documented defaults for SASRec except the shared settings above. Each trains ``--epochs`` epochs without early
-stopping, so the comparison is per epoch at equal epochs; recpipe's converged figures are in beauty_sequential.json.
+stopping; the report compares seconds per epoch, valid NDCG@10 at equal epochs and, from recpipe's converged run
+in beauty_sequential.json, the training time recpipe needs to reach RecBole's last valid NDCG@10.
 
 RecBole is not a recpipe dependency: ``tests/benchmarks/requirements-recbole.txt`` pins it and the few packages its
 SASRec path imports; they are installed ``--no-deps`` into ``HOME/recbole-site``, which is appended to the
