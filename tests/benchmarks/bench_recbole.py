@@ -25,9 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, RESULTS, machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, ROOT, RESULTS, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements-recbole.txt"
 
 
@@ -62,7 +61,7 @@ def write_atomic(sequences: Path, out_dir: Path) -> tuple[int, int]:
     return n, users
 
 
-def recbole_worker(data_dir: str, epochs: int, seed: int, out: str) -> None:
+def recbole_worker(data_dir: str, epochs: int, seed: int, batch: int, out: str) -> None:
     """Runs in the subprocess: RecBole's own data pipeline, SASRec and Trainer, timing each epoch's training."""
     import numpy as np
     import torch
@@ -80,7 +79,7 @@ def recbole_worker(data_dir: str, epochs: int, seed: int, out: str) -> None:
     params = {"data_path": str(Path(data_dir).parent), "dataset": Path(data_dir).name,
               "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
               "MAX_ITEM_LIST_LENGTH": 50, "loss_type": "CE", "train_neg_sample_args": None,
-              "train_batch_size": 256, "eval_batch_size": 4096, "hidden_size": 64, "inner_size": 256,
+              "train_batch_size": batch, "eval_batch_size": 4096, "hidden_size": 64, "inner_size": 256,
               "n_layers": 2, "n_heads": 2, "epochs": epochs, "eval_step": 1, "stopping_step": 10 ** 6,
               "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
               "metrics": ["Hit", "NDCG"], "topk": [10], "valid_metric": "NDCG@10", "use_gpu": False,
@@ -114,25 +113,10 @@ def recbole_worker(data_dir: str, epochs: int, seed: int, out: str) -> None:
                                      "parameters": sum(p.numel() for p in model.parameters())}))
 
 
-def run_recpipe(ctx, data: str, epochs: int) -> dict:
-    """recpipe's SASRec for ``epochs`` epochs (no early stopping) in a hard-linked copy of the home."""
-    home2 = Path(str(ctx.home) + "-recbole-cmp")
-    shutil.rmtree(home2, ignore_errors=True)
-    home2.mkdir(parents=True)
-    subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home2 / "warehouse")], check=True)
-    cmd = [sys.executable, "-m", "pipelines.cli", "stage", "train_grasp", "--config", "pipelines/conf/amazon_beauty.yaml",
-           "--set", f"data.path={data}", "--home", str(home2), "--ds", BEAUTY_DS, "--set", "train_grasp.models=[sasrec]",
-           "--set", f"train_grasp.epochs={epochs}", "--set", "train_grasp.patience=1000"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    res = json.loads((home2 / "runs" / BEAUTY_DS / "train_grasp" / "sasrec" / "result.json").read_text())
-    shutil.rmtree(home2, ignore_errors=True)
-    return {"command": " ".join(cmd), **res}
-
-
 def report(payload: dict) -> None:
     """The .md table and notes from the payload (and, for convergence, recpipe's full run in beauty_sequential)."""
     ours, rb, meta = payload["recpipe"], payload["recbole"], payload["_meta"]
-    ours_s, rb_s = ours["epoch_seconds"], rb["epoch_seconds"]
+    ours_s, rb_s, batch = ours["epoch_seconds"], rb["epoch_seconds"], meta["batch_size"]
     rows = [("epoch", "recpipe s (train)", "recpipe valid NDCG@10", "RecBole s (train)", "RecBole valid NDCG@10")]
     for a, b in zip(ours["history"], rb["history"]):
         rows.append((str(a["epoch"]), f"{a['seconds']:.1f}", f"{a['valid_NDCG@10']:.4f}", f"{b['seconds']:.1f}",
@@ -140,8 +124,8 @@ def report(payload: dict) -> None:
     notes = [f"seconds per epoch (training only, mean of {meta['epochs']}): recpipe {ours_s}, RecBole 1.2.1 {rb_s}: "
              f"RecBole takes {rb_s / ours_s:.1f}x as long",
              f"an epoch is the same targets for both (every prefix of every training sequence), but RecBole feeds "
-             f"them as {rb['train_rows']:,} augmented rows, {-(-rb['train_rows'] // 256)} optimizer steps per epoch, "
-             f"against one row per user for recpipe ({ours['train_rows']:,} rows, {-(-ours['train_rows'] // 256)} steps), so "
+             f"them as {rb['train_rows']:,} augmented rows, {-(-rb['train_rows'] // batch)} optimizer steps per epoch, "
+             f"against one row per user for recpipe ({ours['train_rows']:,} rows, {-(-ours['train_rows'] // batch)} steps), so "
              f"RecBole is ahead per epoch and far behind per second",
              f"RecBole data preparation {rb['prepare_seconds']:.0f} s (not in its epochs); torch threads "
              f"{rb['torch_threads']}; parameters recpipe {ours['parameters']:,}, RecBole {rb['parameters']:,}",
@@ -175,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ctx = prepare_beauty(args.data, args.home, [])
-    ours = run_recpipe(ctx, args.data, args.epochs)
+    ours = sasrec_in_copy(ctx, args.data, args.epochs, "recbole-cmp")
+    batch = ctx.cfg.train_grasp.batch_size
 
     site = ctx.home / "recbole-site"
     install_recbole(site)
@@ -186,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     code = (f"import sys; sys.path.append({str(site)!r}); "
             f"from tests.benchmarks.bench_recbole import recbole_worker; "
-            f"recbole_worker({str(work / 'beauty')!r}, {args.epochs}, {ctx.cfg.seed}, {str(out_json)!r})")
+            f"recbole_worker({str(work / 'beauty')!r}, {args.epochs}, {ctx.cfg.seed}, {batch}, {str(out_json)!r})")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, cwd=work, env=env)
     rb = json.loads(out_json.read_text())
@@ -203,9 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                                "valid_NDCG@10_at_last_epoch": {"recpipe": ours["history"][-1]["valid_NDCG@10"],
                                                                 "recbole": rb["history"][-1]["valid_NDCG@10"]}},
                "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed, "epochs": args.epochs,
+                         "batch_size": batch,
                          "protocol": "leave-one-out; valid target scored by full ranking over all items",
-                         "recbole": "1.2.1, SASRec, CE loss, MAX_ITEM_LIST_LENGTH 50, train_batch_size 256, its "
-                                    "defaults otherwise (lr 0.001, dropout 0.5)"},
+                         "recbole": f"1.2.1, SASRec, CE loss, MAX_ITEM_LIST_LENGTH 50, train_batch_size {batch}, "
+                                    "its defaults otherwise (lr 0.001, dropout 0.5)"},
                "machine": machine()}
     report(payload)
     return 0

@@ -28,26 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipelines.train import free_port  # noqa: E402
-from tests.benchmarks.common import BEAUTY_DS, machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def two_process(ctx, data: str, source: str, epochs: int) -> dict:
     """The same SASRec training under ``torchrun --nproc_per_node 2`` in a hard-linked copy of the home."""
-    home2 = Path(str(ctx.home) + "-2proc")
-    shutil.rmtree(home2, ignore_errors=True)
-    home2.mkdir(parents=True)
-    subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home2 / "warehouse")], check=True)
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "pipelines.cli", "stage", "train_grasp",
-           "--config", "pipelines/conf/amazon_beauty.yaml", "--set", f"data.path={data}", "--home", str(home2),
-           "--ds", BEAUTY_DS, "--set", f"train_grasp.text_source={source}", "--set", "train_grasp.models=[sasrec]",
-           "--set", f"train_grasp.epochs={epochs}", "--set", "train_grasp.patience=1000"]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    res = json.loads((home2 / "runs" / BEAUTY_DS / "train_grasp" / "sasrec" / "result.json").read_text())
-    return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
+    launcher = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(free_port())]
+    return sasrec_in_copy(ctx, data, epochs, "2proc", launcher, [f"train_grasp.text_source={source}"],
+                          {**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def gain(a: float, b: float) -> float | None:

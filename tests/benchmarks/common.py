@@ -6,9 +6,13 @@ import json
 import os
 import platform
 import shlex
+import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BEAUTY_DS = "2026-11-24"
 
@@ -36,6 +40,29 @@ def prepare_beauty(data: str, home: str, overrides: list[str]):
     if not (ctx.home / "warehouse" / "sequences" / f"ds={BEAUTY_DS}").exists():
         runner.run(cfg, BEAUTY_DS, ctx.home, ["ingest", "validate", "split"])
     return ctx
+
+
+def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str] | None = None,
+                   sets: list[str] | None = None, env: dict | None = None) -> dict:
+    """recpipe's SASRec for ``epochs`` epochs without early stopping, trained by the real ``train_grasp`` stage in a
+    hard-linked copy of the bench home (``HOME-suffix``, removed afterwards) so the home's own outputs stay.
+
+    ``launcher``: what runs ``-m pipelines.cli`` (default this Python; e.g. ``torchrun --nproc_per_node 2``).
+    Returns the stage's ``result.json`` with the command and its wall time.
+    """
+    home2 = Path(f"{ctx.home}-{suffix}")
+    shutil.rmtree(home2, ignore_errors=True)
+    home2.mkdir(parents=True)
+    subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home2 / "warehouse")], check=True)
+    cmd = [*(launcher or [sys.executable]), "-m", "pipelines.cli", "stage", "train_grasp",
+           "--config", "pipelines/conf/amazon_beauty.yaml", "--set", f"data.path={data}", "--home", str(home2),
+           "--ds", BEAUTY_DS, *[a for kv in sets or [] for a in ("--set", kv)], "--set", "train_grasp.models=[sasrec]",
+           "--set", f"train_grasp.epochs={epochs}", "--set", "train_grasp.patience=1000"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
+    res = json.loads((home2 / "runs" / BEAUTY_DS / "train_grasp" / "sasrec" / "result.json").read_text())
+    shutil.rmtree(home2, ignore_errors=True)
+    return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
 
 
 def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str]) -> None:
