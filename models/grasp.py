@@ -15,10 +15,6 @@ features derived from LLM (or metadata) text, used as *input*, never as a superv
 Optionally (``enrich_items``) the item table used for input and scoring gets the same semantic features through a
 second adapter, which lets rarely-seen (tail) items borrow from their text.
 
-Optionally (``id_dropout`` > 0, with ``enrich_items``) each training step zeroes a random share of the id embeddings
-in that table, DropoutNet-style, so the adapter must place an item from its text alone, as it has to for tail items
-whose ids are barely trained.
-
 Optionally (``text_init`` > 0) the backbone's item id embeddings start from the text's top principal components
 instead of random noise (an addition to the paper, in the spirit of LLM-ESR/LLMInit: the text is still input only).
 On Amazon Beauty the attention alone stays below SASRec in full ranking; with it, and without similar users (below),
@@ -53,8 +49,6 @@ class GRASPConfig:
     own_user_text: bool = False  # the user's own text vector as input: it summarises the train items, i.e. the
                                  # training targets, so it leaks them into training (off by default, see below)
     text_init: float = 0.0       # > 0: start the backbone's item embeddings from the text (PCA), at this std
-    id_dropout: float = 0.0      # training only: drop each item's id embedding from the enriched table with this
-                                 # probability per step, so the item adapter learns to stand in from the text alone
 
 
 class SigmoidAttention(nn.Module):
@@ -127,8 +121,6 @@ class HolisticAttention(nn.Module):
         """(N + 1, H) id embeddings -> (N + 1, H) id embeddings + adapter(id, own text, neighbours' text)."""
         if self.item_adapter is None:
             return emb
-        if self.training and self.cfg.id_dropout > 0:
-            emb = emb * (torch.rand(len(emb), 1, device=emb.device) >= self.cfg.id_dropout)  # (N + 1, H)
         sem = self.item_proj(self._text(torch.stack([self.item_sem, self.item_nb])))  # (2, N + 1, H)
         extra = self.item_adapter(torch.cat([emb, sem[0], sem[1]], dim=-1))     # (N + 1, H)
         return emb + extra * (torch.arange(len(emb), device=emb.device) != 0)[:, None]  # padding row stays as is

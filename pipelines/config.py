@@ -213,8 +213,6 @@ class TrainGraspConfig:
     """SASRec and SASRec + GRASP (``pipelines/train_grasp.py``), trained by ``pipelines/train.py``.
 
     ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
-    ``enrich_items``, ``user_neighbours``, ``own_user_text``, ``text_init``, ``id_dropout``: GRASP's options
-    (``models.grasp.GRASPConfig``); the baseline ignores them.
     ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
     ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``.
     """
@@ -230,7 +228,6 @@ class TrainGraspConfig:
     user_neighbours: bool = False
     own_user_text: bool = False
     text_init: float = 0.0
-    id_dropout: float = 0.0
     item_init_std: float = 0.02
     loss: str = "ce"
     batch_size: int = 256
@@ -254,9 +251,8 @@ class TrainGraspConfig:
                               f"'train_grasp.n_heads' ({self.n_heads})")
         if self.patience < 1 or self.epochs < 1:
             raise ConfigError("config keys 'train_grasp.epochs' and 'train_grasp.patience' must be at least 1")
-        for key in ("dropout", "id_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"config key 'train_grasp.{key}' must be in [0, 1), got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config key 'train_grasp.dropout' must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,11 @@ def test_float_for_an_int_is_rejected():
         load_config(None, ["eval.n_negatives=1.5"])
 
 
+def test_out_of_range_dropout_is_rejected():
+    with pytest.raises(ConfigError, match=r"'train_grasp\.dropout' must be in \[0, 1\), got 1\.0"):
+        load_config(None, ["train_grasp.dropout=1.0"])
+
+
 def test_wrong_list_element_names_the_index():
     with pytest.raises(ConfigError, match=r"'eval\.ks\[1\]' must be int"):
         load_config(None, ["eval.ks=[5, x]"])

@@ -171,24 +171,6 @@ def test_text_init_starts_item_embeddings_from_the_text():
     assert off.item_emb.weight.std().item() == pytest.approx(0.02, rel=0.2)  # default: the generic random init
 
 
-def test_id_dropout_places_dropped_items_from_their_text_in_training_only():
-    m = make("grasp")
-    m.enhancer.cfg.id_dropout = 0.5
-    emb = m.item_emb.weight.detach()
-    full = m.item_table().detach()                                 # eval: every id is used
-    torch.manual_seed(1)
-    m.train()
-    table = m.item_table().detach()
-    dropped = ~torch.isclose(table, full, atol=1e-6).all(1)
-    dropped[0] = False                                             # the padding row stays as is either way
-    assert 0 < int(dropped.sum()) < N_ITEMS                        # a random share of the items
-    e = m.enhancer
-    text_only = e.item_adapter(torch.cat([torch.zeros_like(emb), *e.item_proj(torch.stack([e.item_sem, e.item_nb]))],
-                                         dim=-1))
-    assert torch.allclose(table[dropped], text_only[dropped].detach(), atol=1e-5)  # placed from the text alone
-    assert torch.allclose(table[0], full[0]) and torch.allclose(m.eval().item_table(), full)
-
-
 def test_mean_neighbours():
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     nb = torch.tensor([[1, 2], [0, -1], [-1, -1]])
