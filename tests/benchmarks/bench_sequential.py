@@ -31,7 +31,6 @@ from pipelines.train import free_port  # noqa: E402
 from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
 
 
-
 def two_process(ctx, data: str, source: str, epochs: int) -> dict:
     """The same SASRec training under ``torchrun --nproc_per_node 2`` in a hard-linked copy of the home."""
     launcher = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr",

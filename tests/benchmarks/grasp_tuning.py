@@ -26,30 +26,31 @@ BUCKETS = (0, 5, 10, 20, 40, 80)  # lower edges of the target's train-interactio
 
 
 def valid_report(home: Path, model: str, data_path: str) -> dict:
+    """One full-ranking pass over the valid targets; overall, slice and popularity-bucket figures from its ranks."""
     from pipelines import train_grasp
     from pipelines.config import CONF_DIR, load_config
-    from pipelines.evaluation import _ranks, evaluate
+    from pipelines.evaluation import _ranks, metrics_from_ranks, slice_masks
     from pipelines.stages import StageContext, eval_kwargs, load_eval_data, negatives_for
 
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={data_path}"])
     ctx = StageContext(cfg, BEAUTY_DS, home.resolve())
     data, _, _ = load_eval_data(ctx)
-    neg = negatives_for(ctx, data)
+    kw = eval_kwargs(cfg)
     scorer, _ = train_grasp.scorer(ctx, model, data)
-    res = evaluate(scorer, data, neg, "valid", **eval_kwargs(cfg))
     users = np.flatnonzero(data.targets("valid") > 0)
-    full, _ = _ranks(scorer, data, "valid", users, neg, 2048)
-    gain = np.where(full < 10, 1.0 / np.log2(full + 2.0), 0.0)                  # NDCG@10 per user
+    full, _ = _ranks(scorer, data, "valid", users, negatives_for(ctx, data), kw["batch"])
+    ndcg10 = lambda m: metrics_from_ranks(full[m], kw["ks"])["NDCG@10"]  # noqa: E731
+    masks = slice_masks(data, "valid", kw["short_quantile"], kw["tail_fraction"])
     pop = data.popularity("valid")[data.targets("valid")[users]]                # train count of each target
     edges = (*BUCKETS, np.inf)
-    buckets = {f"{lo}-{hi - 1 if np.isfinite(hi) else ''}": {"users": int(m.sum()), "NDCG@10": float(gain[m].mean())}
+    buckets = {f"{lo}-{hi - 1 if np.isfinite(hi) else ''}": {"users": int(m.sum()), "NDCG@10": ndcg10(m)}
                for lo, hi in zip(edges[:-1], edges[1:]) for m in [(pop >= lo) & (pop < hi)]}
     train = json.loads((ctx.run_dir / "train_grasp" / model / "result.json").read_text())
-    return {"home": str(home), "model": model, "NDCG@10": res["full"]["NDCG@10"], "HR@10": res["full"]["HR@10"],
-            **{sl: res["slices"][sl]["full"]["NDCG@10"] for sl in ("short_history", "tail_items")},
+    overall = metrics_from_ranks(full, kw["ks"])
+    return {"home": str(home), "model": model, "NDCG@10": overall["NDCG@10"], "HR@10": overall["HR@10"],
+            **{sl: ndcg10(masks[sl][users]) for sl in ("short_history", "tail_items")},
             "by_target_popularity": buckets,
             **{k: train[k] for k in ("best_epoch", "epochs_run", "epoch_seconds", "text_source")}}
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
