@@ -13,7 +13,10 @@ features derived from LLM (or metadata) text, used as *input*, never as a superv
 * an **MLP adapter** from ``[embedding, fine, global]`` into the backbone's hidden size, added residually.
 
 Optionally (``enrich_items``) the item table used for input and scoring gets the same semantic features through a
-second adapter, which lets rarely-seen (tail) items borrow from their text.
+second adapter, which lets rarely-seen (tail) items borrow from their text. That adapter reads the item's id
+embedding beside the texts by default; with ``item_adapter_ids=False`` it reads the texts only, so what it adds is a
+function of the text learned on all items and a rare item's poorly trained id embedding cannot distort it (higher
+on Amazon Beauty's valid phase, overall and on tail items: ``tests/benchmarks/results/grasp_tuning.md``).
 
 Optionally (``text_init`` > 0) the backbone's item id embeddings start from the text's top principal components
 instead of random noise (an addition to the paper, in the spirit of LLM-ESR/LLMInit: the text is still input only).
@@ -49,6 +52,7 @@ class GRASPConfig:
     own_user_text: bool = False  # the user's own text vector as input: it summarises the train items, i.e. the
                                  # training targets, so it leaks them into training (off by default, see below)
     text_init: float = 0.0       # > 0: start the backbone's item embeddings from the text (PCA), at this std
+    item_adapter_ids: bool = True  # the item adapter also reads the id embedding (False: text and neighbours only)
 
 
 class SigmoidAttention(nn.Module):
@@ -97,7 +101,8 @@ class HolisticAttention(nn.Module):
         self.fine = SigmoidAttention(H)
         self.glob = SigmoidAttention(H)
         self.adapter = Adapter(3 * H, H, cfg.dropout)
-        self.item_adapter = Adapter(3 * H, H, 0.0) if cfg.enrich_items else None  # the scoring table gets no dropout
+        n_in = 3 if cfg.item_adapter_ids else 2
+        self.item_adapter = Adapter(n_in * H, H, 0.0) if cfg.enrich_items else None  # the scoring table: no dropout
         self.drop = nn.Dropout(cfg.dropout)
         self.last_weights: dict[str, torch.Tensor] = {}
 
@@ -118,11 +123,12 @@ class HolisticAttention(nn.Module):
         return rows.to(self.item_proj.weight.dtype)
 
     def enrich_items(self, emb: torch.Tensor) -> torch.Tensor:
-        """(N + 1, H) id embeddings -> (N + 1, H) id embeddings + adapter(id, own text, neighbours' text)."""
+        """(N + 1, H) id embeddings -> (N + 1, H) id embeddings + adapter([id,] own text, neighbours' text)."""
         if self.item_adapter is None:
             return emb
         sem = self.item_proj(self._text(torch.stack([self.item_sem, self.item_nb])))  # (2, N + 1, H)
-        extra = self.item_adapter(torch.cat([emb, sem[0], sem[1]], dim=-1))     # (N + 1, H)
+        parts = [emb, sem[0], sem[1]] if self.cfg.item_adapter_ids else [sem[0], sem[1]]
+        extra = self.item_adapter(torch.cat(parts, dim=-1))                     # (N + 1, H)
         return emb + extra * (torch.arange(len(emb), device=emb.device) != 0)[:, None]  # padding row stays as is
 
     def forward(self, x: torch.Tensor, seq: torch.Tensor, users: torch.Tensor) -> torch.Tensor:

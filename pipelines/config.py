@@ -213,6 +213,8 @@ class TrainGraspConfig:
     """SASRec and SASRec + GRASP (``pipelines/train_grasp.py``), trained by ``pipelines/train.py``.
 
     ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
+    ``enrich_items``, ``user_neighbours``, ``own_user_text``, ``text_init``, ``item_adapter_ids``: GRASP options
+    (``models/grasp.py``'s ``GRASPConfig``); SASRec ignores them, so changing one does not retrain the baseline.
     ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
     ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``.
     """
@@ -228,6 +230,7 @@ class TrainGraspConfig:
     user_neighbours: bool = False
     own_user_text: bool = False
     text_init: float = 0.0
+    item_adapter_ids: bool = True
     item_init_std: float = 0.02
     loss: str = "ce"
     batch_size: int = 256

@@ -75,7 +75,8 @@ def build_model(name: str, n_items: int, cfg, tables: dict[str, np.ndarray] | No
     assert tables is not None
     gcfg = GRASPConfig(text_dim=tables["item_sem"].shape[1], hidden=t.hidden, dropout=t.dropout,
                        enrich_items=t.enrich_items, user_neighbours=t.user_neighbours,
-                       own_user_text=t.own_user_text, text_init=t.text_init)
+                       own_user_text=t.own_user_text, text_init=t.text_init,
+                       item_adapter_ids=t.item_adapter_ids)
     enhancer = build(n_items, t.hidden, {k: torch.from_numpy(v) for k, v in tables.items()}, gcfg)
     return SASRec(scfg, enhancer)
 
@@ -120,7 +121,8 @@ def run(ctx) -> dict:
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
         settings = {"model": name, "train_grasp": dataclasses.asdict(t), "seed": ctx.cfg.seed}
         if name == "sasrec":  # the baseline does not read text: GRASP-only settings do not retrain it
-            for k in ("text_source", "enrich_items", "user_neighbours", "own_user_text", "text_init"):
+            for k in ("text_source", "enrich_items", "user_neighbours", "own_user_text", "text_init",
+                      "item_adapter_ids"):
                 settings["train_grasp"].pop(k)
         for k in ("epochs", "patience", "threads", "models"):  # more epochs resume; threads change no result
             settings["train_grasp"].pop(k)

@@ -171,6 +171,17 @@ def test_text_init_starts_item_embeddings_from_the_text():
     assert off.item_emb.weight.std().item() == pytest.approx(0.02, rel=0.2)  # default: the generic random init
 
 
+@pytest.mark.parametrize("ids", [True, False])
+def test_item_adapter_reads_the_id_embedding_only_when_asked(ids):
+    torch.manual_seed(0)
+    enh = build(N_ITEMS, H, tables(), GRASPConfig(text_dim=D, hidden=H, item_adapter_ids=ids))
+    torch.nn.init.normal_(enh.item_adapter.net[-1].weight, std=0.2)   # as after training (post_init zeroes it)
+    a, b = torch.randn(N_ITEMS + 1, H), torch.randn(N_ITEMS + 1, H)
+    extra_a, extra_b = enh.enrich_items(a) - a, enh.enrich_items(b) - b  # (N + 1, H): what the text adds
+    assert torch.equal(extra_a[0], torch.zeros(H))                      # padding row untouched either way
+    assert torch.allclose(extra_a, extra_b, atol=1e-6) is (not ids)      # text-only: the same whatever the ids
+
+
 def test_mean_neighbours():
     v = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
     nb = torch.tensor([[1, 2], [0, -1], [-1, -1]])
