@@ -214,7 +214,8 @@ class TrainGraspConfig:
 
     ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
     ``enrich_items``, ``user_neighbours``, ``own_user_text``, ``text_init``, ``item_adapter_ids``: GRASP options
-    (``models/grasp.py``'s ``GRASPConfig``); SASRec ignores them, so changing one does not retrain the baseline.
+    passed to ``models/grasp.py``'s ``GRASPConfig`` (``train_grasp.GRASP_KEYS``); SASRec ignores them, so changing
+    one does not retrain the baseline.
     ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
     ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``.
     """

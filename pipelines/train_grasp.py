@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 from jobs import common
 
 MODELS = ("sasrec", "grasp")
+# train_grasp keys passed through to GRASPConfig under the same name; SASRec ignores them (and ``text_source``)
+GRASP_KEYS = ("enrich_items", "user_neighbours", "own_user_text", "text_init", "item_adapter_ids")
 
 
 def feature_tables(ctx, source: str, n_items: int, n_users: int) -> dict[str, np.ndarray]:
@@ -74,9 +76,7 @@ def build_model(name: str, n_items: int, cfg, tables: dict[str, np.ndarray] | No
         return SASRec(scfg)
     assert tables is not None
     gcfg = GRASPConfig(text_dim=tables["item_sem"].shape[1], hidden=t.hidden, dropout=t.dropout,
-                       enrich_items=t.enrich_items, user_neighbours=t.user_neighbours,
-                       own_user_text=t.own_user_text, text_init=t.text_init,
-                       item_adapter_ids=t.item_adapter_ids)
+                       **{k: getattr(t, k) for k in GRASP_KEYS})
     enhancer = build(n_items, t.hidden, {k: torch.from_numpy(v) for k, v in tables.items()}, gcfg)
     return SASRec(scfg, enhancer)
 
@@ -121,8 +121,7 @@ def run(ctx) -> dict:
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
         settings = {"model": name, "train_grasp": dataclasses.asdict(t), "seed": ctx.cfg.seed}
         if name == "sasrec":  # the baseline does not read text: GRASP-only settings do not retrain it
-            for k in ("text_source", "enrich_items", "user_neighbours", "own_user_text", "text_init",
-                      "item_adapter_ids"):
+            for k in ("text_source", *GRASP_KEYS):
                 settings["train_grasp"].pop(k)
         for k in ("epochs", "patience", "threads", "models"):  # more epochs resume; threads change no result
             settings["train_grasp"].pop(k)

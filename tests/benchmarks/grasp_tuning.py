@@ -52,6 +52,7 @@ def valid_report(home: Path, model: str, data_path: str) -> dict:
             "by_target_popularity": buckets,
             **{k: train[k] for k in ("best_epoch", "epochs_run", "epoch_seconds", "text_source")}}
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", metavar="LABEL=HOME:MODEL")
