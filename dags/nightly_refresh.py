@@ -9,33 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-
 from airflow.sdk import Param, dag, task
 
-# The tasks, in the local runner's order. Must equal pipelines.runner.ORDER (tests/integration/test_dags.py checks
-# it); not imported from there, to keep parsing light.
-STAGES = ("ingest", "validate", "split", "wals", "describe", "embed", "neighbours", "train_grasp", "evaluate",
-          "register")
+from pipelines.graph import STAGES, Secret
 
-# Each task's upstream tasks: the factor branch (wals) and the LLM branch (describe >> embed >> neighbours >>
-# train_grasp) run side by side after split and join at evaluate.
-UPSTREAM = {"ingest": (), "validate": ("ingest",), "split": ("validate",), "wals": ("split",),
-            "describe": ("split",), "embed": ("describe",), "neighbours": ("embed",), "train_grasp": ("neighbours",),
-            "evaluate": ("wals", "train_grasp"), "register": ("evaluate",)}
-
-# Model-bound work runs in its own pool so a night's LLM and encoder jobs never crowd out Spark tasks, and a
-# deployment can size it to its GPUs or LLM-server quota. Create it once: `airflow pools import
-# infra/airflow/pools.json`.
-# Training gets a pool of its own for the same reason (size it to the training nodes).
-LLM_POOL = "recpipe_llm"
-TRAIN_POOL = "recpipe_train"
-POOLS = {"describe": LLM_POOL, "embed": LLM_POOL, "train_grasp": TRAIN_POOL}
-
-# The Airflow connection holding the LLM server's key (password) for describe.backend=openai; exported to the
-# task's environment as the variable the config names (describe.openai.api_key_env, default below).
-LLM_CONN_ID = "recpipe_llm"
-LLM_KEY_ENV = "RECPIPE_LLM_API_KEY"
-
+# The stage table (names, upstream stages, pools, secrets) is pipelines/graph.py, shared with the local runner;
+# it is standard library only, so importing it keeps parsing light. Pools: `airflow pools import
+# infra/airflow/pools.json` creates them.
 PARAMS = {
     "config": Param("", type="string",
                     description="YAML config path; empty means the embedded default pipelines/conf/synthetic.yaml"),
@@ -59,10 +39,10 @@ def nightly_refresh():
     """
     ### Nightly refresh
 
-    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours >> train_grasp] >> evaluate >> register`
-    for one day, `ds` (`recpipe run --ds DS` runs the same stages in one process). `describe` and `embed`
-    run in the pool `recpipe_llm` and `train_grasp` in `recpipe_train` (`airflow pools import
-    infra/airflow/pools.json`); with
+    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours >> train_sequential] >> evaluate >>
+    register` for one day, `ds` (`recpipe run --ds DS` runs the same stages in one process; both read the stage
+    table `pipelines/graph.py`). `describe` and `embed` run in the pool `recpipe_llm` and `train_sequential` in
+    `recpipe_train` (`airflow pools import infra/airflow/pools.json`); with
     `describe.backend=openai` the server's key comes from the connection `recpipe_llm` (its password) or
     the environment, and is never logged.
 
@@ -89,33 +69,33 @@ def nightly_refresh():
 
     done: dict = {}
     for stage in STAGES:  # each task gets its upstream tasks' output paths
-        done[stage] = _stage_task(stage)([done[u] for u in UPSTREAM[stage]])
+        done[stage.name] = _stage_task(stage.name, stage.pool, stage.secrets)([done[u] for u in stage.upstream])
 
 
-def _export_llm_key() -> None:
-    """Copy the password of the connection ``recpipe_llm``, if defined, into the task's environment."""
+def _export(secret: Secret) -> None:
+    """Copy the password of the connection ``secret.conn_id``, if defined, into the task's environment."""
     import os
 
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        conn = BaseHook.get_connection(LLM_CONN_ID)
+        conn = BaseHook.get_connection(secret.conn_id)
     except AirflowNotFoundException:
-        return  # no connection: the key, if any, comes from the worker's environment
+        return  # no connection: the value, if any, comes from the worker's environment
     if conn.password:
-        os.environ.setdefault(LLM_KEY_ENV, conn.password)
+        os.environ.setdefault(secret.env, conn.password)
 
 
-def _stage_task(stage: str):
+def _stage_task(stage: str, pool: str, secrets: tuple[Secret, ...]):
     """The task for one stage: its body is one call into ``pipelines.runner.run_task``."""
 
-    @task(task_id=stage, pool=POOLS.get(stage, "default_pool"))
+    @task(task_id=stage, pool=pool)
     def run_stage(upstream: list | None = None, ds: str | None = None, params: dict | None = None) -> dict:
         from pipelines.runner import run_task
 
-        if stage == "describe":
-            _export_llm_key()
+        for secret in secrets:
+            _export(secret)
         return run_task(stage, ds, params["config"], params["overrides"], params["home"])
 
     return run_stage

@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-
 from airflow.sdk import Param, dag, task
 
 

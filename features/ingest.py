@@ -118,12 +118,6 @@ def parse_sequence_line(line: str) -> list[tuple[str, str, int]]:
     return [(tokens[0], t, pos) for pos, t in enumerate(tokens[1:])]
 
 
-def split_attributes(attributes: str | None) -> list[str]:
-    return [a for a in (attributes or "").split("|") if a]
-
-
-# ---------------------------------------------------------------------------- DataFrame transforms
-
 def require_columns(df: "DataFrame", required: tuple[str, ...], source: str) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:

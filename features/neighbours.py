@@ -62,8 +62,8 @@ def share_rate(neigh: np.ndarray, labels: list[set], rng: np.random.Generator | 
     rows = np.repeat(np.arange(n), k)
     cols = neigh.ravel()
     ok = has[rows] & has[cols]
-    hit = np.mean([bool(labels[a] & labels[b]) for a, b in zip(rows[ok], cols[ok])])
+    hit = np.mean([bool(labels[a] & labels[b]) for a, b in zip(rows[ok], cols[ok], strict=True)])
     rnd = rng.integers(0, n, size=(2, int(ok.sum())))
     rnd = rnd[:, (rnd[0] != rnd[1]) & has[rnd[0]] & has[rnd[1]]]
-    base = np.mean([bool(labels[a] & labels[b]) for a, b in zip(rnd[0], rnd[1])])
+    base = np.mean([bool(labels[a] & labels[b]) for a, b in zip(rnd[0], rnd[1], strict=True)])
     return float(hit), float(base)

@@ -3,7 +3,7 @@
 Hu, Koren and Volinsky's weighted ALS: preference p = 1[count > 0], confidence c = 1 + alpha * count.
 Spark scales the L2 penalty of each row by its number of interactions (ALS-WR); pass ``regularization``
 already divided accordingly if you need implicit's unscaled meaning (the stage does this, see
-``pipelines/wals.py``). Writes ``user_factors`` / ``item_factors`` (keyed by the original ids) to the zone
+``pipelines/backends/wals.py``). Writes ``user_factors`` / ``item_factors`` (keyed by the original ids) to the zone
 given in params. Run alone:
 ``spark-submit jobs/wals.py --home H --ds D --params '{"factors": 64, "regularization": 0.05, "alpha": 10,
 "iterations": 15, "seed": 42, "splits": ["train"], "zone": "warehouse"}'``.

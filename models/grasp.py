@@ -15,20 +15,18 @@ features derived from LLM (or metadata) text, used as *input*, never as a superv
 Optionally (``enrich_items``) the item table used for input and scoring gets the same semantic features through a
 second adapter, which lets rarely-seen (tail) items borrow from their text. That adapter reads the item's id
 embedding beside the texts by default; with ``item_adapter_ids=False`` it reads the texts only, so what it adds is a
-function of the text learned on all items and a rare item's poorly trained id embedding cannot distort it (higher
-on Amazon Beauty's valid phase, overall and on tail items: ``tests/benchmarks/results/grasp_tuning.md``).
+function of the text learned on all items and a rare item's poorly trained id embedding cannot distort it.
 
 Optionally (``text_init`` > 0) the backbone's item id embeddings start from the text's top principal components
 instead of random noise (an addition to the paper, in the spirit of LLM-ESR/LLMInit: the text is still input only).
-On Amazon Beauty the attention alone stays below SASRec in full ranking; with it, and without similar users (below),
-GRASP is above (``tests/benchmarks/results/beauty_sequential*.md``).
+Measured effects of these options: ``tests/benchmarks/results/`` and the README.
 
 The user's own description is used to *retrieve* similar users, not as an input by default: it is written from all
 of the user's train items, so at training position t it describes items t+1.. that are the training targets; fed in,
 the model learns to read the answer off it during training, which does not carry over to the held-out item
 (``own_user_text=True`` restores it for comparison). The similar users retrieved by that text carry the same
-information one step removed, and they are stale by one item at test time; the pipeline leaves them out by default
-(``user_neighbours``; the module keeps them on, as in the paper).
+information one step removed, and they are stale by one item at test time; they are left out by default
+(``user_neighbours=True`` restores the paper's global attention).
 
 The feature tables are buffers (not parameters, not saved in checkpoints): ``item_sem``/``item_nb`` (N + 1, D) and
 ``user_sem``/``user_nb`` (U, D), row 0 of the item tables being padding.
@@ -36,23 +34,12 @@ The feature tables are buffers (not parameters, not saved in checkpoints): ``ite
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-
-@dataclass
-class GRASPConfig:
-    text_dim: int = 384       # D: sentence-embedding size
-    hidden: int = 64          # H: the backbone's hidden size
-    dropout: float = 0.2
-    enrich_items: bool = True
-    user_neighbours: bool = True  # similar users' mean text in the global attention
-    own_user_text: bool = False  # the user's own text vector as input: it summarises the train items, i.e. the
-                                 # training targets, so it leaks them into training (off by default, see below)
-    text_init: float = 0.0       # > 0: start the backbone's item embeddings from the text (PCA), at this std
-    item_adapter_ids: bool = True  # the item adapter also reads the id embedding (False: text and neighbours only)
+from models.configs import GRASPConfig
+from models.sasrec import Enhancer
 
 
 class SigmoidAttention(nn.Module):
@@ -86,24 +73,26 @@ class Adapter(nn.Module):
         return self.net(x)
 
 
-class HolisticAttention(nn.Module):
-    def __init__(self, cfg: GRASPConfig, item_sem: torch.Tensor, item_nb: torch.Tensor,
+class HolisticAttention(Enhancer):
+    def __init__(self, cfg: GRASPConfig, hidden: int, dropout: float, item_sem: torch.Tensor, item_nb: torch.Tensor,
                  user_sem: torch.Tensor, user_nb: torch.Tensor) -> None:
+        """``hidden``/``dropout``: the backbone's; tables (D = the text embeddings' size, e.g. 384)."""
         super().__init__()
-        assert item_sem.shape == item_nb.shape and item_sem.shape[1] == cfg.text_dim, "item tables (N + 1, D)"
-        assert user_sem.shape == user_nb.shape and user_sem.shape[1] == cfg.text_dim, "user tables (U, D)"
+        D = item_sem.shape[1]
+        assert item_sem.shape == item_nb.shape, "item tables (N + 1, D)"
+        assert user_sem.shape == user_nb.shape and user_sem.shape[1] == D, "user tables (U, D)"
         self.cfg = cfg
         for name, t in (("item_sem", item_sem), ("item_nb", item_nb), ("user_sem", user_sem), ("user_nb", user_nb)):
             self.register_buffer(name, t.float(), persistent=False)            # frozen features
-        H = cfg.hidden
-        self.item_proj = nn.Linear(cfg.text_dim, H)                             # semantic space -> hidden
-        self.user_proj = nn.Linear(cfg.text_dim, H)
+        H = hidden
+        self.item_proj = nn.Linear(D, H)                                        # semantic space -> hidden
+        self.user_proj = nn.Linear(D, H)
         self.fine = SigmoidAttention(H)
         self.glob = SigmoidAttention(H)
-        self.adapter = Adapter(3 * H, H, cfg.dropout)
+        self.adapter = Adapter(3 * H, H, dropout)
         n_in = 3 if cfg.item_adapter_ids else 2
         self.item_adapter = Adapter(n_in * H, H, 0.0) if cfg.enrich_items else None  # the scoring table: no dropout
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(dropout)
         self.last_weights: dict[str, torch.Tensor] = {}
 
     def post_init(self, item_emb: nn.Embedding) -> None:
@@ -178,8 +167,10 @@ def mean_neighbours(vectors: torch.Tensor, neighbours: torch.Tensor) -> torch.Te
     return gathered.sum(1) / have.sum(1, keepdim=True).clamp(min=1.0)           # (R, D)
 
 
-def build(n_items: int, backbone_hidden: int, tables: dict[str, torch.Tensor], cfg: GRASPConfig) -> HolisticAttention:
-    """The enhancer from ``{"item_sem", "item_nb", "user_sem", "user_nb"}`` tables (see the module docstring)."""
+def build(n_items: int, hidden: int, dropout: float, tables: dict[str, torch.Tensor],
+          cfg: GRASPConfig) -> HolisticAttention:
+    """The enhancer of a backbone with ``hidden``/``dropout`` from ``{"item_sem", "item_nb", "user_sem", "user_nb"}``
+    tables (see the module docstring)."""
     assert tables["item_sem"].shape[0] == n_items + 1, "item tables need a padding row 0"
-    assert cfg.hidden == backbone_hidden, "GRASPConfig.hidden must equal the backbone's hidden size"
-    return HolisticAttention(cfg, tables["item_sem"], tables["item_nb"], tables["user_sem"], tables["user_nb"])
+    return HolisticAttention(cfg, hidden, dropout, tables["item_sem"], tables["item_nb"], tables["user_sem"],
+                             tables["user_nb"])

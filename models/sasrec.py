@@ -4,30 +4,36 @@ nanoGPT-style: one idea per class, a dataclass config, shape comments. Items are
 and sequences are **left-padded** (the newest item is always in the last column). The item embedding table is
 shared between the input and the scoring layer: ``score(h) = h @ E.T``.
 
-An optional ``enhancer`` (an ``nn.Module`` such as ``models.grasp.HolisticAttention``) rewrites the input
-embeddings ``(B, T, H) -> (B, T, H)`` given the item ids and the user ids; with ``enhancer=None`` this is plain SASRec.
-No training code lives here: losses are pure functions of the model's outputs.
+An optional ``Enhancer`` (such as ``models.grasp.HolisticAttention``) rewrites the input embeddings
+``(B, T, H) -> (B, T, H)`` given the item ids and the user ids, and may enrich the item table; with
+``enhancer=None`` this is plain SASRec. The config is ``models.configs.SASRecConfig``. No training code lives here:
+losses are pure functions of the model's outputs.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.configs import SASRecConfig
 
-@dataclass
-class SASRecConfig:
-    n_items: int              # items are 1..n_items, 0 is padding
-    max_len: int = 50
-    hidden: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    attn_dropout: float = 0.2
-    item_init_std: float = 0.02  # std of the random item embeddings at the start
+
+class Enhancer(nn.Module):
+    """What a module plugged into ``SASRec`` implements: ``forward`` rewrites the input embeddings; the two hooks
+    default to doing nothing."""
+
+    def post_init(self, item_emb: nn.Embedding) -> None:
+        """Called once after the backbone's generic init (which would overwrite anything done earlier)."""
+
+    def enrich_items(self, emb: torch.Tensor) -> torch.Tensor:
+        """(N + 1, H) item id embeddings -> (N + 1, H) item table used for input and scoring."""
+        return emb
+
+    def forward(self, x: torch.Tensor, seq: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H) input embeddings, seq (B, T) item ids, users (B,) -> (B, T, H)."""
+        raise NotImplementedError
 
 
 class CausalSelfAttention(nn.Module):
@@ -38,7 +44,7 @@ class CausalSelfAttention(nn.Module):
         assert cfg.hidden % cfg.n_heads == 0, "hidden must be divisible by n_heads"
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
-        self.n_heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
+        self.n_heads, self.attn_dropout = cfg.n_heads, cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -91,10 +97,11 @@ def attention_mask(seq: torch.Tensor) -> torch.Tensor:
 
 
 class SASRec(nn.Module):
-    def __init__(self, cfg: SASRecConfig, enhancer: nn.Module | None = None) -> None:
+    def __init__(self, cfg: SASRecConfig, n_items: int, enhancer: Enhancer | None = None) -> None:
+        """``n_items``: items are ``1..n_items``, 0 is padding."""
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.hidden, padding_idx=0)
+        self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -102,7 +109,7 @@ class SASRec(nn.Module):
         self.enhancer = enhancer
         self.apply(self._init)
         nn.init.normal_(self.item_emb.weight, std=cfg.item_init_std)
-        if enhancer is not None and hasattr(enhancer, "post_init"):
+        if enhancer is not None:
             enhancer.post_init(self.item_emb)  # after the generic init, which would overwrite it
 
     @staticmethod
@@ -116,7 +123,7 @@ class SASRec(nn.Module):
     def item_table(self) -> torch.Tensor:
         """(N + 1, H) item vectors used both as input and for scoring (the enhancer may enrich them)."""
         w = self.item_emb.weight
-        if self.enhancer is not None and hasattr(self.enhancer, "enrich_items"):
+        if self.enhancer is not None:
             w = self.enhancer.enrich_items(w)
         return w
 
@@ -141,10 +148,6 @@ class SASRec(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_f(x)                                                     # (B, T, H)
-
-    def last_hidden(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) -> (B, H): the representation after the newest item (the last column, left padding)."""
-        return self.forward(seq, users)[:, -1, :]
 
 
 # ----------------------------------------------------------------------------- losses (pure functions)

@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--ds", type=_date, default=None, help="evaluation day (default: latest successful run)")
     _common(pr, ds=False)
     t = sub.add_parser("tune", help="grid search on valid only, then evaluate the chosen model once on test")
-    t.add_argument("model", choices=["wals"])
+    t.add_argument("model", choices=["wals"])  # pipelines.tuning.TUNERS (not imported here: it loads the pipeline)
     _common(t)
     return p
 
@@ -75,9 +75,10 @@ def _fail(stage: str, ds: str | None, exc: BaseException) -> int:
 
 def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool = True) -> int:
     from pipelines import runner
+    from pipelines.summary import is_done
 
     for ds in days:
-        if not force and runner.is_done(home, ds):
+        if not force and is_done(home, ds):
             print(f"[{ds}] already successful; skipping (use --force to re-run)")
             continue
         try:
@@ -104,31 +105,32 @@ def _promote(cfg, home: Path, model: str, ds: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from pipelines import runner
     from pipelines.config import ConfigError, load_config
+    from pipelines.context import resolve_home
+    from pipelines.graph import select
 
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         return _fail("config", None, exc)
-    home = runner.resolve_home(args.home)
+    home = resolve_home(args.home)
     try:
         if args.cmd == "run":
-            return _run_days(cfg, home, [args.ds], runner.select_stages(args.until, args.stages))
+            return _run_days(cfg, home, [args.ds], select(args.until, args.stages))
         if args.cmd == "stage":
-            return _run_days(cfg, home, [args.ds], runner.select_stages(stages=args.name))
+            return _run_days(cfg, home, [args.ds], select(stages=args.name))
         if args.cmd == "backfill":
             start, end = dt.date.fromisoformat(args.start), dt.date.fromisoformat(args.end)
             if end < start:
                 raise ValueError(f"--to {args.end} is before --from {args.start}")
             days = [(start + dt.timedelta(d)).isoformat() for d in range((end - start).days + 1)]
-            return _run_days(cfg, home, days, runner.select_stages(), force=args.force)
+            return _run_days(cfg, home, days, select(), force=args.force)
         if args.cmd == "promote":
             return _promote(cfg, home, args.model, args.ds)
         if args.cmd == "tune":
-            from pipelines import wals
+            from pipelines.tuning import TUNERS
 
-            out = wals.tune(cfg, args.ds, home)
+            out = TUNERS[args.model](cfg, args.ds, home)
             print(json.dumps(out["chosen"], indent=2))
             return 0
     except (ValueError, LookupError, FileNotFoundError) as exc:

@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+from models.configs import FieldError, GRASPConfig, SASRecConfig
+from pipelines.graph import BY_NAME
+
 CONF_DIR = Path(__file__).parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "synthetic.yaml"
 
@@ -24,10 +27,10 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key and the fix."""
 
 
-def _one_of(key: str, values: Any, allowed: tuple[str, ...]) -> None:
+def _one_of(field: str, values: Any, allowed: tuple[str, ...]) -> None:
     for v in values if isinstance(values, (list, tuple)) else [values]:
         if v not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {list(allowed)}, got {v!r}")
+            raise FieldError(field, f"must be one of {list(allowed)}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,6 @@ class ValidateConfig:
     min_items: int = 2
     min_timestamp: int = 0
     max_timestamp: int = 4_102_444_800  # 2100-01-01
-    sample_size: int = 5
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,6 @@ class EvalConfig:
     short_quantile: float = 0.2
     tail_fraction: float = 0.8
     batch_size: int = 2048
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,8 @@ class DescribeConfig:
     openai: OpenAIConfig = OpenAIConfig()
 
     def __post_init__(self) -> None:
-        _one_of("describe.backend", self.backend, ("transformers", "openai"))
-        _one_of("describe.entities", self.entities, ("items", "users"))
+        _one_of("backend", self.backend, ("transformers", "openai"))
+        _one_of("entities", self.entities, ("items", "users"))
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ class EmbedConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        _one_of("embed.sources", self.sources, ("descriptions", "metadata"))
+        _one_of("sources", self.sources, ("descriptions", "metadata"))
 
 
 @dataclass(frozen=True)
@@ -203,60 +204,71 @@ class NeighboursConfig:
     block_size: int = 4096
 
     def __post_init__(self) -> None:
-        _one_of("neighbours.engine", self.engine, ("exact", "faiss"))
+        _one_of("engine", self.engine, ("exact", "faiss"))
         if self.k < 1:
-            raise ConfigError(f"config key 'neighbours.k' must be at least 1, got {self.k}")
+            raise FieldError("k", f"must be at least 1, got {self.k}")
 
 
 @dataclass(frozen=True)
-class TrainGraspConfig:
-    """SASRec and SASRec + GRASP (``pipelines/train_grasp.py``), trained by ``pipelines/train.py``.
+class TrainConfig:
+    """The generic training loop (``pipelines.training.loop``): AdamW, early stopping on valid NDCG@10."""
 
-    ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
-    ``enrich_items``, ``user_neighbours``, ``own_user_text``, ``text_init``, ``item_adapter_ids``: GRASP options
-    passed to ``models/grasp.py``'s ``GRASPConfig`` (``train_grasp.GRASP_KEYS``); SASRec ignores them, so changing
-    one does not retrain the baseline.
-    ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
-    ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``.
-    """
-
-    models: tuple[str, ...] = ("sasrec", "grasp")
-    text_source: str = "descriptions"
-    max_len: int = 50
-    hidden: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
-    enrich_items: bool = True
-    user_neighbours: bool = False
-    own_user_text: bool = False
-    text_init: float = 0.0
-    item_adapter_ids: bool = True
-    item_init_std: float = 0.02
-    loss: str = "ce"
     batch_size: int = 256
     lr: float = 0.001
     weight_decay: float = 0.0
     epochs: int = 200
-    patience: int = 5
-    threads: int = 0
+    patience: int = 5  # epochs without a better valid NDCG@10 before stopping
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise FieldError("lr", f"must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise FieldError("weight_decay", f"must not be negative, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Where and how training runs (``pipelines.training.distributed``).
+
+    ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
+    ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``; ``threads``: torch's
+    intra-op threads (0 = torch's default).
+    """
+
     deepspeed_config: str = ""
     dist_backend: str = "gloo"
     device: str = "cpu"
+    threads: int = 0
 
     def __post_init__(self) -> None:
-        _one_of("train_grasp.models", self.models, ("sasrec", "grasp"))
-        _one_of("train_grasp.text_source", self.text_source, ("descriptions", "metadata"))
-        _one_of("train_grasp.loss", self.loss, ("ce", "bce"))
-        _one_of("train_grasp.dist_backend", self.dist_backend, ("gloo", "nccl"))
-        _one_of("train_grasp.device", self.device, ("cpu", "cuda"))
-        if self.hidden % self.n_heads:
-            raise ConfigError(f"config key 'train_grasp.hidden' ({self.hidden}) must be divisible by "
-                              f"'train_grasp.n_heads' ({self.n_heads})")
-        if self.patience < 1 or self.epochs < 1:
-            raise ConfigError("config keys 'train_grasp.epochs' and 'train_grasp.patience' must be at least 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"config key 'train_grasp.dropout' must be in [0, 1), got {self.dropout}")
+        _one_of("dist_backend", self.dist_backend, ("gloo", "nccl"))
+        _one_of("device", self.device, ("cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class TrainSequentialConfig:
+    """SASRec and SASRec + GRASP (``pipelines/stages/train_sequential.py``), trained by the generic loop.
+
+    ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
+    ``sasrec``: the backbone of both models; ``grasp``: GRASP's own settings (SASRec ignores them, so changing one
+    does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative.
+    """
+
+    models: tuple[str, ...] = ("sasrec", "grasp")
+    text_source: str = "descriptions"
+    loss: str = "ce"
+    sasrec: SASRecConfig = SASRecConfig()
+    grasp: GRASPConfig = GRASPConfig()
+    train: TrainConfig = TrainConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    def __post_init__(self) -> None:
+        _one_of("models", self.models, BY_NAME["train_sequential"].models)
+        _one_of("text_source", self.text_source, ("descriptions", "metadata"))
+        _one_of("loss", self.loss, ("ce", "bce"))
 
 
 @dataclass(frozen=True)
@@ -274,10 +286,21 @@ class Config:
     describe: DescribeConfig = DescribeConfig()
     embed: EmbedConfig = EmbedConfig()
     neighbours: NeighboursConfig = NeighboursConfig()
-    train_grasp: TrainGraspConfig = TrainGraspConfig()
+    train_sequential: TrainSequentialConfig = TrainSequentialConfig()
 
 
 # --------------------------------------------------------------------------- loading
+
+# Keys of earlier releases and where they live now (named in the unknown-key error).
+_SEQ = "train_sequential"
+MOVED = {"train_grasp": _SEQ,
+         **{f"{_SEQ}.{k}": f"{_SEQ}.sasrec.{k}" for k in ("max_len", "hidden", "n_layers", "n_heads", "dropout",
+                                                          "item_init_std")},
+         **{f"{_SEQ}.{k}": f"{_SEQ}.grasp.{k}" for k in ("enrich_items", "user_neighbours", "own_user_text",
+                                                         "text_init", "item_adapter_ids")},
+         **{f"{_SEQ}.{k}": f"{_SEQ}.train.{k}" for k in ("batch_size", "lr", "weight_decay", "epochs", "patience")},
+         **{f"{_SEQ}.{k}": f"{_SEQ}.distributed.{k}" for k in ("deepspeed_config", "dist_backend", "device",
+                                                               "threads")}}
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
@@ -331,12 +354,14 @@ def _build(cls: type, raw: dict, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"unknown config key '{where}{unknown[0]}'; valid keys here: {', '.join(sorted(names))}"
-        )
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        moved = f" (it moved: use '{MOVED[key]}')" if key in MOVED else ""
+        raise ConfigError(f"unknown config key '{key}'{moved}; valid keys here: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldError as exc:  # a section's own check: name the full key
+        raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{exc.field}' {exc.problem}") from None
 
 
 def _apply_override(raw: dict, item: str) -> None:

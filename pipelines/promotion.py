@@ -1,8 +1,10 @@
 """Gated promotion of a registered model's ``challenger`` to ``champion``, on one day's test users.
 
-``recpipe promote`` calls ``promote``; the ``promote_model`` Airflow DAG calls ``promote_task``.
-The decision itself (scoring both aliases on the same users, the delta rule, the tags) is
-``pipelines.registry.promote``; this module only picks the day and builds its evaluation set.
+``recpipe promote`` calls ``promote``; the ``promote_model`` Airflow DAG calls ``promote_task``. Both aliases are
+loaded from the registry as served (``models:/NAME@alias``), scored on exactly the same users (full ranking through
+their top-k lists, each user's earlier items excluded), and ``champion`` moves only if the challenger is better on
+``mlflow.promote_metric`` by more than ``mlflow.promote_min_delta``. The decision and the reason are written as tags
+on the challenger version.
 """
 from __future__ import annotations
 
@@ -11,13 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.config import Config, load_config
+from pipelines.context import StageContext, resolve_home
+from pipelines.evaluation.data import load_eval_data
+from pipelines.evaluation.protocol import metrics_from_ranks
+from pipelines.registry import CHALLENGER, CHAMPION, client, model_name
+from pipelines.summary import successful_days
 
 
 def latest_successful_ds(home: Path) -> str:
     """The newest ``ds`` whose ``runs/<ds>/summary.json`` says ``success``; LookupError if none."""
-    from pipelines import runner
-
-    done = sorted(p.parent.name for p in (home / "runs").glob("*/summary.json") if runner.is_done(home, p.parent.name))
+    done = successful_days(home)
     if not done:
         raise LookupError(f"no successful run under {home / 'runs'}")
     return done[-1]
@@ -28,8 +33,6 @@ def eval_set(cfg: Config, home: Path, ds: str) -> dict:
 
     ``exclude[i]`` holds user ``i``'s earlier items (train + valid), the target never.
     """
-    from pipelines.stages import StageContext, load_eval_data
-
     data, user_ids, item_ids = load_eval_data(StageContext(cfg, ds, home))
     hist = data.history("test")
     users = [u for u in range(data.n_users) if data.test[u] > 0]
@@ -40,21 +43,69 @@ def eval_set(cfg: Config, home: Path, ds: str) -> dict:
             "targets": [ids[data.test[u]] for u in users]}
 
 
+def score_topk(model, user_ids: list[str], exclude: list[list[str]], targets: list[str], ks: tuple[int, ...]) -> dict:
+    """HR@k / NDCG@k of a served model on one held-out item per user (full ranking via its top-k list).
+
+    A target outside the top ``max(ks)`` gets rank ``max(ks)``, which no cut-off counts (so no MRR here).
+    """
+    import pandas as pd
+
+    kmax = max(ks)
+    out = model.predict(pd.DataFrame({"user_id": user_ids, "exclude": exclude}), params={"k": kmax})
+    found = zip(out["item_ids"], targets, strict=True)
+    ranks = np.array([lst.index(t) if t in lst else kmax for lst, t in found])
+    return {k: v for k, v in metrics_from_ranks(ranks, ks).items() if k != "MRR"}
+
+
+def decide(cfg: Config, home: Path, model: str, ds: str, eval_set: dict) -> dict:
+    """Score both aliases of ``model`` on ``eval_set``, move ``champion`` if the challenger wins, tag the decision."""
+    import mlflow
+
+    c = client(cfg, home)
+    name = model_name(cfg, model)
+    try:
+        chal = c.get_model_version_by_alias(name, CHALLENGER)
+    except mlflow.exceptions.MlflowException:
+        raise LookupError(f"registered model '{name}' has no '{CHALLENGER}' version; run the pipeline first") from None
+    try:
+        champ = c.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champ = None
+    metric, ks = cfg.mlflow.promote_metric, tuple(cfg.eval.ks)
+    args = (eval_set["user_ids"], eval_set["exclude"], eval_set["targets"], ks)
+    chal_m = score_topk(mlflow.pyfunc.load_model(f"models:/{name}@{CHALLENGER}"), *args)
+    result = {"model": name, "ds": ds, "metric": metric, "challenger": {"version": chal.version, **chal_m}}
+    if champ is None:
+        promoted, reason = True, f"no champion yet; challenger v{chal.version} has {metric}={chal_m[metric]:.5f}"
+    elif champ.version == chal.version:
+        promoted, reason = False, f"challenger v{chal.version} already is the champion"
+    else:
+        champ_m = score_topk(mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}"), *args)
+        result["champion"] = {"version": champ.version, **champ_m}
+        delta = chal_m[metric] - champ_m[metric]
+        promoted = delta > cfg.mlflow.promote_min_delta
+        verb = "beats" if promoted else "does not beat"
+        reason = (f"challenger v{chal.version} {verb} champion v{champ.version} on {metric} of ds={ds} test users "
+                  f"({chal_m[metric]:.5f} vs {champ_m[metric]:.5f}, delta {delta:+.5f}, "
+                  f"required > {cfg.mlflow.promote_min_delta})")
+    if promoted:
+        c.set_registered_model_alias(name, CHAMPION, chal.version)
+    c.set_model_version_tag(name, chal.version, "promotion.decision", "promoted" if promoted else "rejected")
+    c.set_model_version_tag(name, chal.version, "promotion.reason", reason)
+    return {**result, "promoted": promoted, "reason": reason}
+
+
 def promote(cfg: Config, home: Path, model: str, ds: str | None) -> dict:
     """Promote ``model``'s challenger if it beats the champion on ``ds`` (None: latest successful run).
 
-    Returns the registry's result: ``{"model", "ds", "metric", "challenger", ["champion"], "promoted", "reason"}``.
+    Returns ``{"model", "ds", "metric", "challenger", ["champion"], "promoted", "reason"}``.
     """
-    from pipelines import registry
-
     ds = ds or latest_successful_ds(home)
-    return registry.promote(cfg, home, model, ds, eval_set(cfg, home, ds))
+    return decide(cfg, home, model, ds, eval_set(cfg, home, ds))
 
 
 def promote_task(model: str, ds: str | None = None, config: str | None = None,
                  overrides: list[str] | None = None, home: str | None = None) -> dict:
     """Airflow's entry point: empty ``ds``/``config``/``home`` mean the defaults; returns a small JSON-safe dict."""
-    from pipelines.runner import resolve_home
-
     cfg = load_config(config or None, list(overrides or []))
     return promote(cfg, resolve_home(home), model, ds or None)

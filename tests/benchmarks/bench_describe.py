@@ -34,9 +34,11 @@ N_ITEMS = 200
 
 def generation(ctx) -> dict:
     from jobs import common
-    from pipelines import describe, runner
-    from pipelines.llm import TransformersBackend, default_model_dir, describe_key
-    from pipelines.stages import StageContext
+    from pipelines import runner
+    from pipelines.backends.llm import TransformersBackend
+    from pipelines.backends.weights import default_model_dir
+    from pipelines.context import StageContext
+    from pipelines.stages import describe
 
     # a fresh cache so the first run really generates
     cache = ctx.home / "cache" / "describe.sqlite"
@@ -52,14 +54,14 @@ def generation(ctx) -> dict:
     second = runner.run_stage("describe", sctx)
 
     todo, _ = describe.entities(sctx)
-    seq = TransformersBackend(default_model_dir(ctx.home), describe_key(cfg.describe), batch_size=1,
+    seq = TransformersBackend(default_model_dir(ctx.home), describe.backend_key(cfg.describe), batch_size=1,
                               max_new_tokens=cfg.describe.max_new_tokens,
                               repetition_penalty=cfg.describe.repetition_penalty)
     print(f"  one prompt at a time: {len(todo)} prompts ...", flush=True)
     seq_text = {todo[i].id: g.text for i, g in seq.stream([e.messages for e in todo])}
     print(f"  one prompt at a time: {seq.stats.tokens_per_s:.1f} tokens/s", flush=True)
     d = common.read_arrow(ctx.home, "descriptions", ctx.ds)
-    batched_text = dict(zip(d.column("id").to_pylist(), d.column("text").to_pylist()))
+    batched_text = dict(zip(d.column("id").to_pylist(), d.column("text").to_pylist(), strict=True))
     from features.text import clean_output
 
     same = np.mean([clean_output(seq_text[k]) == batched_text[k] for k in batched_text])
@@ -77,14 +79,16 @@ def generation(ctx) -> dict:
 
 def encoder_and_neighbours(ctx) -> dict:
     from features.neighbours import exact_topk, faiss_topk, share_rate
-    from pipelines import embed
-    from pipelines.describe import catalogue
+    from pipelines.backends.encoder import Encoder
+    from pipelines.catalogue import load_catalogue
+    from pipelines.stages import embed
 
-    rows, _, item_ids, _, _, _ = catalogue(ctx)
-    meta = embed.metadata_rows(ctx)
+    cat = load_catalogue(ctx)
+    rows, item_ids = cat.items, cat.item_ids
+    meta = embed.metadata_rows(cat)
     item_texts = [r["text"] for r in meta if r["kind"] == "item"]
     user_texts = [r["text"] for r in meta if r["kind"] == "user"]
-    enc = embed.Encoder(batch_size=ctx.cfg.embed.batch_size, max_tokens=ctx.cfg.embed.max_tokens)
+    enc = Encoder(batch_size=ctx.cfg.embed.batch_size, max_tokens=ctx.cfg.embed.max_tokens)
     enc.encode(item_texts[:64])  # load and warm up
     t0 = time.perf_counter()
     item_vec = enc.encode(item_texts)
@@ -140,10 +144,12 @@ def encoder_int8_probe(ctx, n: int = 2000) -> dict:
     import torch
 
     from features.neighbours import exact_topk
-    from pipelines import embed
+    from pipelines.backends.encoder import Encoder
+    from pipelines.catalogue import load_catalogue
+    from pipelines.stages import embed
 
-    texts = [r["text"] for r in embed.metadata_rows(ctx) if r["kind"] == "item"][:n]
-    enc = embed.Encoder(batch_size=ctx.cfg.embed.batch_size, max_tokens=ctx.cfg.embed.max_tokens)
+    texts = [r["text"] for r in embed.metadata_rows(load_catalogue(ctx)) if r["kind"] == "item"][:n]
+    enc = Encoder(batch_size=ctx.cfg.embed.batch_size, max_tokens=ctx.cfg.embed.max_tokens)
     enc.encode(texts[:64])
     tokens = enc._model.tokenizer(texts, truncation=True, max_length=ctx.cfg.embed.max_tokens)["input_ids"]
     t0 = time.perf_counter()
@@ -156,7 +162,7 @@ def encoder_int8_probe(ctx, n: int = 2000) -> dict:
     int8_s = time.perf_counter() - t0
     ia, _ = exact_topk(a, 10)
     ib, _ = exact_topk(b, 10)
-    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ia, ib)])
+    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(ia, ib, strict=True)])
     return {"texts": len(texts), "mean_tokens": round(float(np.mean([len(t) for t in tokens])), 1),
             "fp32_sentences_per_s": round(len(texts) / fp32_s, 1), "int8_sentences_per_s": round(len(texts) / int8_s, 1),
             "int8_mean_cosine_to_fp32": round(float((a * b).sum(1).mean()), 4),

@@ -2,7 +2,7 @@
 
 Both train SASRec with the CE loss over all items, max length 50, batch 256, 2 layers, 2 heads, hidden 64, on the
 same leave-one-out split (RecBole splits the same sequences itself: ``LS: valid_and_test``, ordered by position) and
-are scored on valid by full ranking. recpipe runs the real ``train_grasp`` stage (``models=[sasrec]``, the
+are scored on valid by full ranking. recpipe runs the real ``train_sequential`` stage (``models=[sasrec]``, the
 ``amazon_beauty.yaml`` settings) in a hard-linked copy of the bench home; RecBole runs in a subprocess with its
 documented defaults for SASRec except the shared settings above. Each trains ``--epochs`` epochs without early
 stopping; the report compares seconds per epoch, valid NDCG@10 at equal epochs and, from recpipe's converged run
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, ROOT, RESULTS, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, RESULTS, ROOT, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
 
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements-recbole.txt"
 
@@ -118,7 +118,7 @@ def report(payload: dict) -> None:
     ours, rb, meta = payload["recpipe"], payload["recbole"], payload["_meta"]
     ours_s, rb_s, batch = ours["epoch_seconds"], rb["epoch_seconds"], meta["batch_size"]
     rows = [("epoch", "recpipe s (train)", "recpipe valid NDCG@10", "RecBole s (train)", "RecBole valid NDCG@10")]
-    for a, b in zip(ours["history"], rb["history"]):
+    for a, b in zip(ours["history"], rb["history"], strict=True):
         rows.append((str(a["epoch"]), f"{a['seconds']:.1f}", f"{a['valid_NDCG@10']:.4f}", f"{b['seconds']:.1f}",
                      f"{b['valid_NDCG@10']:.4f}"))
     notes = [f"seconds per epoch (training only, mean of {meta['epochs']}): recpipe {ours_s}, RecBole 1.2.1 {rb_s}: "
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = prepare_beauty(args.data, args.home, [])
     ours = sasrec_in_copy(ctx, args.data, args.epochs, "recbole-cmp")
-    batch = ctx.cfg.train_grasp.batch_size
+    batch = ctx.cfg.train_sequential.train.batch_size
 
     site = ctx.home / "recbole-site"
     install_recbole(site)

@@ -5,12 +5,12 @@ time to convergence, memory, and the same training with 2 processes.
         [--text-source metadata|descriptions] [--compare-text-source] [--grasp-variant KEY=VALUE ...]
         [--skip-two-process]
 
-Runs the real stages (embed and neighbours if missing, wals, train_grasp, evaluate) on the ds 2026-11-24 split and
+Runs the real stages (embed and neighbours if missing, wals, train_sequential, evaluate) on the ds 2026-11-24 split and
 writes ``tests/benchmarks/results/beauty_sequential.{json,md}``.
 
 ``--compare-text-source`` also trains GRASP on the other text source (``descriptions`` needs the LLM's item
 descriptions: the describe stage runs for all items first, from ``HOME/cache/describe.sqlite`` where it is filled;
-users are not described, so their metadata text stands in). ``--grasp-variant train_grasp.KEY=VALUE`` trains a GRASP
+users are not described, so their metadata text stands in). ``--grasp-variant train_sequential.SECTION.KEY=VALUE`` trains a GRASP
 variant (an ablation). Both run in a hard-linked copy of the home and are reported beside the main models; the
 main comparison is the configured GRASP, chosen before these runs.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.train import free_port  # noqa: E402
+from pipelines.training.distributed import free_port  # noqa: E402
 from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def two_process(ctx, data: str, source: str, epochs: int) -> dict:
     """The same SASRec training under ``torchrun --nproc_per_node 2`` in a hard-linked copy of the home."""
     launcher = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_addr",
                 "127.0.0.1", "--master_port", str(free_port())]
-    return sasrec_in_copy(ctx, data, epochs, "2proc", launcher, [f"train_grasp.text_source={source}"],
+    return sasrec_in_copy(ctx, data, epochs, "2proc", launcher, [f"train_sequential.text_source={source}"],
                           {**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -63,17 +63,17 @@ def grasp_run(ctx, label: str, overrides: list[str]) -> dict:
         shutil.rmtree(home / sub, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home / "warehouse")], check=True)
-    src = ctx.home / "checkpoints" / "train_grasp" / BEAUTY_DS  # an identical earlier run resumes, not retrains
-    dst = home / "checkpoints" / "train_grasp" / BEAUTY_DS
+    src = ctx.home / "checkpoints" / "train_sequential" / BEAUTY_DS  # an identical earlier run resumes, not retrains
+    dst = home / "checkpoints" / "train_sequential" / BEAUTY_DS
     dst.mkdir(parents=True, exist_ok=True)
     for d in src.glob("*") if src.exists() else ():
         if not (dst / d.name).exists():
             subprocess.run(["cp", "-al", str(d), str(dst / d.name)], check=True)
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={ctx.cfg.data.path}", *overrides,
-                                                         "train_grasp.models=[grasp]"])
-    runner.run(cfg, BEAUTY_DS, home, ["train_grasp", "evaluate"])
+                                                         "train_sequential.models=[grasp]"])
+    runner.run(cfg, BEAUTY_DS, home, ["train_sequential", "evaluate"])
     m = json.loads((home / "runs" / BEAUTY_DS / "metrics.json").read_text())["grasp"]
-    r = json.loads((home / "runs" / BEAUTY_DS / "train_grasp" / "grasp" / "result.json").read_text())
+    r = json.loads((home / "runs" / BEAUTY_DS / "train_sequential" / "grasp" / "result.json").read_text())
     return {"overrides": overrides, **{k: m[k] for k in ("full", "sampled100", "slices", "valid")},
             **{k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "best_valid_NDCG@10", "history")}}
 
@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                     "interrupted trainings with identical settings and data are resumed)")
     ap.add_argument("--two-process-epochs", type=int, default=3)
     ap.add_argument("--compare-text-source", action="store_true")
-    ap.add_argument("--grasp-variant", action="append", default=[], metavar="train_grasp.KEY=VALUE")
+    ap.add_argument("--grasp-variant", action="append", default=[], metavar="train_sequential.SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
     other = "descriptions" if args.text_source == "metadata" else "metadata"
     sources = [args.text_source] + ([other] if args.compare_text_source else [])
 
-    from pipelines import runner
     from jobs import common
+    from pipelines import runner
 
-    overrides = [f"train_grasp.text_source={args.text_source}", f"embed.sources=[{','.join(sources)}]",
+    overrides = [f"train_sequential.text_source={args.text_source}", f"embed.sources=[{','.join(sources)}]",
                  "describe.entities=[items]"]
     ctx = prepare_beauty(args.data, args.home, overrides)
     if "descriptions" in sources and not common.partition_path(ctx.home, "descriptions", BEAUTY_DS).exists():
@@ -106,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     if emb is None or not set(sources) <= set(emb.column("source").to_pylist()) or not have[1]:
         runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["embed", "neighbours"])
     if args.fresh:
-        shutil.rmtree(ctx.home / "checkpoints" / "train_grasp" / BEAUTY_DS, ignore_errors=True)
+        shutil.rmtree(ctx.home / "checkpoints" / "train_sequential" / BEAUTY_DS, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["wals", "train_grasp", "evaluate"])
+    summary = runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["wals", "train_sequential", "evaluate"])
     wall = time.perf_counter() - t0
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
     out: dict = {}
     for model, m in metrics.items():
         out[model] = {k: m[k] for k in ("full", "sampled100", "slices", "valid")}
-        rp = ctx.run_dir / "train_grasp" / model / "result.json"
+        rp = ctx.run_dir / "train_sequential" / model / "result.json"
         if rp.exists():
             r = json.loads(rp.read_text())
             out[model].update({k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "seconds_to_best",
@@ -141,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                                          or json.loads(prev.read_text())["_meta"]["machine"]["date"]}
     variants = {}
     if args.compare_text_source:
-        variants[f"grasp[{other}]"] = grasp_run(ctx, other, [f"train_grasp.text_source={other}"])
+        variants[f"grasp[{other}]"] = grasp_run(ctx, other, [f"train_sequential.text_source={other}"])
     for v in args.grasp_variant:
-        key = v if v.startswith("train_grasp.") else f"train_grasp.{v}"
+        key = v if v.startswith("train_sequential.") else f"train_sequential.{v}"
         variants[f"grasp[{key.split('.', 1)[1]}]"] = grasp_run(
-            ctx, key.split(".", 1)[1].replace("=", "-"), [f"train_grasp.text_source={args.text_source}", key])
+            ctx, key.split(".", 1)[1].replace("=", "-"), [f"train_sequential.text_source={args.text_source}", key])
     for label, v in variants.items():
         comparison[f"{label}_vs_sasrec_NDCG@10"] = ndcg_gains(v, s)
     if args.compare_text_source:
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
                          "protocol": "leave-one-out; full ranking over all items (history excluded) and 100 sampled "
                                      "negatives (seed %d); test phase reads train + valid" % ctx.cfg.eval.negatives_seed,
-                         "text_source": args.text_source, "train_grasp": {k: v for k, v in
-                                                                        __import__("dataclasses").asdict(ctx.cfg.train_grasp).items()},
+                         "text_source": args.text_source, "train_sequential": __import__("dataclasses").asdict(ctx.cfg.train_sequential),
                          "stage_seconds": {k: v["seconds"] for k, v in summary["stages"].items()},
                          "wall_seconds": round(wall, 1), "machine": machine()}}
     rows = [("model", "full NDCG@10", "full HR@10", "sampled100 NDCG@10", "short-history NDCG@10",

@@ -29,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args(argv)
 
-    from pipelines import stages, wals
-    from pipelines.evaluation import Popularity, evaluate
+    from pipelines.backends import wals
+    from pipelines.evaluation.data import load_eval_data, negatives_for
+    from pipelines.evaluation.protocol import evaluate
+    from pipelines.evaluation.scorers import FactorScorer, Popularity
 
     ctx = prepare_beauty(args.data, args.home, args.overrides)
-    data, _, _ = stages.load_eval_data(ctx)
-    neg = stages.negatives_for(ctx, data)
+    data, _, _ = load_eval_data(ctx)
+    neg = negatives_for(ctx, data)
     out: dict = {"dataset": "amazon-beauty (sequences.txt, 5-core)", "protocol": "leave-one-out test, full ranking "
                  "(history excluded) and 100 sampled negatives (seed %d)" % ctx.cfg.eval.negatives_seed,
                  "fit_on": "train + valid", "hyperparameters": {k: v for k, v in dataclasses.asdict(ctx.cfg.wals).items()
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         fit = wals.fit(ectx, p, ("train", "valid"), "warehouse")
         test = wals.load_factors(ectx, "warehouse", data.n_users, data.n_items)
         t0 = time.perf_counter()
-        met = evaluate(wals.FactorScorer({"test": test}), data, neg, "test")
+        met = evaluate(FactorScorer({"test": test}), data, neg, "test")
         eval_s = time.perf_counter() - t0
         out[engine] = {"fit_seconds": fit["fit_seconds"], "HR@10": met["full"]["HR@10"], "NDCG@10": met["full"]["NDCG@10"],
                        "sampled100_HR@10": met["sampled100"]["HR@10"], "sampled100_NDCG@10": met["sampled100"]["NDCG@10"],

@@ -33,7 +33,7 @@ def prepare_beauty(data: str, home: str, overrides: list[str]):
     """Ingest, validate and split Amazon Beauty once (re-used when already there); return a StageContext."""
     from pipelines import runner
     from pipelines.config import CONF_DIR, load_config
-    from pipelines.stages import StageContext
+    from pipelines.context import StageContext
 
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={data}", *overrides])
     ctx = StageContext(cfg, BEAUTY_DS, Path(home).resolve())
@@ -44,7 +44,7 @@ def prepare_beauty(data: str, home: str, overrides: list[str]):
 
 def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str] | None = None,
                    sets: list[str] | None = None, env: dict | None = None) -> dict:
-    """recpipe's SASRec for ``epochs`` epochs without early stopping, trained by the real ``train_grasp`` stage in a
+    """recpipe's SASRec for ``epochs`` epochs without early stopping, trained by the real ``train_sequential`` stage in a
     hard-linked copy of the bench home (``HOME-suffix``, removed afterwards) so the home's own outputs stay.
 
     ``launcher``: what runs ``-m pipelines.cli`` (default this Python; e.g. ``torchrun --nproc_per_node 2``).
@@ -54,13 +54,13 @@ def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str]
     shutil.rmtree(home2, ignore_errors=True)
     home2.mkdir(parents=True)
     subprocess.run(["cp", "-al", str(ctx.home / "warehouse"), str(home2 / "warehouse")], check=True)
-    cmd = [*(launcher or [sys.executable]), "-m", "pipelines.cli", "stage", "train_grasp",
+    cmd = [*(launcher or [sys.executable]), "-m", "pipelines.cli", "stage", "train_sequential",
            "--config", "pipelines/conf/amazon_beauty.yaml", "--set", f"data.path={data}", "--home", str(home2),
-           "--ds", BEAUTY_DS, *[a for kv in sets or [] for a in ("--set", kv)], "--set", "train_grasp.models=[sasrec]",
-           "--set", f"train_grasp.epochs={epochs}", "--set", "train_grasp.patience=1000"]
+           "--ds", BEAUTY_DS, *[a for kv in sets or [] for a in ("--set", kv)], "--set", "train_sequential.models=[sasrec]",
+           "--set", f"train_sequential.train.epochs={epochs}", "--set", "train_sequential.train.patience=1000"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-    res = json.loads((home2 / "runs" / BEAUTY_DS / "train_grasp" / "sasrec" / "result.json").read_text())
+    res = json.loads((home2 / "runs" / BEAUTY_DS / "train_sequential" / "sasrec" / "result.json").read_text())
     shutil.rmtree(home2, ignore_errors=True)
     return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
 

@@ -11,8 +11,9 @@ A GPU node seldom holds the warehouse, so this runs in three steps:
     python tests/benchmarks/gpu_sequential.py report DIR/beauty_sequential_gpu.json
 
 ``pack`` copies the ``sequences``, ``user_map`` and ``item_map`` partitions and GRASP's frozen text tables (the
-output of ``train_grasp.feature_tables``, stored as float16: the whole ``text_embeddings`` table is too big to
-travel). ``train`` runs the real ``train_grasp`` stage with ``train_grasp.device=cuda``, ``dist_backend=nccl`` and
+output of ``pipelines.training.sequential.feature_tables``, stored as float16: the whole ``text_embeddings`` table is
+too big to travel). ``train`` runs the real ``train_sequential`` stage with ``train_sequential.distributed.device=cuda``,
+``dist_backend=nccl`` and
 each DeepSpeed config, its text tables read from the bundle instead of being pooled again, then scores both models
 exactly as the ``evaluate`` stage does (full ranking and the same seeded 100 sampled negatives, slices).
 """
@@ -41,8 +42,9 @@ def pack(bundle: Path, home: Path, source: str) -> None:
     import numpy as np
 
     from pipelines.config import CONF_DIR, load_config
-    from pipelines.stages import StageContext, load_eval_data
-    from pipelines.train_grasp import feature_tables
+    from pipelines.context import StageContext
+    from pipelines.evaluation.data import load_eval_data
+    from pipelines.training.sequential import feature_tables
 
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={home}"])
     ctx = StageContext(cfg, BEAUTY_DS, home.resolve())
@@ -72,15 +74,18 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
     os.environ.setdefault("DS_ACCELERATOR", device)
     import deepspeed
 
-    from pipelines import runner, train_grasp
+    from pipelines import runner
     from pipelines.config import CONF_DIR, load_config
-    from pipelines.evaluation import evaluate
-    from pipelines.stages import StageContext, eval_kwargs, load_eval_data, negatives_for
+    from pipelines.context import StageContext
+    from pipelines.evaluation import scorers
+    from pipelines.evaluation.data import eval_kwargs, load_eval_data, negatives_for
+    from pipelines.evaluation.protocol import evaluate
+    from pipelines.stages import train_sequential
 
     meta = json.loads((bundle / "bundle.json").read_text())
     z = np.load(bundle / "tables.npz")
     tables = {k: z[k].astype(np.float32) for k in z.files}
-    train_grasp.feature_tables = lambda ctx, source, n_items, n_users: tables  # pooled on the warehouse's machine
+    train_sequential.feature_tables = lambda ctx, source, n_items, n_users: tables  # pooled on the warehouse's machine
     home = (bundle / "home").resolve()
     out.mkdir(parents=True, exist_ok=True)
     base = StageContext(load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={bundle}"]), meta["ds"], home)
@@ -89,10 +94,11 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
     results = {}
     for v, seed in [(v, s) for s in (seeds or [None]) for v in variants]:
         key = v + (f" seed={seed}" if seed is not None else "") + "".join(f" {x}" for x in sets or [])
-        overrides = [f"data.path={bundle}", f"train_grasp.text_source={meta['text_source']}",
-                     f"train_grasp.device={device}", f"train_grasp.dist_backend={'nccl' if device == 'cuda' else 'gloo'}",
-                     "train_grasp.threads=0", f"train_grasp.deepspeed_config={VARIANTS[v]}"]
-        overrides += ([f"train_grasp.epochs={epochs}"] if epochs else []) + list(sets or []) + \
+        dist = "train_sequential.distributed"
+        overrides = [f"data.path={bundle}", f"train_sequential.text_source={meta['text_source']}",
+                     f"{dist}.device={device}", f"{dist}.dist_backend={'nccl' if device == 'cuda' else 'gloo'}",
+                     f"{dist}.threads=0", f"{dist}.deepspeed_config={VARIANTS[v]}"]
+        overrides += ([f"train_sequential.train.epochs={epochs}"] if epochs else []) + list(sets or []) + \
             ([f"seed={seed}"] if seed is not None else [])
         cfg = load_config(CONF_DIR / "amazon_beauty.yaml", overrides)
         ctx = StageContext(cfg, meta["ds"], home)
@@ -100,10 +106,10 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        rec = runner.run_stage("train_grasp", ctx)
+        rec = runner.run_stage("train_sequential", ctx)
         wall = time.perf_counter() - t0
         for name, summary in rec["models"].items():
-            scorer, _ = train_grasp.scorer(ctx, name, data)
+            scorer, _ = scorers.vectors(ctx.model_dir("train_sequential", name) / "vectors.npz", data)
             m = evaluate(scorer, data, neg, "test", **eval_kwargs(cfg))
             results.setdefault(key, {})[name] = {**m, **{k: summary[k] for k in (
                 "epoch_seconds", "best_epoch", "epochs_run", "best_valid_NDCG@10", "seconds_to_best", "train_seconds")}}

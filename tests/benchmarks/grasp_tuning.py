@@ -3,9 +3,10 @@ and tail-item slices, and by the train popularity of the held-out item, to choos
 
     python tests/benchmarks/grasp_tuning.py LABEL=HOME:MODEL [...] [--out grasp_tuning] [--note TEXT ...]
 
-Each ``HOME`` holds a finished ``train_grasp`` run of ds 2026-11-24 (``runs/<ds>/train_grasp/<MODEL>/``, e.g. from
-``python -m pipelines.cli stage train_grasp --config pipelines/conf/amazon_beauty.yaml --home HOME --ds 2026-11-24
---set train_grasp.models=[grasp] --set train_grasp.KEY=VALUE`` in a hard-linked copy of the bench home's warehouse).
+Each ``HOME`` holds a finished ``train_sequential`` run of ds 2026-11-24 (``runs/<ds>/train_sequential/<MODEL>/``,
+e.g. from ``python -m pipelines.cli stage train_sequential --config pipelines/conf/amazon_beauty.yaml --home HOME
+--ds 2026-11-24 --set train_sequential.models=[grasp] --set train_sequential.grasp.KEY=VALUE`` in a hard-linked copy
+of the bench home's warehouse).
 The first entry is the reference the gains are computed against. Only the valid phase is evaluated (full ranking,
 the shared protocol); writes ``tests/benchmarks/results/<out>.{json,md}``.
 """
@@ -27,25 +28,26 @@ BUCKETS = (0, 5, 10, 20, 40, 80)  # lower edges of the target's train-interactio
 
 def valid_report(home: Path, model: str, data_path: str) -> dict:
     """One full-ranking pass over the valid targets; overall, slice and popularity-bucket figures from its ranks."""
-    from pipelines import train_grasp
     from pipelines.config import CONF_DIR, load_config
-    from pipelines.evaluation import _ranks, metrics_from_ranks, slice_masks
-    from pipelines.stages import StageContext, eval_kwargs, load_eval_data, negatives_for
+    from pipelines.context import StageContext
+    from pipelines.evaluation import scorers
+    from pipelines.evaluation.data import eval_kwargs, load_eval_data, negatives_for
+    from pipelines.evaluation.protocol import metrics_from_ranks, slice_masks, target_ranks
 
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={data_path}"])
     ctx = StageContext(cfg, BEAUTY_DS, home.resolve())
     data, _, _ = load_eval_data(ctx)
     kw = eval_kwargs(cfg)
-    scorer, _ = train_grasp.scorer(ctx, model, data)
+    scorer, _ = scorers.vectors(ctx.model_dir("train_sequential", model) / "vectors.npz", data)
     users = np.flatnonzero(data.targets("valid") > 0)
-    full, _ = _ranks(scorer, data, "valid", users, negatives_for(ctx, data), kw["batch"])
+    full, _ = target_ranks(scorer, data, "valid", users, negatives_for(ctx, data), kw["batch"])
     ndcg10 = lambda m: metrics_from_ranks(full[m], kw["ks"])["NDCG@10"]  # noqa: E731
     masks = slice_masks(data, "valid", kw["short_quantile"], kw["tail_fraction"])
     pop = data.popularity("valid")[data.targets("valid")[users]]                # train count of each target
     edges = (*BUCKETS, np.inf)
     buckets = {f"{lo}-{hi - 1 if np.isfinite(hi) else ''}": {"users": int(m.sum()), "NDCG@10": ndcg10(m)}
-               for lo, hi in zip(edges[:-1], edges[1:]) for m in [(pop >= lo) & (pop < hi)]}
-    train = json.loads((ctx.run_dir / "train_grasp" / model / "result.json").read_text())
+               for lo, hi in zip(edges[:-1], edges[1:], strict=True) for m in [(pop >= lo) & (pop < hi)]}
+    train = json.loads((ctx.model_dir("train_sequential", model) / "result.json").read_text())
     overall = metrics_from_ranks(full, kw["ks"])
     return {"home": str(home), "model": model, "NDCG@10": overall["NDCG@10"], "HR@10": overall["HR@10"],
             **{sl: ndcg10(masks[sl][users]) for sl in ("short_history", "tail_items")},

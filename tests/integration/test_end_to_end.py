@@ -36,7 +36,7 @@ def test_summary_has_documented_shape(home):
     assert set(s) >= {"ds", "dataset", "status", "stages", "tables", "metrics", "mlflow"}
     assert s["status"] == "success" and s["ds"] == D1 and s["dataset"] == "synthetic"
     assert list(s["stages"]) == ["ingest", "validate", "split", "wals", "describe", "embed", "neighbours",
-                                 "train_grasp", "evaluate", "register"]
+                                 "train_sequential", "evaluate", "register"]
     assert {"generated", "cached", "failed"} <= set(s["stages"]["describe"])
     assert s["stages"]["describe"]["generated"] == 8 and s["stages"]["describe"]["cached"] == 0
     assert all({"seconds", "rows_out"} <= set(v) for v in s["stages"].values())
@@ -52,10 +52,27 @@ def test_summary_has_documented_shape(home):
     # the sequential models learn the shop's category-following sessions: better than popularity
     for model in ("sasrec", "grasp"):
         assert s["metrics"][model]["full"]["NDCG@10"] > 1.5 * s["metrics"]["popularity"]["full"]["NDCG@10"], model
-    assert s["stages"]["train_grasp"]["models"]["grasp"]["text_source"] == "descriptions"
+    assert s["stages"]["train_sequential"]["models"]["grasp"]["text_source"] == "descriptions"
     assert {m["name"] for m in s["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp"}
     assert all("challenger" in m["aliases"] for m in s["mlflow"]["models"])
-    assert (home / "runs" / D1 / "report.md").exists() and (home / "runs" / D1 / "ndcg_by_slice.png").exists()
+    assert (home / "runs" / D1 / "ndcg_by_slice.png").exists()
+
+
+def test_report_shows_every_models_figures(home):
+    s = _summary(home, D1)
+    report = (home / "runs" / D1 / "report.md").read_text()
+    assert report.startswith(f"# recpipe report: synthetic, ds={D1}")
+    full = report.split("## Full ranking (user history excluded)")[1].split("## 100 sampled negatives")[0]
+    sampled = report.split("## 100 sampled negatives")[1]
+    for model in ("popularity", "wals", "sasrec", "grasp"):
+        for section, proto in ((full, "full"), (sampled, "sampled100")):
+            m = s["metrics"][model][proto]
+            row = f"| {model} | all | {m['users']} | {m['HR@5']:.4f} | {m['HR@10']:.4f} | {m['HR@20']:.4f} | "
+            assert row in section, (model, proto)
+            assert f"| {m['NDCG@10']:.4f} |" in section.split(row)[1].splitlines()[0]
+            tail = s["metrics"][model]["slices"]["tail_items"][proto]
+            assert f"| {model} | tail_items | {tail['users']} | {tail['HR@5']:.4f} |" in section
+    assert "![NDCG@10 by slice](ndcg_by_slice.png)" in report
 
 
 def test_backfill_skips_done_days_and_next_day_is_larger(home, capsys, small_llm):

@@ -3,7 +3,6 @@ the OpenAI-compatible backend against a server on 127.0.0.1, and the real SmolLM
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from jobs import common
 from pipelines import runner
 from pipelines.config import load_config
-from pipelines.stages import StageContext
+from pipelines.context import StageContext
 from tests.conftest import DS
 from tests.llm_server import Behaviour, LocalLLMServer
 
@@ -62,7 +61,7 @@ def test_describe_caches_and_regenerates_only_what_changed(synthetic_home, tiny_
     items = table(synthetic_home, "items")
     item_id = d.filter(pc.equal(d.column("kind"), "item")).column("id")[0].as_py()
     titles = [t + " (new formula)" if i == item_id else t
-              for i, t in zip(items.column("item_id").to_pylist(), items.column("title").to_pylist())]
+              for i, t in zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True)]
     common.write_arrow(items.set_column(items.schema.get_field_index("title"), "title", [titles]),
                        synthetic_home, "items", DS)
     imap = table(synthetic_home, "item_map")
@@ -121,7 +120,7 @@ def test_openai_backend_through_the_stage(synthetic_home, monkeypatch, capsys):
         out = stage(ctx, "describe")
     d = table(synthetic_home, "descriptions")
     n_items = table(synthetic_home, "item_map").num_rows
-    titles = dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist()))
+    titles = dict(zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True))
     described = [titles[i] for i in d.column("id").to_pylist()]
     n_tent = sum("tent" in t for t in described)
     n_matcha = sum("matcha powder" in t for t in described)
@@ -129,7 +128,7 @@ def test_openai_backend_through_the_stage(synthetic_home, monkeypatch, capsys):
     assert d.num_rows == n_items and out["generated"] == n_items
     assert out["failed"] == out["degenerate"] == n_tent  # flagged, not stored as good
     assert out["retried"] == n_tent + n_matcha  # retried once each with sampling
-    status = dict(zip(d.column("id").to_pylist(), d.column("status").to_pylist()))
+    status = dict(zip(d.column("id").to_pylist(), d.column("status").to_pylist(), strict=True))
     assert all((status[i] == "degenerate") == ("tent" in titles[i]) for i in status)
     assert beh.auth == {f"Bearer {secret}"}
     written = [p.read_text() for p in ctx.run_dir.rglob("*") if p.is_file()]

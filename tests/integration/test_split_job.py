@@ -40,7 +40,7 @@ EXPECTED = sorted([
 
 
 def _interactions(rows) -> pa.Table:
-    u, i, t, e = zip(*rows)
+    u, i, t, e = zip(*rows, strict=True)
     return pa.table({"user_id": list(u), "item_id": list(i), "timestamp": pa.array(t, pa.int64()),
                      "event_order": pa.array(e, pa.int64()),
                      "rating": pa.array([5.0] * len(rows), pa.float32())}, schema=schemas.INTERACTIONS)
@@ -56,7 +56,7 @@ def _table(home, name) -> list[tuple]:
     t = common.read_arrow(home, name, DS)
     schemas.check_schema(name, t.schema)  # names and types (Spark does not keep the non-null flags)
     assert t.column_names == schemas.TABLES[name].names, name
-    return sorted(zip(*(t.column(c).to_pylist() for c in t.column_names)))
+    return sorted(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
 
 
 def test_split_exact(home):

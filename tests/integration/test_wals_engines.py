@@ -15,9 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import runner, stages, wals
+from pipelines import runner
+from pipelines.backends import wals
 from pipelines.config import load_config
-from pipelines.evaluation import evaluate
+from pipelines.context import StageContext
+from pipelines.evaluation.data import load_eval_data, negatives_for
+from pipelines.evaluation.protocol import evaluate
+from pipelines.evaluation.scorers import FactorScorer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +36,7 @@ def ctx(tmp_path_factory):
     home = tmp_path_factory.mktemp("wals_home")
     cfg = load_config(None, [f"wals.{k}={v}" for k, v in PARAMS.items()])
     runner.run(cfg, DS, home, ["ingest", "validate", "split"])
-    return stages.StageContext(cfg, DS, home)
+    return StageContext(cfg, DS, home)
 
 
 def _spark_job(ctx, master: str, zone: str) -> dict:
@@ -48,10 +52,10 @@ def _spark_job(ctx, master: str, zone: str) -> dict:
 
 
 def _valid_ndcg(ctx, zone: str) -> float:
-    data, _, _ = stages.load_eval_data(ctx)
-    neg = stages.negatives_for(ctx, data)
+    data, _, _ = load_eval_data(ctx)
+    neg = negatives_for(ctx, data)
     factors = wals.load_factors(ctx, zone, data.n_users, data.n_items)
-    return evaluate(wals.FactorScorer({"valid": factors}), data, neg, "valid")["full"]["NDCG@10"]
+    return evaluate(FactorScorer({"valid": factors}), data, neg, "valid")["full"]["NDCG@10"]
 
 
 @pytest.fixture(scope="module")

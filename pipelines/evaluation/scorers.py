@@ -1,0 +1,82 @@
+"""The models the evaluate stage scores, each a ``Scorer`` (``score(users, phase) -> (B, N + 1)``) plus the arrays
+served through MLflow (``user_emb``, ``item_emb``, ``item_bias``; see ``pipelines.serving``).
+
+* ``Popularity``: interaction counts in the phase's history.
+* ``FactorScorer``: a dot product ``U_phase[users] @ V_phase.T``; serves WALS factors and every model whose training
+  stage writes ``vectors.npz`` (user vectors per phase and the item table; see ``pipelines.graph.Stage.models``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from jobs import common
+from pipelines.backends.wals import SCRATCH, load_factors
+from pipelines.context import StageContext
+from pipelines.evaluation.protocol import EvalData, Scorer
+from pipelines.graph import STAGES
+
+Served = tuple[Scorer, dict[str, np.ndarray]]
+
+
+class Popularity:
+    """Most-popular baseline: score = interaction count in the phase's history (train, or train + valid)."""
+
+    def __init__(self, data: EvalData) -> None:
+        self.counts = {ph: data.popularity(ph).astype(np.float32) for ph in ("valid", "test")}
+
+    def score(self, users: np.ndarray, phase: str) -> np.ndarray:
+        return np.broadcast_to(self.counts[phase], (len(users), len(self.counts[phase])))
+
+
+class FactorScorer:
+    """score(users, phase) = U_phase[users] @ V_phase.T: (B, F) x (F, N + 1) -> (B, N + 1)."""
+
+    def __init__(self, by_phase: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        self.by_phase = by_phase
+
+    def score(self, users: np.ndarray, phase: str) -> np.ndarray:
+        u, v = self.by_phase[phase]
+        return u[users] @ v.T
+
+
+def popularity(data: EvalData) -> Served:
+    m = Popularity(data)
+    return m, {"user_emb": np.zeros((data.n_users, 0)), "item_emb": np.zeros((data.n_items + 1, 0)),
+               "item_bias": m.counts["test"]}
+
+
+def wals(ctx: StageContext, data: EvalData) -> Served:
+    """WALS: test-phase factors (fit on train + valid when ``wals.refit_on_valid``), valid-phase from train only."""
+    test = load_factors(ctx, "warehouse", data.n_users, data.n_items)
+    scratch = common.partition_path(ctx.home, "user_factors", ctx.ds, SCRATCH)
+    has_valid = ctx.cfg.wals.refit_on_valid and scratch.exists()
+    valid = load_factors(ctx, SCRATCH, data.n_users, data.n_items) if has_valid else test
+    return FactorScorer({"valid": valid, "test": test}), {
+        "user_emb": test[0], "item_emb": test[1], "item_bias": np.zeros(data.n_items + 1, np.float32)}
+
+
+def vectors(path: Path, data: EvalData) -> Served:
+    """A trained model from its ``vectors.npz``: ``user_valid``/``user_test`` (U, H) and ``items`` (N + 1, H)."""
+    z = np.load(path)
+    items = z["items"]
+    if z["user_test"].shape[0] != data.n_users or items.shape[0] != data.n_items + 1:
+        raise ValueError(f"{path} was trained on another split of this day: re-run the stage that wrote it")
+    return FactorScorer({"valid": (z["user_valid"], items), "test": (z["user_test"], items)}), {
+        "user_emb": z["user_test"], "item_emb": items, "item_bias": np.zeros(data.n_items + 1, np.float32)}
+
+
+def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
+    """The models to evaluate this day: name -> factory(data). Popularity always; WALS and trained models when
+    their outputs exist."""
+    zoo: dict[str, Callable[[EvalData], Served]] = {"popularity": popularity}
+    if common.partition_path(ctx.home, "user_factors", ctx.ds).exists():
+        zoo["wals"] = lambda d: wals(ctx, d)
+    for stage in STAGES:
+        for name in stage.models:
+            path = ctx.model_dir(stage.name, name) / "vectors.npz"
+            if path.exists():
+                zoo[name] = lambda d, path=path: vectors(path, d)
+    return zoo

@@ -1,0 +1,191 @@
+"""The ``describe`` stage: an LLM writes a description of every item and every user (GRASP's generation step).
+
+Work per entity: render its versioned prompt from catalogue facts (items) or its train-part history, newest first
+(users; valid and test targets never reach a prompt), hash prompt version + model key + messages, and look the
+hash up in ``cache/describe.sqlite``. Only misses reach the LLM, in length-sorted batches; results are committed
+to the cache batch by batch, so a killed run loses at most one batch and a new ``ds`` generates only for new or
+changed entities. Empty or degenerate outputs are retried once with sampling and then flagged
+(``status = degenerate``), never stored as if good. Transport failures (server down, too many 429s) are not cached;
+above ``describe.max_failed_fraction`` the stage fails, after committing everything that did succeed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from features import schemas
+from features import text as T
+from jobs import common
+from pipelines.backends.llm import Backend, Generation, OpenAIBackend, TransformersBackend, openai_key, transformers_key
+from pipelines.backends.weights import default_model_dir
+from pipelines.cache import Cache
+from pipelines.catalogue import load_catalogue
+from pipelines.config import DescribeConfig
+from pipelines.context import StageContext, StageResult
+
+
+@dataclass(frozen=True)
+class Entity:
+    kind: str  # item | user
+    id: str
+    idx: int
+    messages: list
+    prompt_version: str
+
+
+def _chosen(scores: np.ndarray, ids: np.ndarray, limit: int) -> np.ndarray:
+    """All ``ids`` (limit 0) or the ``limit`` with the highest score (ties: lower id first), in id order."""
+    if not limit or limit >= len(ids):
+        return ids
+    order = np.lexsort((ids, -scores[ids]))
+    return np.sort(ids[order[:limit]])
+
+
+def entities(ctx: StageContext) -> tuple[list[Entity], dict]:
+    """The entities to describe this ``ds`` and how many were left out by ``max_items``/``max_users``."""
+    cfg = ctx.cfg.describe
+    cat = load_catalogue(ctx)
+    out, skipped = [], {"items": 0, "users": 0}
+    if "items" in cfg.entities:
+        idx = _chosen(cat.popularity, np.arange(1, len(cat.item_ids) + 1), cfg.max_items)
+        skipped["items"] = len(cat.item_ids) - len(idx)
+        out += [Entity("item", cat.item_ids[i - 1], int(i), T.item_messages(cat.items[int(i)]), T.ITEM_PROMPT_VERSION)
+                for i in idx]
+    if "users" in cfg.entities:
+        idx = _chosen(cat.activity, np.arange(len(cat.user_ids)), cfg.max_users)
+        skipped["users"] = len(cat.user_ids) - len(idx)
+        out += [Entity("user", cat.user_ids[u], int(u), T.user_messages(cat.history_rows(int(u)), cfg.user_history),
+                       T.USER_PROMPT_VERSION) for u in idx]
+    return out, skipped
+
+
+def backend_key(cfg: DescribeConfig) -> str:
+    """The cache identity of the configured backend and its generation settings, without loading anything."""
+    if cfg.backend == "openai":
+        return openai_key(cfg.openai.base_url, cfg.openai.model, cfg.max_new_tokens)
+    return transformers_key(cfg.model_path, not cfg.model_path, cfg.max_new_tokens, cfg.repetition_penalty)
+
+
+def make_backend(cfg: DescribeConfig, home: Path, seed: int = 0) -> Backend:
+    """The backend ``describe.backend`` names (the model is loaded on first use, not here)."""
+    if cfg.backend == "openai":
+        o = cfg.openai
+        if not o.model:
+            raise ValueError("describe.openai.model is empty: set it to the model name the server serves")
+        key = os.environ.get(o.api_key_env) or None
+        return OpenAIBackend(o.base_url, o.model, key, o.concurrency, o.timeout_s, o.max_retries, o.backoff_s,
+                             o.max_backoff_s, cfg.max_new_tokens, seed)
+    model_dir = Path(cfg.model_path) if cfg.model_path else default_model_dir(home)
+    return TransformersBackend(model_dir, backend_key(cfg), cfg.batch_size, cfg.max_new_tokens,
+                               cfg.repetition_penalty, cfg.threads, seed)
+
+
+def entry_key(e: Entity, model_key: str) -> str:
+    return T.content_hash(e.prompt_version, model_key, e.messages)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    # rate and ETA on stderr, refreshed at most every 10 s so Airflow logs stay readable
+    return tqdm(total=total, desc=desc, unit="entity", mininterval=10, file=sys.stderr, dynamic_ncols=False)
+
+
+def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache, flush_every: int) -> dict:
+    """Generate ``todo``, committing results to ``cache`` every ``flush_every``; retry degenerate ones once."""
+    counts = {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0}
+    first_error = None
+
+    def run(batch_idx: list[int], retry: bool) -> list[int]:
+        nonlocal first_error
+        again, pending = [], {}
+        bar = _progress(len(batch_idx), "describe (retry)" if retry else "describe")
+        for j, gen in backend.stream([todo[i].messages for i in batch_idx], retry=retry):
+            i = batch_idx[j]
+            bar.update(1)
+            if gen.error:
+                counts["errors"] += 1
+                first_error = first_error or gen.error
+                continue
+            reason = T.degenerate_reason(gen.text)
+            if reason and not retry:
+                again.append(i)
+                continue
+            pending[keys[i]] = _record(gen, reason)
+            counts["degenerate" if reason else "generated"] += 1
+            if len(pending) >= flush_every:
+                cache.put_many(pending)
+                pending = {}
+        cache.put_many(pending)
+        bar.close()
+        return again
+
+    again = run(list(range(len(todo))), retry=False)
+    if again:
+        counts["retried"] = len(again)
+        run(again, retry=True)
+    counts["first_error"] = first_error
+    return counts
+
+
+def _record(gen: Generation, reason: str | None) -> bytes:
+    text = T.clean_output(gen.text) if reason is None else gen.text
+    return json.dumps({"text": text, "tokens": gen.tokens, "status": "degenerate" if reason else "ok",
+                       "reason": reason}).encode()
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.cfg.describe
+    t0 = time.perf_counter()
+    todo_all, skipped = entities(ctx)
+    model_key = backend_key(cfg)
+    keys = [entry_key(e, model_key) for e in todo_all]
+    with Cache(ctx.home / "cache" / "describe.sqlite") as cache:
+        found = cache.get_many(keys)
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # identical prompts are generated once
+        miss = sorted(i for k, i in first.items() if k not in found)
+        print(f"  describe: {len(todo_all)} entities, {len(todo_all) - len(miss)} cached, {len(miss)} to generate "
+              f"with {model_key}", flush=True)
+        stats, counts = None, {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0, "first_error": None}
+        if miss:
+            backend = make_backend(cfg, ctx.home, ctx.cfg.seed)
+            counts = generate(backend, [todo_all[i] for i in miss], [keys[i] for i in miss], cache,
+                              flush_every=max(1, cfg.batch_size))
+            stats = backend.stats
+        found = cache.get_many(keys)
+    recs = [json.loads(found[k]) if k in found else None for k in keys]
+    failed = counts["errors"]
+    if len(todo_all) and failed / len(todo_all) > cfg.max_failed_fraction:
+        raise RuntimeError(
+            f"describe: {failed} of {len(todo_all)} generations failed ({counts['first_error']}); the "
+            f"{len(todo_all) - failed} that succeeded are cached and will not be generated again. Check that the LLM "
+            f"backend ({model_key}) is reachable, then re-run the stage; describe.max_failed_fraction="
+            f"{cfg.max_failed_fraction} sets how many failures a run accepts.")
+    keep = [(e, k, r) for e, k, r in zip(todo_all, keys, recs, strict=True) if r is not None]
+    tbl = pa.Table.from_pydict({
+        "kind": [e.kind for e, _, _ in keep], "id": [e.id for e, _, _ in keep],
+        "idx": [e.idx for e, _, _ in keep],
+        "prompt_version": [e.prompt_version for e, _, _ in keep], "model": [model_key] * len(keep),
+        "input_hash": [k for _, k, _ in keep], "text": [r["text"] for _, _, r in keep],
+        "status": [r["status"] for _, _, r in keep], "reason": [r.get("reason") for _, _, r in keep],
+        "tokens": [r["tokens"] for _, _, r in keep],
+    }, schema=schemas.DESCRIPTIONS)
+    common.write_arrow(tbl, ctx.home, "descriptions", ctx.ds)
+    degenerate = sum(r["status"] != "ok" for _, _, r in keep)
+    out = {"generated": counts["generated"] + counts["degenerate"], "cached": len(todo_all) - len(miss),
+           "failed": failed + degenerate, "degenerate": degenerate,
+           "transport_errors": failed, "retried": counts["retried"], "skipped": skipped,
+           "llm_calls": stats.calls if stats else 0, "generated_tokens": stats.generated_tokens if stats else 0,
+           "tokens_per_s": round(stats.tokens_per_s, 1) if stats else None, "model": model_key}
+    print(f"  describe: generated {out['generated']}, cached {out['cached']}, failed {out['failed']} "
+          f"({degenerate} degenerate, {failed} transport errors), {out['llm_calls']} LLM calls, "
+          f"{out['tokens_per_s']} tokens/s, {time.perf_counter() - t0:.1f} s", flush=True)
+    return StageResult(tbl.num_rows, {"descriptions": str(common.partition_path(ctx.home, "descriptions", ctx.ds))},
+                       tables={"descriptions": tbl.num_rows}, details=out)

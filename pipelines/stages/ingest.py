@@ -1,0 +1,16 @@
+"""The ``ingest`` stage: the Spark job ``jobs/ingest.py`` stages ``interactions``, ``items`` and ``users``."""
+from __future__ import annotations
+
+import dataclasses
+
+from jobs import common
+from jobs import ingest as job
+from pipelines.context import StageContext, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    params = {**dataclasses.asdict(ctx.cfg.data), "synthetic": dataclasses.asdict(ctx.cfg.synthetic)}
+    counts = job.run(str(ctx.home), ctx.ds, params, *ctx.spark_args())
+    return StageResult(counts["interactions"],
+                       {t: str(common.partition_path(ctx.home, t, ctx.ds, job.STAGING)) for t in counts},
+                       tables=counts)

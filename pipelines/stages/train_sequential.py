@@ -1,0 +1,94 @@
+"""The ``train_sequential`` stage: SASRec (the baseline) and SASRec + GRASP holistic attention, same split and seed.
+
+Reads ``sequences`` (train part for training, valid for early stopping), and for GRASP ``text_embeddings`` and
+``neighbours`` of ``train_sequential.text_source`` (``descriptions``: the LLM's text, ``metadata``: title and
+attributes), frozen. For each model it writes ``runs/<ds>/train_sequential/<model>/``:
+
+* ``vectors.npz``: ``user_valid`` (U, H) after the train items, ``user_test`` (U, H) after train + valid items and
+  ``items`` (N + 1, H); a user's scores are ``user @ items.T``, which is exactly the model's output, so ``evaluate``
+  scores them with the shared protocol and ``register`` serves them through the same pyfunc as every model;
+* ``result.json``: epochs, best epoch, valid NDCG@10 per epoch, seconds per epoch, peak memory.
+
+Checkpoints live under ``checkpoints/train_sequential/<ds>/<model>-<key>/`` where ``key`` hashes the model and loop
+settings, the model's code and the input data, so a re-run of the same night resumes (or reuses the finished model)
+and any change trains afresh. Under ``torchrun``/``deepspeed`` every rank trains; only rank 0 writes the outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+
+import numpy as np
+import torch
+
+from jobs import common
+from pipelines.context import StageContext, StageResult
+from pipelines.evaluation.data import load_eval_data
+from pipelines.training.distributed import init_distributed
+from pipelines.training.loop import fit
+from pipelines.training.sequential import SequentialTask, build_model, code_version, feature_tables, user_vectors
+
+STAGE = "train_sequential"
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.tobytes() if isinstance(p, np.ndarray) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
+    """Everything that changes what ``name`` learns; more epochs or patience resume instead, threads change nothing,
+    and SASRec does not read GRASP's settings or the text."""
+    t = ctx.cfg.train_sequential
+    train = {k: v for k, v in dataclasses.asdict(t.train).items() if k not in ("epochs", "patience")}
+    dist = {k: v for k, v in dataclasses.asdict(t.distributed).items() if k != "threads"}
+    settings = {"model": name, "sasrec": dataclasses.asdict(t.sasrec), "train": train, "distributed": dist,
+                "loss": t.loss, "seed": ctx.cfg.seed, "code": code_version(name)}
+    if name == "grasp":
+        settings.update(grasp=dataclasses.asdict(t.grasp), text_source=t.text_source)
+    if world > 1:  # a DeepSpeed checkpoint is sharded per rank: another world size starts afresh
+        settings["world_size"] = world
+    return settings
+
+
+def run(ctx: StageContext) -> StageResult:
+    t = ctx.cfg.train_sequential
+    if t.distributed.threads:
+        torch.set_num_threads(t.distributed.threads)
+    data, _, _ = load_eval_data(ctx)
+    tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if "grasp" in t.models else None
+    task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss)
+    rank, world = init_distributed(t.distributed.dist_backend)
+    out, outputs = {}, {}
+    for name in t.models:
+        t0 = time.perf_counter()
+        model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
+        key = _fingerprint(checkpoint_settings(ctx, name, world), data.train.indptr, data.train.indices, data.valid,
+                           *(tables.values() if name == "grasp" else ()))
+        ckpt = ctx.home / "checkpoints" / STAGE / ctx.ds / f"{name}-{key}"
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if rank == 0:
+            print(f"  {name}: {n_params:,} trainable parameters, {world} process(es), checkpoints in {ckpt}",
+                  flush=True)
+        res = fit(model, task, t.train, t.distributed, ctx.cfg.seed, ckpt, name, STAGE)
+        dev = "cpu" if t.distributed.device == "cpu" else next(model.parameters()).device
+        summary = {**res.summary(), "parameters": n_params, "seconds": round(time.perf_counter() - t0, 2),
+                   "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt)}
+        out[name] = {k: v for k, v in summary.items() if k != "history"}
+        if rank == 0:  # the serving vectors: valid phase from train, test phase from train + valid
+            uv, items = user_vectors(model, data.history("valid"), data.n_users, t.sasrec.max_len, 1024, dev)
+            ut, _ = user_vectors(model, data.history("test"), data.n_users, t.sasrec.max_len, 1024, dev)
+            d = ctx.model_dir(STAGE, name)
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / "vectors.tmp.npz"
+            np.savez(tmp, user_valid=uv, user_test=ut, items=items)
+            tmp.replace(d / "vectors.npz")
+            common.write_json(d / "result.json", summary)
+            outputs[name] = str(d)
+            print(f"  {name}: best valid NDCG@10 {res.best_valid_ndcg10:.4f} at epoch {res.best_epoch} of "
+                  f"{res.epochs_run}, {summary['epoch_seconds']} s/epoch", flush=True)
+    return StageResult(len(out), outputs, details={"models": out, "world_size": world})

@@ -1,0 +1,29 @@
+"""The ``wals`` stage: weighted ALS factors of users and items (engines in ``pipelines.backends.wals``).
+
+With ``wals.refit_on_valid`` (default) the factors for the test targets and for serving are fitted on
+train + valid with the same hyperparameters (``DESIGN.md``); valid metrics use a fit on train only, written to
+the ``scratch`` zone. ``recpipe tune wals`` (``pipelines.tuning``) chooses the hyperparameters on valid.
+"""
+from __future__ import annotations
+
+from jobs import common
+from pipelines.backends.wals import SCRATCH, fit
+from pipelines.context import StageContext, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    p = ctx.cfg.wals
+    out = {}
+    if p.refit_on_valid:
+        out["valid_fit"] = fit(ctx, p, ("train",), SCRATCH)
+        out["final_fit"] = fit(ctx, p, ("train", "valid"), "warehouse")
+    else:
+        out["final_fit"] = fit(ctx, p, ("train",), "warehouse")
+    fit_s = sum(v["fit_seconds"] for v in out.values())
+    print(f"  wals[{p.engine}] factors={p.factors} reg={p.regularization} alpha={p.alpha} it={p.iterations}: "
+          f"fit {fit_s:.1f} s")
+    final = out["final_fit"]
+    return StageResult(final["user_factors"] + final["item_factors"],
+                       {t: str(common.partition_path(ctx.home, t, ctx.ds)) for t in ("user_factors", "item_factors")},
+                       tables={"user_factors": final["user_factors"], "item_factors": final["item_factors"]},
+                       details={"engine": p.engine, "fit_seconds": round(fit_s, 3), "refit_on_valid": p.refit_on_valid})

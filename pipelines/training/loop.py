@@ -1,0 +1,210 @@
+"""The generic training loop, driven by a DeepSpeed engine: epochs, early stopping, checkpoints, resume, progress.
+
+A model plugs in through a ``Task`` (as in RecBole's trainer or Hugging Face's ``Trainer``): the task knows its
+data and its loss, the loop knows nothing of either.
+
+* ``Task.batches(seed)``: the global batches of one epoch, identical on every rank;
+* ``Task.loss(engine, batch, step)``: this rank's share of a batch, normalised so that the ranks' gradients average
+  to the one-process gradient;
+* ``Task.validate(module, device)``: valid metrics on rank 0 (``NDCG@10`` decides early stopping);
+* ``Task.state``/``Task.load_state``: what the best epoch keeps (the whole state dict unless the task says less).
+
+Seeded: data order and dropout are re-seeded per epoch (so a resumed run repeats the uninterrupted one), each rank
+gets its own sampling generator. A DeepSpeed checkpoint per epoch is what a re-run resumes from; ``best.pt`` holds
+the best epoch, which the module holds at the end. Only parameters with ``requires_grad`` are optimised, so a
+caller freezes parts of a model (a backbone, say) and trains in phases by calling ``fit`` again with another
+checkpoint directory.
+"""
+from __future__ import annotations
+
+import abc
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from pipelines.config import DistributedConfig, TrainConfig
+from pipelines.training.distributed import deepspeed_config, init_distributed, tune_allocator
+
+
+class Step(NamedTuple):
+    """Where a batch runs: this process's rank, the world size, the device and its sampling generator."""
+
+    rank: int
+    world: int
+    device: torch.device
+    rng: np.random.Generator
+
+
+class StepLoss(NamedTuple):
+    """A rank's loss on its share of a batch, its weight in the epoch's mean loss, and its number of targets."""
+
+    loss: torch.Tensor
+    weight: float
+    targets: int
+
+
+class Task(abc.ABC):
+    """What a model brings to ``fit``."""
+
+    @abc.abstractmethod
+    def batches(self, seed: int) -> Sequence[Any]:
+        """The global batches of one epoch in order, the same on every rank for the same ``seed``."""
+
+    @abc.abstractmethod
+    def loss(self, engine: Any, batch: Any, step: Step) -> StepLoss:
+        """Forward this rank's share of ``batch`` through ``engine``."""
+
+    @abc.abstractmethod
+    def validate(self, module: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Valid metrics (at least ``NDCG@10`` and ``HR@10``), computed on rank 0 only."""
+
+    def state(self, module: torch.nn.Module) -> dict:
+        """What ``best.pt`` keeps of the module."""
+        return module.state_dict()
+
+    def load_state(self, module: torch.nn.Module, state: dict) -> None:
+        module.load_state_dict(state)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid_ndcg10: float
+    epochs_run: int
+    epoch_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+    world_size: int = 1
+    peak_rss_mb: float = 0.0
+
+    def summary(self) -> dict:
+        es = self.epoch_seconds
+        return {"best_epoch": self.best_epoch, "best_valid_NDCG@10": round(self.best_valid_ndcg10, 6),
+                "epochs_run": self.epochs_run, "resumed_from_epoch": self.resumed_from_epoch,
+                "world_size": self.world_size, "epoch_seconds": round(float(np.mean(es)), 3) if es else None,
+                "seconds_to_best": round(float(sum(es[: self.best_epoch]) + sum(self.eval_seconds[: self.best_epoch])),
+                                         2),
+                "train_seconds": round(float(sum(es) + sum(self.eval_seconds)), 2),
+                "peak_rss_mb": round(self.peak_rss_mb, 1), "history": self.history}
+
+
+def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: DistributedConfig, seed: int,
+        ckpt: Path, name: str = "model", section: str = "train_sequential",
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train ``module`` on ``task`` with early stopping on valid NDCG@10; returns its history.
+
+    ``ckpt``: the checkpoint directory; if it already holds a checkpoint the run resumes after that epoch.
+    ``section``: the config section being trained (named in error messages).
+    """
+    import deepspeed
+
+    tune_allocator()
+    rank, world = init_distributed(dist_cfg.dist_backend)
+    torch.manual_seed(seed)
+    conf = deepspeed_config(dist_cfg.deepspeed_config, train.batch_size, world, section)
+    optim = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=train.lr,
+                              weight_decay=train.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optim, config=conf)
+    device = engine.device if dist_cfg.device != "cpu" else torch.device("cpu")
+    ckpt.mkdir(parents=True, exist_ok=True)
+    res, bad = _resume(engine, ckpt, world, name, log)
+    if bad >= train.patience:
+        log(f"  {name}: already stopped early at epoch {res.epochs_run}; loading the best epoch")
+    for epoch in range(res.epochs_run + 1, train.epochs + 1):
+        if bad >= train.patience:
+            break
+        epoch_seed = seed * 100_003 + epoch
+        torch.manual_seed(epoch_seed + 7_919 * rank)                           # dropout repeats on resume
+        step = Step(rank, world, device, np.random.default_rng(seed * 7 + epoch + 7_919 * rank))
+        mean_loss = _train_epoch(engine, task, epoch_seed, step, f"{name} epoch {epoch}", res)
+        ndcg, hr = _validate(engine, task, step, res)
+        res.epochs_run = epoch
+        improved = ndcg > res.best_valid_ndcg10
+        if improved:
+            res.best_valid_ndcg10, res.best_epoch, bad = ndcg, epoch, 0
+            if rank == 0:
+                tmp = ckpt / "best.pt.tmp"
+                torch.save(task.state(engine.module), tmp)
+                tmp.replace(ckpt / "best.pt")
+        else:
+            bad += 1
+        res.history.append({"epoch": epoch, "loss": round(mean_loss, 5), "valid_NDCG@10": round(ndcg, 6),
+                            "valid_HR@10": round(hr, 6), "seconds": round(res.epoch_seconds[-1], 2)})
+        if rank == 0:
+            log(f"  {name} epoch {epoch}: loss {mean_loss:.4f}, valid NDCG@10 {ndcg:.4f}{' (best)' if improved else ''}, "
+                f"{res.epoch_seconds[-1]:.1f} s train + {res.eval_seconds[-1]:.1f} s eval")
+        res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        _save(engine, ckpt, epoch, res, bad, rank)
+    if (ckpt / "best.pt").exists():
+        task.load_state(engine.module, torch.load(ckpt / "best.pt", map_location="cpu"))
+    res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def _train_epoch(engine, task: Task, epoch_seed: int, step: Step, desc: str, res: FitResult) -> float:
+    """One pass over the task's batches; appends the epoch's seconds and returns the mean loss over all ranks."""
+    import torch.distributed as dist
+    from tqdm.auto import tqdm
+
+    engine.train()
+    t0 = time.perf_counter()
+    total, count = 0.0, 0
+    for batch in tqdm(task.batches(epoch_seed), desc=desc, unit="batch", leave=False,
+                      disable=step.rank != 0 or None):
+        out = task.loss(engine, batch, step)
+        engine.backward(out.loss)
+        engine.step()
+        total += out.loss.item() * out.weight
+        count += out.targets
+    if step.world > 1:                                                          # the epoch loss over all ranks
+        tc = torch.tensor([total, float(count)], dtype=torch.float64, device=step.device)
+        dist.all_reduce(tc)
+        total, count = tc[0].item(), int(tc[1].item())
+    res.epoch_seconds.append(time.perf_counter() - t0)
+    return total / max(count, 1)
+
+
+def _validate(engine, task: Task, step: Step, res: FitResult) -> tuple[float, float]:
+    """Valid (NDCG@10, HR@10): rank 0 evaluates and tells the others, so every rank stops at the same epoch."""
+    import torch.distributed as dist
+
+    t1 = time.perf_counter()
+    ndcg, hr = 0.0, 0.0
+    if step.rank == 0:
+        met = task.validate(engine.module, step.device)
+        ndcg, hr = met["NDCG@10"], met["HR@10"]
+    if step.world > 1:
+        tv = torch.tensor([ndcg, hr], dtype=torch.float64, device=step.device)
+        dist.broadcast(tv, 0)
+        ndcg, hr = tv.tolist()
+    res.eval_seconds.append(time.perf_counter() - t1)
+    return ndcg, hr
+
+
+def _resume(engine, ckpt: Path, world: int, name: str, log: Callable[[str], None]) -> tuple[FitResult, int]:
+    """The result so far and the epochs without improvement, from the latest checkpoint in ``ckpt`` if any."""
+    if not (ckpt / "latest").exists():
+        return FitResult(best_epoch=0, best_valid_ndcg10=-1.0, epochs_run=0, world_size=world), 0
+    _, state = engine.load_checkpoint(str(ckpt))
+    res = FitResult(**{**state["result"], "world_size": world})
+    res.resumed_from_epoch = res.epochs_run
+    log(f"  {name}: resuming after epoch {res.epochs_run} from {ckpt}")
+    return res, state["bad"]
+
+
+def _save(engine, ckpt: Path, epoch: int, res: FitResult, bad: int, rank: int) -> None:
+    """A DeepSpeed checkpoint of this epoch (all ranks write); older epochs are removed once it is complete."""
+    state = {"result": {k: v for k, v in res.__dict__.items() if k not in ("resumed_from_epoch", "world_size")},
+             "bad": bad}
+    engine.save_checkpoint(str(ckpt), tag=f"epoch{epoch}", client_state=state)
+    if rank == 0:
+        for old in ckpt.glob("epoch*"):
+            if old.name != f"epoch{epoch}":
+                shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,204 @@
+"""Sequential recommenders (SASRec, SASRec + GRASP) on the generic loop: batches of left-padded histories,
+next-item loss over all items (or one sampled negative), full-ranking validation, and the modules built from the
+config.
+
+Every global batch is split across ranks (``rows[rank::world]``) and each rank divides its summed loss by the
+*global* number of targets, so the averaged gradient equals the one-process gradient.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+from features.embeddings import vectors_of
+from jobs import common
+from models.grasp import build, mean_neighbours
+from models.sasrec import SASRec, bce_loss, ce_loss
+from pipelines.config import Config
+from pipelines.context import StageContext
+from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
+from pipelines.training.loop import Step, StepLoss, Task
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+
+
+# ----------------------------------------------------------------------------- data
+
+def left_padded(hist: Csr, users: np.ndarray, width: int) -> np.ndarray:
+    """(len(users), width) int64: each user's last ``width`` items, left-padded with 0 (newest in the last column)."""
+    starts, ends = hist.indptr[users], hist.indptr[users + 1]
+    out = np.zeros((len(users), width), np.int64)
+    for j in range(width):                                   # column j holds the item ``width - j`` from the end
+        pos = ends - (width - j)
+        ok = pos >= starts
+        out[ok, j] = hist.indices[pos[ok]]
+    return out
+
+
+@dataclass
+class TrainSet:
+    """Training sequences: ``seqs[:, :-1]`` are inputs, ``seqs[:, 1:]`` the next-item targets (0 = none)."""
+
+    users: np.ndarray     # (S,) user ids with at least two train items
+    seqs: np.ndarray      # (S, max_len + 1) int64, left-padded
+    n_targets: np.ndarray  # (S,) targets per row
+
+    @classmethod
+    def from_history(cls, hist: Csr, max_len: int) -> "TrainSet":
+        lens = hist.lengths()
+        users = np.flatnonzero(lens >= 2)
+        seqs = left_padded(hist, users, max_len + 1)
+        return cls(users, seqs, np.minimum(lens[users], max_len + 1) - 1)
+
+    def batches(self, batch_size: int, seed: int) -> list[np.ndarray]:
+        """Row indices of each batch: rows of similar length together (little padding), batch order shuffled."""
+        rng = np.random.default_rng(seed)
+        order = np.lexsort((rng.random(len(self.users)), self.n_targets))
+        chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@torch.no_grad()
+def full_ranks(users: torch.Tensor, items: torch.Tensor, hist: Csr, targets: np.ndarray,
+               batch: int = 4096) -> np.ndarray:
+    """0-based full-ranking rank of each user's target, the protocol of ``pipelines.evaluation`` in torch (threaded).
+
+    users (U, H), items (N + 1, H); only users with a target (``targets > 0``) are ranked. History and padding are not
+    candidates, the target always is, ties count against the target.
+    """
+    who = np.flatnonzero(targets > 0)
+    out = np.empty(len(who), np.int64)
+    for lo in range(0, len(who), batch):
+        b = who[lo:lo + batch]
+        s = users[torch.from_numpy(b)] @ items.T                                 # (B, N + 1)
+        tgt = torch.from_numpy(targets[b].astype(np.int64))
+        rows = torch.arange(len(b))
+        ts = s[rows, tgt].clone()                                               # (B,)
+        r, it = hist.rows(b)
+        s[torch.from_numpy(r), torch.from_numpy(it.astype(np.int64))] = float("-inf")
+        s[:, 0] = float("-inf")
+        s[rows, tgt] = ts
+        out[lo:lo + len(b)] = ((s >= ts[:, None]).sum(1) - 1).numpy()
+    return out
+
+
+@torch.no_grad()
+def user_vectors(model: SASRec, hist: Csr, n_users: int, max_len: int, batch: int,
+                 device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(U, H) representation of every user after their history, and the (N + 1, H) item table used for scoring."""
+    was = model.training
+    model.eval()
+    items = model.item_table()
+    out = []
+    for lo in range(0, n_users, batch):
+        users = np.arange(lo, min(lo + batch, n_users))
+        seq = left_padded(hist, users, max_len)
+        seq = seq[:, max(0, int((seq != 0).any(0).argmax())):]                # drop all-padding columns
+        if seq.shape[1] == 0:
+            seq = np.zeros((len(users), 1), np.int64)
+        s, u = torch.from_numpy(seq).to(device), torch.from_numpy(users).to(device)
+        out.append(model(s, u, items)[:, -1, :].float().cpu().numpy())         # (b, H)
+    model.train(was)
+    return np.concatenate(out), items.float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- the task
+
+class SequentialTask(Task):
+    """Next-item prediction on the train part of ``data``; validation = full-ranking NDCG@10 on the valid targets."""
+
+    def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024) -> None:
+        self.data, self.max_len, self.batch_size, self.loss_kind, self.eval_batch = (data, max_len, batch_size, loss,
+                                                                                     eval_batch)
+        self.train = TrainSet.from_history(data.train, max_len)
+        if len(self.train.users) == 0:
+            raise ValueError("no user has two or more train items: nothing to train a sequential model on")
+
+    def batches(self, seed: int) -> list[np.ndarray]:
+        return self.train.batches(self.batch_size, seed)
+
+    def loss(self, engine, rows: np.ndarray, step: Step) -> StepLoss:
+        n_global = float(self.train.n_targets[rows].sum())
+        mine = rows[step.rank::step.world]
+        seq = self.train.seqs[mine]
+        seq = seq[:, int((seq != 0).any(0).argmax()):]                          # trim all-padding columns
+        seq_t = torch.from_numpy(seq).to(step.device)
+        inp, tgt = seq_t[:, :-1], seq_t[:, 1:]
+        users = torch.from_numpy(self.train.users[mine]).to(step.device)
+        items = engine.module.item_table()                                      # (N + 1, H)
+        hidden = engine(inp, users, items)                                      # (b, T, H)
+        norm = n_global / step.world
+        if self.loss_kind == "ce":
+            loss = ce_loss(hidden, tgt, items, normaliser=norm)
+        else:
+            neg = torch.from_numpy(step.rng.integers(1, self.data.n_items + 1, size=tuple(tgt.shape))).to(step.device)
+            loss = bce_loss(hidden, tgt, neg, items, normaliser=norm)
+        return StepLoss(loss, norm, int((tgt != 0).sum()))
+
+    def validate(self, module: SASRec, device: torch.device) -> dict[str, float]:
+        d = self.data
+        uv, iv = user_vectors(module, d.train, d.n_users, self.max_len, self.eval_batch, device)
+        return metrics_from_ranks(full_ranks(torch.from_numpy(uv), torch.from_numpy(iv), d.train, d.valid), (10,))
+
+
+# ----------------------------------------------------------------------------- models and their inputs
+
+def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -> dict[str, np.ndarray]:
+    """``item_sem``/``item_nb`` (N + 1, D) and ``user_sem``/``user_nb`` (U, D): own vectors and neighbours' mean."""
+    for table, stage in (("text_embeddings", "embed"), ("neighbours", "neighbours")):
+        if not common.partition_path(ctx.home, table, ctx.ds).exists():
+            raise FileNotFoundError(f"GRASP needs the '{table}' table of ds={ctx.ds}: run the '{stage}' stage first "
+                                    f"(recpipe run --ds {ctx.ds} --until neighbours)")
+    emb = common.read_arrow(ctx.home, "text_embeddings", ctx.ds)
+    nb = common.read_arrow(ctx.home, "neighbours", ctx.ds, columns=["kind", "source", "idx", "rank", "neighbour_idx"])
+    out = {}
+    for kind, rows in (("item", n_items + 1), ("user", n_users)):
+        vec, idx, _ = vectors_of(emb, kind, source)
+        if len(idx) == 0:
+            raise ValueError(f"text_embeddings of ds={ctx.ds} has no {kind} vectors from source '{source}': add "
+                             f"'{source}' to embed.sources and re-run embed, or set train_sequential.text_source")
+        sem = np.zeros((rows, vec.shape[1]), np.float32)
+        sem[idx] = vec
+        part = nb.filter(pc.and_(pc.equal(nb.column("kind"), kind), pc.equal(nb.column("source"), source)))
+        k = int(pc.max(part.column("rank")).as_py() or 0) + 1 if part.num_rows else 1
+        table = np.full((rows, k), -1, np.int64)
+        table[part.column("idx").to_numpy(), part.column("rank").to_numpy()] = part.column("neighbour_idx").to_numpy()
+        pooled = mean_neighbours(torch.from_numpy(sem), torch.from_numpy(table)).numpy()
+        out[f"{kind}_sem"], out[f"{kind}_nb"] = sem, pooled
+    return out
+
+
+def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarray] | None) -> SASRec:
+    """``sasrec`` or ``grasp`` (SASRec + holistic attention over ``tables``), initialised from ``cfg.seed``."""
+    t = cfg.train_sequential
+    torch.manual_seed(cfg.seed)
+    if name == "sasrec":
+        return SASRec(t.sasrec, n_items)
+    assert tables is not None, "GRASP needs its feature tables"
+    enhancer = build(n_items, t.sasrec.hidden, t.sasrec.dropout, {k: torch.from_numpy(v) for k, v in tables.items()},
+                     t.grasp)
+    return SASRec(t.sasrec, n_items, enhancer)
+
+
+def code_version(name: str) -> str:
+    """A hash of the model's code without comments and docstrings: an edit to what it computes trains afresh,
+    an edit to its documentation does not."""
+    files = ["configs.py", "sasrec.py"] + (["grasp.py"] if name == "grasp" else [])
+    h = hashlib.sha256()
+    for f in files:
+        tree = ast.parse((MODELS_DIR / f).read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(ast.dump(tree).encode())
+    return h.hexdigest()[:12]

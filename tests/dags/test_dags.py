@@ -1,0 +1,233 @@
+"""DAG integrity (fast) and a real ``dag.test()`` run of both DAGs on the synthetic default (slow).
+
+Airflow reads its settings (``AIRFLOW_HOME``, the metadata DB, the DAGs folder) once, at import; so everything
+that needs a particular Airflow environment runs in a subprocess with that environment, never in the test
+process (whose Airflow, if any other test imported it first, would be configured for somewhere else).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+HEAVY = ("pyspark", "torch", "mlflow", "great_expectations", "implicit", "transformers", "deepspeed")
+MARK = "@@RESULT@@"
+
+# Loads the DAG folder with DagBag, reports what the integrity tests check, as JSON on the last line.
+INTEGRITY_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=sys.argv[1])
+    dags = {}
+    for dag_id, dag in bag.dags.items():
+        try:
+            dag.check_cycle()
+            cycle = None
+        except Exception as exc:
+            cycle = f"{type(exc).__name__}: {exc}"
+        dags[dag_id] = {
+            "cycle": cycle,
+            "tags": sorted(dag.tags),
+            "schedule": str(dag.schedule) if dag.schedule is not None else None,
+            "timetable": type(dag.timetable).__name__,
+            "catchup": dag.catchup,
+            "max_active_runs": dag.max_active_runs,
+            "params": sorted(dag.params),
+            "doc_md": bool(dag.doc_md),
+            "tasks": {t.task_id: {"retries": t.retries, "downstream": sorted(t.downstream_task_ids), "pool": t.pool}
+                      for t in dag.topological_sort()},
+            "order": [t.task_id for t in dag.topological_sort()],
+        }
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[2].split(",")))
+    ours = sorted(m for m in sys.modules if m.split(".")[0] in ("pipelines", "jobs", "features", "models"))
+    print("@@RESULT@@" + json.dumps({"import_errors": bag.import_errors, "dags": dags, "heavy": heavy, "ours": ours}))
+""")
+
+# Runs one DAG with dag.test() in this (fresh) interpreter; retries off so a failure surfaces at once.
+DAG_TEST_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import pendulum
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file, dag_id, logical_date, conf = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    bag = DagBag(dag_folder=dag_file)
+    assert not bag.import_errors, bag.import_errors
+    dag = bag.dags[dag_id]
+    for t in dag.tasks:
+        t.retries = 0
+    dr = dag.test(logical_date=pendulum.parse(logical_date) if logical_date else None, run_conf=conf)
+    tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    print("@@RESULT@@" + json.dumps({"state": str(dr.state), "run_id": dr.run_id, "tasks": tis}))
+""")
+
+
+def airflow_env(airflow_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k != "RECPIPE_HOME"}
+    env.update({
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "GX_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return env
+
+
+def run_script(script: str, args: list[str], env: dict[str, str], timeout: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    assert proc.returncode == 0 and lines, (
+        f"exit {proc.returncode}\n--- stdout (tail)\n{proc.stdout[-6000:]}\n--- stderr (tail)\n{proc.stderr[-6000:]}")
+    return json.loads(lines[-1][len(MARK):])
+
+
+# --------------------------------------------------------------------------- integrity (fast, no DB)
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory) -> dict:
+    return run_script(INTEGRITY_SCRIPT, [str(DAGS), ",".join(HEAVY)],
+                      airflow_env(tmp_path_factory.mktemp("airflow_parse")), timeout=120)
+
+
+def test_dags_import_cleanly(bag):
+    assert bag["import_errors"] == {}
+    assert {"nightly_refresh", "promote_model"} <= set(bag["dags"])
+
+
+def test_no_cycles_retries_tags_docs(bag):
+    for dag_id, d in bag["dags"].items():
+        assert d["cycle"] is None, d["cycle"]
+        assert d["tags"] and "recpipe" in d["tags"], dag_id
+        assert d["doc_md"], f"{dag_id} has no doc_md"
+        for task_id, t in d["tasks"].items():
+            assert t["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
+
+
+def test_nightly_is_the_stage_graph(bag):
+    from pipelines.graph import ORDER, STAGES
+
+    d = bag["dags"]["nightly_refresh"]
+    assert sorted(d["order"]) == sorted(ORDER)
+    expected = {"ingest": ["validate"], "validate": ["split"], "split": ["describe", "wals"], "wals": ["evaluate"],
+                "describe": ["embed"], "embed": ["neighbours"], "neighbours": ["train_sequential"],
+                "train_sequential": ["evaluate"], "evaluate": ["register"],
+                "register": []}
+    assert {t: v["downstream"] for t, v in d["tasks"].items()} == expected
+    from_table = {s.name: sorted(t.name for t in STAGES if s.name in t.upstream) for s in STAGES}
+    assert from_table == expected  # the DAG is built from the stage table, nothing else
+    for task, downs in expected.items():  # the local runner's order is a valid order of the graph
+        assert all(ORDER.index(task) < ORDER.index(x) for x in downs)
+    assert d["tags"] == ["nightly", "recpipe"]
+    assert d["schedule"] == "@daily" and d["timetable"] == "CronTriggerTimetable"  # data interval = logical date
+    assert d["catchup"] is True and d["max_active_runs"] == 1
+    assert d["params"] == ["config", "home", "overrides"]
+
+
+def test_llm_work_has_its_own_declared_pool(bag):
+    pools = json.loads((REPO / "infra" / "airflow" / "pools.json").read_text())
+    tasks = bag["dags"]["nightly_refresh"]["tasks"]
+    assert tasks["describe"]["pool"] == tasks["embed"]["pool"] == "recpipe_llm"
+    assert tasks["train_sequential"]["pool"] == "recpipe_train"
+    assert tasks["split"]["pool"] == "default_pool"
+    assert {t["pool"] for t in tasks.values()} - {"default_pool"} <= set(pools)
+
+
+def test_promote_dag_shape(bag):
+    d = bag["dags"]["promote_model"]
+    assert d["schedule"] is None
+    assert d["tags"] == ["promotion", "recpipe"]
+    assert list(d["tasks"]) == ["promote"]
+    assert d["params"] == ["config", "ds", "home", "model", "overrides"]
+
+
+def test_parsing_dags_imports_nothing_heavy(bag):
+    assert bag["heavy"] == [], f"parsing dags/ imported {bag['heavy']}: move those imports inside the tasks"
+    assert bag["ours"] == ["pipelines", "pipelines.graph"], f"parsing dags/ imported {bag['ours']}"
+
+
+# --------------------------------------------------------------------------- dag.test() end to end (slow)
+
+@pytest.fixture(scope="module")
+def airflow_db(tmp_path_factory) -> dict[str, str]:
+    """A migrated metadata DB in a fresh AIRFLOW_HOME (dag.test() needs one); returns the subprocess env."""
+    env = airflow_env(tmp_path_factory.mktemp("airflow_home"))
+    airflow = Path(sys.executable).with_name("airflow")
+    proc = subprocess.run([str(airflow), "db", "migrate"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    proc = subprocess.run([str(airflow), "pools", "import", str(REPO / "infra" / "airflow" / "pools.json")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"airflow pools import failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def nightly(airflow_db, tmp_path_factory, smollm2_dir) -> dict:
+    home = tmp_path_factory.mktemp("recpipe_home")
+    llm = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3",
+           "train_sequential.train.epochs=2"]
+    conf = {"home": str(home), "config": "", "overrides": llm}
+    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "nightly_refresh.py"), "nightly_refresh",
+                                          "2026-01-02T00:00:00+00:00", json.dumps(conf)], airflow_db, timeout=600)
+    return {**result, "home": home, "overrides": llm}
+
+
+@pytest.mark.slow
+def test_nightly_dag_runs_end_to_end(nightly):
+    from pipelines.graph import ORDER
+
+    assert nightly["state"] == "success", nightly["tasks"]
+    assert nightly["tasks"] == {s: "success" for s in ORDER}
+    summary = json.loads((nightly["home"] / "runs" / "2026-01-02" / "summary.json").read_text())
+    assert summary["ds"] == "2026-01-02" and summary["status"] == "success"
+    assert list(summary["stages"]) == ORDER
+    assert summary["stages"]["describe"]["generated"] == 6
+    assert summary["stages"]["neighbours"]["rows_out"] > 0
+    assert summary["stages"]["train_sequential"]["models"]["grasp"]["epochs_run"] == 2
+    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp"}
+    # the figures the Airflow tasks reported are the protocol's figures for what they wrote, recomputed here
+    from pipelines.config import load_config
+    from pipelines.context import StageContext
+    from pipelines.evaluation.data import eval_kwargs, load_eval_data, negatives_for
+    from pipelines.evaluation.protocol import evaluate
+    from pipelines.evaluation.scorers import model_zoo
+
+    ctx = StageContext(load_config(None, nightly["overrides"]), "2026-01-02", nightly["home"])
+    data, _, _ = load_eval_data(ctx)
+    neg = negatives_for(ctx, data)
+    zoo = model_zoo(ctx)
+    assert list(zoo) == ["popularity", "wals", "sasrec", "grasp"]
+    for name, factory in zoo.items():
+        got = evaluate(factory(data)[0], data, neg, "test", **eval_kwargs(ctx.cfg))
+        for protocol in ("full", "sampled100"):
+            assert summary["metrics"][name][protocol] == pytest.approx(got[protocol], abs=1e-12), (name, protocol)
+    assert summary["metrics"]["wals"]["full"]["NDCG@10"] > 1.5 * summary["metrics"]["popularity"]["full"]["NDCG@10"]
+
+
+@pytest.mark.slow
+def test_promote_dag_sets_champion(nightly, airflow_db):
+    home = nightly["home"]
+    conf = {"model": "popularity", "ds": "", "home": str(home), "config": "", "overrides": []}
+    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "promote_model.py"), "promote_model", "", json.dumps(conf)],
+                        airflow_db, timeout=300)
+    assert result["state"] == "success", result["tasks"]
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("popularity", "champion")
+    challenger = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("popularity", "challenger")
+    assert champion.version == challenger.version
+    assert champion.tags["promotion.decision"] == "promoted"
+    assert "no champion yet" in champion.tags["promotion.reason"]

@@ -1,0 +1,225 @@
+"""pipelines.config: defaults, --set overrides, unknown keys and wrong types named by their dotted key."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import CONF_DIR, Config, ConfigError, dump_yaml, load_config
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load_from_the_shipped_synthetic_config():
+    cfg = load_config()
+    assert cfg.dataset == "synthetic"
+    assert cfg.data.source == "synthetic"
+    assert cfg.wals.factors == 32          # synthetic.yaml overrides the dataclass default 64
+    assert cfg.wals.regularization == 0.05
+    assert cfg.eval.ks == (5, 10, 20)
+    assert cfg.eval.n_negatives == 100
+    assert cfg.split.short_policy == "drop"
+    assert cfg.validate.min_interactions == 10  # dataclass default, not in the file
+    t = cfg.train_sequential                    # nested sections: the models' own configs inside the stage's
+    assert (t.sasrec.dropout, t.sasrec.hidden, t.train.lr, t.train.epochs, t.grasp.text_init) == (0.3, 64, 0.002, 30, 0.0)
+
+
+def test_empty_file_gives_the_dataclass_defaults(tmp_path):
+    assert load_config(_yaml(tmp_path, "")) == Config()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(CONF_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_key_of_every_shipped_config_reaches_the_config(path):
+    written = _flat(yaml.safe_load(path.read_text()))
+    loaded = _flat(dataclasses.asdict(load_config(path)))
+    assert {k: loaded.get(k, "<missing>") for k in written} == written  # nothing dropped, renamed or changed
+
+
+def test_both_shipped_configs_exist_and_differ():
+    names = sorted(p.name for p in CONF_DIR.glob("*.yaml"))
+    assert names == ["amazon_beauty.yaml", "synthetic.yaml"]
+    beauty = load_config(CONF_DIR / "amazon_beauty.yaml")
+    assert beauty.dataset == "amazon-beauty"
+    assert beauty.data.source == "sequences"
+    assert beauty.validate.min_interactions == 1000
+    assert beauty.validate.min_items == 100
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config(None, ["wals.factors=64", "wals.alpha=2.5", "eval.ks=[1, 3]",
+                             "data.path=../shared/datasets/x", "seed=7", "split.dedupe_consecutive=true"])
+    assert cfg.wals.factors == 64 and type(cfg.wals.factors) is int
+    assert cfg.wals.alpha == 2.5 and type(cfg.wals.alpha) is float
+    assert cfg.eval.ks == (1, 3)
+    assert cfg.data.path == "../shared/datasets/x"
+    assert cfg.seed == 7
+    assert cfg.split.dedupe_consecutive is True
+
+
+def test_set_int_for_a_float_key_becomes_float():
+    cfg = load_config(None, ["wals.regularization=1"])
+    assert cfg.wals.regularization == 1.0 and type(cfg.wals.regularization) is float
+
+
+def test_set_number_for_a_string_key_stays_a_string():
+    cfg = load_config(None, ["data.path=2024", "synthetic.start_date=2026-01-03"])
+    assert cfg.data.path == "2024"
+    # YAML reads an unquoted 2026-01-03 as a date; the key is a string and must stay one
+    assert cfg.synthetic.start_date == "2026-01-03"
+
+
+def test_set_empty_value_gives_empty_string():
+    assert load_config(None, ["data.path="]).data.path == ""
+
+
+def test_set_a_dict_section_with_a_flow_mapping():
+    # Spark keys hold dots, so a mapping value is given as YAML flow; values are coerced to str
+    cfg = load_config(None, ["spark.conf={spark.executor.cores: 2, spark.sql.adaptive.enabled: 'false'}"])
+    assert cfg.spark.conf == {"spark.executor.cores": "2", "spark.sql.adaptive.enabled": "false"}
+
+
+def test_unquoted_date_in_the_file_is_a_string(tmp_path):
+    cfg = load_config(_yaml(tmp_path, "synthetic:\n  start_date: 2025-12-31\n"))
+    assert cfg.synthetic.start_date == "2025-12-31"
+
+
+def test_later_set_wins():
+    assert load_config(None, ["wals.factors=8", "wals.factors=16"]).wals.factors == 16
+
+
+def test_unknown_top_level_key_names_it():
+    with pytest.raises(ConfigError, match=r"unknown config key 'nope'"):
+        load_config(None, ["nope=1"])
+
+
+def test_unknown_nested_key_names_the_dotted_key():
+    with pytest.raises(ConfigError, match=r"unknown config key 'data\.nope'"):
+        load_config(None, ["data.nope=1"])
+
+
+def test_unknown_key_in_the_file_names_file_and_key(tmp_path):
+    path = _yaml(tmp_path, "wals:\n  factors: 8\n  facotrs: 9\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "'wals.facotrs'" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_set_below_a_scalar_key_fails_naming_it():
+    with pytest.raises(ConfigError, match=r"dataset"):
+        load_config(None, ["dataset.x=1"])
+
+
+def test_wrong_type_string_for_int_names_the_key():
+    with pytest.raises(ConfigError, match=r"'wals\.factors' must be int"):
+        load_config(None, ["wals.factors=abc"])
+
+
+def test_bool_for_an_int_is_rejected():
+    with pytest.raises(ConfigError, match=r"'wals\.factors' must be int"):
+        load_config(None, ["wals.factors=true"])
+
+
+def test_bool_for_a_float_is_rejected():
+    with pytest.raises(ConfigError, match=r"'wals\.alpha' must be float"):
+        load_config(None, ["wals.alpha=false"])
+
+
+def test_float_for_an_int_is_rejected():
+    with pytest.raises(ConfigError, match=r"'eval\.n_negatives' must be int"):
+        load_config(None, ["eval.n_negatives=1.5"])
+
+
+def test_out_of_range_dropout_is_rejected():
+    with pytest.raises(ConfigError, match=r"'train_sequential\.sasrec\.dropout' must be in \[0, 1\), got 1\.0"):
+        load_config(None, ["train_sequential.sasrec.dropout=1.0"])
+
+
+def test_model_config_checks_name_the_full_key():
+    with pytest.raises(ConfigError, match=r"'train_sequential\.sasrec\.hidden' \(65\) must be divisible by 'n_heads'"):
+        load_config(None, ["train_sequential.sasrec.hidden=65"])
+    with pytest.raises(ConfigError, match=r"'train_sequential\.train\.lr' must be positive, got 0\.0"):
+        load_config(None, ["train_sequential.train.lr=0"])
+    with pytest.raises(ConfigError, match=r"'train_sequential\.models' must be one of \['sasrec', 'grasp'\], got 'x'"):
+        load_config(None, ["train_sequential.models=[x]"])
+
+
+def test_keys_of_earlier_releases_say_where_they_moved():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train_grasp' \(it moved: use 'train_sequential'\)"):
+        load_config(None, ["train_grasp.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"'train_sequential\.hidden' \(it moved: use 'train_sequential\.sasrec\.hidden'\)"):
+        load_config(None, ["train_sequential.hidden=32"])
+    with pytest.raises(ConfigError, match=r"'train_sequential\.patience' \(it moved: use 'train_sequential\.train\.patience'\)"):
+        load_config(None, ["train_sequential.patience=3"])
+
+
+def test_wrong_list_element_names_the_index():
+    with pytest.raises(ConfigError, match=r"'eval\.ks\[1\]' must be int"):
+        load_config(None, ["eval.ks=[5, x]"])
+
+
+def test_scalar_for_a_list_is_rejected():
+    with pytest.raises(ConfigError, match=r"'eval\.ks' must be a list"):
+        load_config(None, ["eval.ks=5"])
+
+
+def test_scalar_for_a_section_is_rejected():
+    with pytest.raises(ConfigError, match=r"'wals' must be a mapping"):
+        load_config(None, ["wals=3"])
+
+
+def test_wrong_type_in_the_file_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"'split\.min_interactions' must be int"):
+        load_config(_yaml(tmp_path, "split:\n  min_interactions: three\n"))
+
+
+def test_set_without_equals_sign_fails():
+    with pytest.raises(ConfigError, match=r"key=value"):
+        load_config(None, ["wals.factors"])
+
+
+def test_missing_file_and_non_mapping_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match=r"mapping at top level"):
+        load_config(_yaml(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
+        load_config(_yaml(tmp_path, "a: [1\n"))
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.seed = 1  # type: ignore[misc]
+
+
+def test_dump_yaml_round_trips(tmp_path):
+    cfg = load_config(None, ["wals.factors=12", "eval.ks=[1, 2]", "data.path=/x"])
+    assert load_config(_yaml(tmp_path, dump_yaml(cfg))) == cfg
+
+
+def test_set_value_that_is_not_yaml_is_taken_as_text():
+    # '*nightly' would be a YAML alias and '[x' an unclosed list: both are plain strings here
+    cfg = load_config(None, ["mlflow.experiment=*nightly", "data.path=[x"])
+    assert cfg.mlflow.experiment == "*nightly" and cfg.data.path == "[x"
+
+
+def test_set_value_that_is_not_yaml_for_an_int_names_the_key():
+    with pytest.raises(ConfigError, match=r"'wals\.factors' must be int"):
+        load_config(None, ["wals.factors=[8"])

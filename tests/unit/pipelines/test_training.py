@@ -1,0 +1,70 @@
+"""pipelines.training helpers: padding, batching, the DeepSpeed config and the torch full-ranking fast path."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.evaluation.protocol import Csr, EvalData, target_ranks
+from pipelines.evaluation.scorers import FactorScorer
+from pipelines.training.distributed import deepspeed_config
+from pipelines.training.sequential import TrainSet, full_ranks, left_padded
+
+
+def _csr(rows: list[list[int]]) -> Csr:
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    return Csr(indptr, np.array([i for r in rows for i in r], np.int32))
+
+
+def test_left_padded_keeps_the_newest_items_on_the_right():
+    hist = _csr([[1, 2, 3, 4], [5], []])
+    out = left_padded(hist, np.array([0, 1, 2]), 3)
+    assert out.tolist() == [[2, 3, 4], [0, 0, 5], [0, 0, 0]]
+
+
+def test_trainset_rows_targets_and_batches():
+    hist = _csr([[1, 2, 3], [4], [5, 6], [1, 2, 3, 4, 5, 6, 7]])
+    ts = TrainSet.from_history(hist, max_len=4)
+    assert ts.users.tolist() == [0, 2, 3]                       # user 1 has no next-item target
+    assert ts.n_targets.tolist() == [2, 1, 4]                   # capped at max_len
+    assert ts.seqs[2].tolist() == [3, 4, 5, 6, 7]
+    b1, b2 = ts.batches(2, seed=0), ts.batches(2, seed=0)
+    assert [x.tolist() for x in b1] == [x.tolist() for x in b2]  # seeded
+    assert sorted(np.concatenate(b1).tolist()) == [0, 1, 2]      # every row once
+
+
+def test_deepspeed_config_sets_batch_keys_and_drops_named_optimizers(tmp_path):
+    p = tmp_path / "ds.json"
+    p.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"}}))
+    conf = deepspeed_config(str(p), 256, 2)
+    assert conf["train_batch_size"] == 256 and conf["train_micro_batch_size_per_gpu"] == 128
+    assert "optimizer" not in conf and conf["zero_optimization"]["stage"] == 2
+    with pytest.raises(ValueError, match="not divisible"):
+        deepspeed_config("", 255, 2)
+    p.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ValueError, match="stage 3"):
+        deepspeed_config(str(p), 256, 1)
+    with pytest.raises(FileNotFoundError, match=r"^train_sequential\.distributed\.deepspeed_config: .*infra/deepspeed"):
+        deepspeed_config(str(tmp_path / "missing.json"), 256, 1)
+    with pytest.raises(ValueError, match=r"^train_llmrec\.train\.batch_size=255 is not divisible"):
+        deepspeed_config("", 255, 2, section="train_llmrec")  # errors name the keys of the section being trained
+
+
+@pytest.mark.parametrize("phase", ["valid", "test"])
+def test_full_ranks_matches_the_evaluation_protocol(phase):
+    rng = np.random.default_rng(0)
+    n_users, n_items = 300, 40
+    rows = [rng.choice(np.arange(1, n_items + 1), size=rng.integers(1, 8), replace=False).tolist()
+            for _ in range(n_users)]
+    valid = rng.integers(0, n_items + 1, n_users).astype(np.int32)     # 0 = no target
+    test = np.where(valid > 0, rng.integers(1, n_items + 1, n_users), 0).astype(np.int32)
+    data = EvalData(n_users, n_items, _csr(rows), valid, test)
+    u = rng.integers(-2, 3, (n_users, 4)).astype(np.float32)           # small integers: many ties
+    v = rng.integers(-2, 3, (n_items + 1, 4)).astype(np.float32)
+    targets = data.targets(phase)
+    who = np.flatnonzero(targets > 0)
+    ref, _ = target_ranks(FactorScorer({phase: (u, v)}), data, phase, who, np.ones((n_users, 1), np.int32), 64)
+    got = full_ranks(torch.from_numpy(u), torch.from_numpy(v), data.history(phase), targets, batch=37)
+    np.testing.assert_array_equal(got, ref)
