@@ -1,0 +1,96 @@
+"""pipelines.training.loop with a model that is not a recommender: any Task plugs in. Real DeepSpeed (gloo, CPU).
+
+The task's valid metric follows a script, so early stopping, the best epoch and resume have exact answers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.config import DistributedConfig, TrainConfig
+from pipelines.training.loop import StepLoss, Task, fit
+
+
+class Scripted(Task):
+    """A small classifier on fixed random data; ``validate`` returns the next value of ``script``."""
+
+    def __init__(self, script: list[float], done: int = 0) -> None:
+        g = np.random.default_rng(0)
+        self.x = torch.from_numpy(g.normal(size=(64, 4)).astype(np.float32))
+        self.y = torch.from_numpy(g.integers(0, 3, 64))
+        self.script, self.calls, self.snapshots = script, done, {}
+
+    def batches(self, seed: int) -> list[np.ndarray]:
+        order = np.random.default_rng(seed).permutation(64)
+        return [order[i:i + 16] for i in range(0, 64, 16)]
+
+    def loss(self, engine, rows, step):
+        mine = rows[step.rank::step.world]
+        loss = F.cross_entropy(engine(self.x[mine]), self.y[mine], reduction="sum") / len(rows)
+        return StepLoss(loss, len(rows) / step.world, len(mine))
+
+    def validate(self, module, device):
+        self.calls += 1
+        self.snapshots[self.calls] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        value = self.script[self.calls - 1]
+        return {"NDCG@10": value, "HR@10": 2 * value}
+
+
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+SCRIPT = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+TRAIN = TrainConfig(batch_size=16, lr=0.05, epochs=10, patience=2)
+CPU = DistributedConfig()
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    m, task, lines = model(), Scripted(SCRIPT), []
+    res = fit(m, task, TRAIN, CPU, seed=1, ckpt=tmp_path / "ck", name="toy", log=lines.append)
+    assert (res.epochs_run, res.best_epoch, res.best_valid_ndcg10) == (4, 2, 0.3)   # 0.2, 0.25: two bad epochs
+    assert [h["valid_NDCG@10"] for h in res.history] == [0.1, 0.3, 0.2, 0.25]
+    assert [h["valid_HR@10"] for h in res.history] == [0.2, 0.6, 0.4, 0.5]
+    assert all(np.isfinite(h["loss"]) for h in res.history) and res.history[-1]["loss"] < res.history[0]["loss"]
+    assert _equal(m.state_dict(), task.snapshots[2]) and not _equal(m.state_dict(), task.snapshots[4])
+    assert sum("(best)" in line for line in lines) == 2 and len(lines) == 4
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["best.pt", "epoch4", "latest"]
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_one(tmp_path):
+    straight = model()
+    fit(straight, Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=tmp_path / "a")
+    first, lines = model(), []
+    fit(first, Scripted(SCRIPT), TrainConfig(batch_size=16, lr=0.05, epochs=3, patience=2), CPU, seed=1,
+        ckpt=tmp_path / "b")
+    resumed = model()
+    res = fit(resumed, Scripted(SCRIPT, done=3), TRAIN, CPU, seed=1, ckpt=tmp_path / "b", log=lines.append)
+    assert lines[0].startswith("  model: resuming after epoch 3 from") and res.resumed_from_epoch == 3
+    assert (res.epochs_run, res.best_epoch) == (4, 2)
+    assert _equal(resumed.state_dict(), straight.state_dict())
+
+
+def test_only_parameters_that_require_grad_are_trained(tmp_path):
+    m = model()
+    m[0].requires_grad_(False)                                   # a frozen part (a backbone, say)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fit(m, Scripted([0.1, 0.2]), TrainConfig(batch_size=16, lr=0.05, epochs=2, patience=2), CPU, seed=1,
+        ckpt=tmp_path / "c")
+    after = m.state_dict()
+    assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["0.bias"], before["0.bias"])
+    assert not torch.equal(after["2.weight"], before["2.weight"])
+
+
+def test_errors_name_the_keys_of_the_section_being_trained(tmp_path):
+    with pytest.raises(ValueError, match=r"train_llmrec\.distributed\.deepspeed_config: .* is not valid JSON"):
+        bad = tmp_path / "ds.json"
+        bad.write_text("{")
+        fit(model(), Scripted(SCRIPT), TRAIN, DistributedConfig(deepspeed_config=str(bad)), seed=1,
+            ckpt=tmp_path / "d", section="train_llmrec")

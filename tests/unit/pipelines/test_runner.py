@@ -1,0 +1,54 @@
+"""pipelines.runner: one real stage (neighbours, on a hand-written text_embeddings table) through run_stage:
+its record, its outputs and the summary; a failing stage's record and the error it raises."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import common
+from pipelines import runner
+from pipelines.config import load_config
+from pipelines.context import StageContext
+
+DS = "2026-01-01"
+
+
+def _embeddings(home) -> None:
+    vec = np.array([[1, 0], [0.8, 0.6], [0, 1], [-0.6, 0.8]], np.float32)  # items 1..4, unit vectors, no ties
+    common.write_arrow(pa.table({
+        "kind": ["item"] * 4, "source": ["metadata"] * 4, "id": ["a", "b", "c", "d"],
+        "idx": pa.array([1, 2, 3, 4], pa.int32()), "fallback": [False] * 4, "text_hash": ["h"] * 4,
+        "vector": pa.array(list(vec), pa.list_(pa.float32()))}), home, "text_embeddings", DS)
+
+
+def test_run_stage_records_outputs_and_rebuilds_the_summary(tmp_path):
+    _embeddings(tmp_path)
+    ctx = StageContext(load_config(None, ["neighbours.k=2"]), DS, tmp_path)
+    rec = runner.run_stage("neighbours", ctx)
+    assert rec["status"] == "success" and rec["rows_out"] == 8 and rec["tables"] == {"neighbours": 8}
+    assert rec["outputs"] == {"neighbours": str(tmp_path / "warehouse" / "neighbours" / f"ds={DS}")}
+    assert (rec["k"], rec["engine"]) == (2, "exact")
+    nb = common.read_arrow(tmp_path, "neighbours", DS).sort_by([("idx", "ascending"), ("rank", "ascending")])
+    assert nb.column("neighbour_id").to_pylist() == ["b", "c", "a", "c", "d", "b", "c", "b"]
+    assert json.loads((ctx.run_dir / "stages" / "neighbours.json").read_text()) == rec
+    summary = json.loads((ctx.run_dir / "summary.json").read_text())
+    assert summary["status"] == "partial" and summary["tables"] == {"neighbours": 8}
+    assert set(summary["stages"]["neighbours"]) == {"status", "seconds", "rows_out", "k", "engine", "seconds_by_block"}
+
+
+def test_a_failing_stage_is_recorded_and_raised_with_its_name(tmp_path):
+    ctx = StageContext(load_config(), DS, tmp_path)
+    with pytest.raises(runner.StageFailed, match=r"stage 'neighbours' failed for ds=2026-01-01: table "
+                                                 r"'text_embeddings' has no partition") as err:
+        runner.run_stage("neighbours", ctx)
+    assert isinstance(err.value.cause, FileNotFoundError)
+    rec = json.loads((ctx.run_dir / "stages" / "neighbours.json").read_text())
+    assert rec["status"] == "failed" and rec["error"].startswith("FileNotFoundError: table 'text_embeddings'")
+    assert "Traceback" in rec["traceback"]
+    summary = json.loads((ctx.run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["failed_stage"]) == ("failed", "neighbours")
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        runner.run_stage("nope", ctx)
