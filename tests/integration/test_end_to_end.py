@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from pipelines import cli
+from pipelines.graph import ORDER
 
 pytestmark = pytest.mark.slow
 D1, D2 = "2026-01-01", "2026-01-02"
@@ -35,8 +36,7 @@ def test_summary_has_documented_shape(home):
     s = _summary(home, D1)
     assert set(s) >= {"ds", "dataset", "status", "stages", "tables", "metrics", "mlflow"}
     assert s["status"] == "success" and s["ds"] == D1 and s["dataset"] == "synthetic"
-    assert list(s["stages"]) == ["ingest", "validate", "split", "wals", "describe", "embed", "neighbours",
-                                 "train_sequential", "evaluate", "register"]
+    assert list(s["stages"]) == list(ORDER)
     assert {"generated", "cached", "failed"} <= set(s["stages"]["describe"])
     assert s["stages"]["describe"]["generated"] == 8 and s["stages"]["describe"]["cached"] == 0
     assert all({"seconds", "rows_out"} <= set(v) for v in s["stages"].values())

@@ -12,14 +12,17 @@ STAGES_DIR = Path(graph.__file__).with_name("stages")
 
 
 def test_the_table_in_run_order():
-    assert ORDER == ("ingest", "validate", "split", "wals", "describe", "embed", "neighbours", "train_sequential",
-                     "evaluate", "register")
-    assert {s.name: s.upstream for s in STAGES}["evaluate"] == ("wals", "train_sequential")
-    assert [s.name for s in STAGES if s.distributed] == ["train_sequential"]
-    assert {s.name: s.pool for s in STAGES if s.pool != graph.DEFAULT_POOL} == {
-        "describe": "recpipe_llm", "embed": "recpipe_llm", "train_sequential": "recpipe_train"}
-    assert [(s.name, sec.conn_id, sec.env) for s in STAGES for sec in s.secrets] == [
-        ("describe", "recpipe_llm", "RECPIPE_LLM_API_KEY")]
+    """What holds however many stages are added: data first, evaluation after every model, registration last."""
+    by = graph.BY_NAME
+    assert ORDER[:3] == ("ingest", "validate", "split") and ORDER[-2:] == ("evaluate", "register")
+    assert by["validate"].upstream == ("ingest",) and by["split"].upstream == ("validate",)
+    assert by["register"].upstream == ("evaluate",)
+    assert {"wals", *(s.name for s in STAGES if s.models)} <= set(by["evaluate"].upstream)
+    assert by["train_sequential"].models == ("sasrec", "grasp") and by["train_sequential"].distributed
+    assert by["train_sequential"].pool == "recpipe_train"
+    assert by["describe"].pool == by["embed"].pool == "recpipe_llm"
+    assert [(sec.conn_id, sec.env) for sec in by["describe"].secrets] == [("recpipe_llm", "RECPIPE_LLM_API_KEY")]
+    assert all(s.pool == graph.DEFAULT_POOL for s in STAGES if s.name in ("ingest", "validate", "split", "evaluate"))
 
 
 def test_every_stage_is_one_module_and_every_module_a_stage():
