@@ -191,7 +191,7 @@ def test_nightly_dag_runs_end_to_end(nightly):
     assert nightly["tasks"] == {s: "success" for s in ORDER}
     summary = json.loads((nightly["home"] / "runs" / "2026-01-02" / "summary.json").read_text())
     assert summary["ds"] == "2026-01-02" and summary["status"] == "success"
-    assert list(summary["stages"]) == ORDER
+    assert list(summary["stages"]) == list(ORDER)
     assert summary["stages"]["describe"]["generated"] == 6
     assert summary["stages"]["neighbours"]["rows_out"] > 0
     assert summary["stages"]["train_sequential"]["models"]["grasp"]["epochs_run"] == 2
