@@ -104,6 +104,19 @@ NEIGHBOURS = pa.schema([
     pa.field("score", pa.float32(), nullable=False),          # cosine similarity
 ])
 
+REASONS = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),         # the user's top recommended item
+    pa.field("item_idx", pa.int32(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),          # ok | degenerate (after one sampled retry)
+    pa.field("grounded", pa.float32(), nullable=False),       # share of the reason's content words found in its facts
+    pa.field("unsupported", pa.list_(pa.string())),           # brands/product types named that the facts lack
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),           # the trained weights' key (tagged on the MLflow version)
+])
+
 TABLES: dict[str, pa.Schema] = {
     "interactions": INTERACTIONS,
     "items": ITEMS,
@@ -117,6 +130,7 @@ TABLES: dict[str, pa.Schema] = {
     "descriptions": DESCRIPTIONS,
     "text_embeddings": TEXT_EMBEDDINGS,
     "neighbours": NEIGHBOURS,
+    "reasons": REASONS,
 }
 
 

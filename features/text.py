@@ -85,6 +85,58 @@ def user_metadata_text(history: Sequence[dict], max_items: int = 5, title_words:
     return "; ".join(line(it) for it in list(history)[::-1][:max_items])
 
 
+REASON_PROMPT_VERSION = "reason-v1"
+REASON_SYSTEM = ("You explain a shop's recommendation to a shopper in one or two sentences. Use only the facts given. "
+                 "Do not invent brands, products, ingredients or prices.")
+
+
+def reason_facts(history: Sequence[dict], item: dict, max_items: int = 5, title_words: int = 12) -> str:
+    """The facts a reason may use: the user's recent purchases (titles, newest first) and the recommended item's
+    title, brand, category and price. ``history`` is oldest first."""
+    recent = list(history)[::-1][:max_items]
+    cats = [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
+    rec = [("Title", _clip(item.get("title"), 30)), ("Brand", item.get("brand")), ("Category", " > ".join(cats)),
+           ("Price", _price(item.get("price")))]
+    return ("Recent purchases, newest first:\n" + "\n".join(f"- {_clip(it.get('title'), title_words)}" for it in recent)
+            + "\nRecommended item:\n" + "\n".join(f"{k}: {v}" for k, v in rec if v))
+
+
+def reason_messages(history: Sequence[dict], item: dict) -> list[Message]:
+    return [{"role": "system", "content": REASON_SYSTEM},
+            {"role": "user", "content": reason_facts(history, item)
+             + "\nIn one or two sentences, tell the shopper why this item suits them."}]
+
+
+STOPWORDS = frozenset("""a about after all also an and any are as at be because been but by can could did do does for
+from had has have he her his how i if in into is it its just like may me more most my no not now of on one only or
+other our out over she so some such than that the their them then there these they this those through to too up us
+very was we were what when which while who why will with would you your yours this item product bought buy buying
+purchase purchased purchases recommend recommended suits suit shopper perfect great good love loves""".split())
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased words of ``text`` that carry content: not stop words, at least 3 characters."""
+    return [w for w in (x.lower().strip("'") for x in _WORD.findall(text or "")) if len(w) > 2 and w not in STOPWORDS]
+
+
+def grounded_share(reason: str, facts: str) -> float:
+    """The share of the reason's content words that occur in the facts (0 when it has none)."""
+    words = content_words(reason)
+    known = set(content_words(facts))
+    return sum(w in known for w in words) / len(words) if words else 0.0
+
+
+def _ngrams(text: str, n_max: int = 4) -> set[str]:
+    words = [w.lower() for w in _WORD.findall(text or "")]
+    return {" ".join(words[i:i + n]) for n in range(1, n_max + 1) for i in range(len(words) - n + 1)}
+
+
+def unsupported_terms(reason: str, facts: str, vocabulary: set[str]) -> list[str]:
+    """Brands or product types from ``vocabulary`` (lower-cased phrases of up to 4 words) that the reason names and
+    the facts do not contain."""
+    return sorted((_ngrams(reason) & vocabulary) - _ngrams(facts))
+
+
 def content_hash(*parts: object) -> str:
     """A stable SHA-256 over JSON-serialisable parts (prompt version, model key, messages or text)."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

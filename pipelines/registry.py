@@ -106,7 +106,8 @@ def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, mode
 
 
 def signature(top_k: int):
-    """Input ``user_id`` (+ optional ``exclude`` item ids), output the top-k lists, param ``k``.
+    """Input ``user_id`` (+ optional ``exclude`` item ids), output the top-k lists (+ ``reason`` when asked), params
+    ``k`` and ``reasons``.
 
     MLflow passes ``params`` to ``predict`` only when the signature declares them.
     """
@@ -115,8 +116,10 @@ def signature(top_k: int):
 
     inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "exclude", required=False)])
     outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "item_ids"),
-                      ColSpec(Array("double"), "scores"), ColSpec("boolean", "known")])
-    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", top_k)]))
+                      ColSpec(Array("double"), "scores"), ColSpec("boolean", "known"),
+                      ColSpec("string", "reason", required=False)])
+    return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", top_k),
+                                                        ParamSpec("reasons", "boolean", False)]))
 
 
 def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> dict:
@@ -130,6 +133,9 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> 
                                        pip_requirements=["mlflow", "numpy", "pandas"])
     version = str(info.registered_model_version)
     tags = {"recpipe.ds": ds, "recpipe.dataset": cfg.dataset}
+    key = json.loads((mdir / "meta.json").read_text()).get("model_key")
+    if key:  # the trained weights' key: what the day's reasons table names in its ``model`` column
+        tags["recpipe.model_key"] = key
     for key in ("NDCG@10", "HR@10"):
         if key in metrics.get("full", {}):
             tags[f"eval.full.{key.replace('@', '_')}"] = f"{metrics['full'][key]:.6f}"

@@ -42,6 +42,13 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
     return out
 
 
+def small_llmrec(model_dir: Path) -> list[str]:
+    """``key=value`` overrides that train the LLM recommender on a small budget with ``model_dir`` (the tiny Llama)."""
+    return [f"llmrec.model_path={model_dir}", "llmrec.train_users=60", "llmrec.examples_per_user=1",
+            "llmrec.valid_users=50", "llmrec.max_history=3", "llmrec.title_tokens=3", "llmrec.reasons_users=2",
+            "llmrec.reason_max_new_tokens=6", "llmrec.stage1.epochs=1", "llmrec.stage2.epochs=1"]
+
+
 @pytest.fixture(scope="session")
 def _synthetic_split(tmp_path_factory) -> Path:
     from pipelines import runner

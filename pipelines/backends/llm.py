@@ -74,6 +74,13 @@ class TransformersBackend:
         self.stats = Stats()
         self._model = self._tok = None
 
+    @classmethod
+    def from_loaded(cls, model, tokenizer, key: str, **kw) -> "TransformersBackend":
+        """Wrap a model already in memory (the LLM recommender writes its reasons with its adapted backbone)."""
+        backend = cls("<in-memory>", key, **kw)
+        backend._model, backend._tok = model.eval(), cls._prepare(tokenizer)
+        return backend
+
     @staticmethod
     def _prepare(tok):
         tok.padding_side = "left"  # decoder-only: new tokens follow the last real token of every row

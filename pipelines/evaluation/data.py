@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs import common
-from pipelines.config import Config
+from pipelines.config import Config, EvalConfig
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import EvalData, draw_negatives, from_sequences
 
@@ -34,6 +34,15 @@ def negatives_for(ctx: StageContext, data: EvalData) -> np.ndarray:
     common.write_arrow(tbl, ctx.home, "negatives", ctx.ds)
     (path / "_seed").write_text(str(seed))
     return neg
+
+
+def evaluation_users(data: EvalData, e: EvalConfig) -> np.ndarray:
+    """The users every model is scored on: all users with a test target, or a seeded subset of ``eval.users`` of
+    them (sorted), the same for every model of the run."""
+    users = np.flatnonzero(data.test > 0)
+    if not e.users or e.users >= len(users):
+        return users
+    return np.sort(np.random.default_rng(e.users_seed).choice(users, e.users, replace=False))
 
 
 def eval_kwargs(cfg: Config) -> dict:

@@ -190,9 +190,14 @@ def slice_masks(data: EvalData, phase: str, short_quantile: float, tail_fraction
 
 def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = "test",
              ks: tuple[int, ...] = (5, 10, 20), batch: int = 2048, short_quantile: float = 0.2,
-             tail_fraction: float = 0.8) -> dict:
-    """``{"full": {...}, "sampled100": {...}, "slices": {slice: {"full": {...}, "sampled100": {...}}}}``."""
-    users = np.flatnonzero(data.targets(phase) > 0)
+             tail_fraction: float = 0.8, users: np.ndarray | None = None) -> dict:
+    """``{"full": {...}, "sampled100": {...}, "slices": {slice: {"full": {...}, "sampled100": {...}}}}``.
+
+    ``users``: score only these users (those of them with a target in ``phase``); default all. Slices are defined
+    on all users either way.
+    """
+    has = data.targets(phase) > 0
+    users = np.flatnonzero(has) if users is None else np.asarray(users)[has[users]]
     full, sampled = target_ranks(model, data, phase, users, negatives, batch)
     sampled_name = f"sampled{negatives.shape[1]}"
     out = {"full": metrics_from_ranks(full, ks), sampled_name: metrics_from_ranks(sampled, ks), "slices": {}}

@@ -4,9 +4,11 @@ served through MLflow (``user_emb``, ``item_emb``, ``item_bias``; see ``pipeline
 * ``Popularity``: interaction counts in the phase's history.
 * ``FactorScorer``: a dot product ``U_phase[users] @ V_phase.T``; serves WALS factors and every model whose training
   stage writes ``vectors.npz`` (user vectors per phase and the item table; see ``pipelines.graph.Stage.models``).
+* ``CascadeScorer``: one model re-ranks another's top-k (``llmrec.rerank_from``); evaluated, not served.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +20,7 @@ from pipelines.context import StageContext
 from pipelines.evaluation.protocol import EvalData, Scorer
 from pipelines.graph import STAGES
 
-Served = tuple[Scorer, dict[str, np.ndarray]]
+Served = tuple[Scorer, dict | None]  # the scorer and what serving needs of it (None: evaluated, not served)
 
 
 class Popularity:
@@ -42,6 +44,33 @@ class FactorScorer:
         return u[users] @ v.T
 
 
+class CascadeScorer:
+    """``rerank`` orders ``base``'s top ``k`` items; every other item keeps ``base``'s order below them. The scores
+    returned encode exactly that order.
+
+    The top ``k`` are taken over all items, as ``base`` scores them: the protocol, not the scorer, removes the user's
+    history (a scorer never knows which history item is a repeated target). So the cascade's HR@k equals ``base``'s:
+    it only reorders what ``base`` put in its top ``k``.
+    """
+
+    def __init__(self, base: Scorer, rerank: Scorer, k: int) -> None:
+        self.base, self.rerank, self.k = base, rerank, k
+
+    def score(self, users: np.ndarray, phase: str) -> np.ndarray:
+        b = np.array(self.base.score(users, phase), dtype=np.float32)          # (B, N + 1)
+        cand = b.copy()
+        cand[:, 0] = -np.inf
+        k = min(self.k, cand.shape[1] - 1)
+        top = np.argpartition(-cand, k - 1, axis=1)[:, :k]                     # (B, k) base's top k
+        rows = np.arange(len(users))[:, None]
+        rest = cand.copy()
+        rest[rows, top] = -np.inf
+        floor = np.where(np.isfinite(rest).any(1), np.max(rest, axis=1, initial=-np.inf, where=np.isfinite(rest)), 0.0)
+        lt = np.asarray(self.rerank.score(users, phase), dtype=np.float32)[rows, top]  # (B, k)
+        b[rows, top] = lt - lt.min(1, keepdims=True) + floor[:, None] + 1.0    # above every other candidate
+        return b
+
+
 def popularity(data: EvalData) -> Served:
     m = Popularity(data)
     return m, {"user_emb": np.zeros((data.n_users, 0)), "item_emb": np.zeros((data.n_items + 1, 0)),
@@ -59,13 +88,18 @@ def wals(ctx: StageContext, data: EvalData) -> Served:
 
 
 def vectors(path: Path, data: EvalData) -> Served:
-    """A trained model from its ``vectors.npz``: ``user_valid``/``user_test`` (U, H) and ``items`` (N + 1, H)."""
+    """A trained model from its ``vectors.npz``: ``user_valid``/``user_test`` (U, H) and ``items`` (N + 1, H);
+    ``reasons.json`` beside it (``{user_id: [item_id, reason]}``), if any, is served with it."""
     z = np.load(path)
     items = z["items"]
     if z["user_test"].shape[0] != data.n_users or items.shape[0] != data.n_items + 1:
         raise ValueError(f"{path} was trained on another split of this day: re-run the stage that wrote it")
-    return FactorScorer({"valid": (z["user_valid"], items), "test": (z["user_test"], items)}), {
-        "user_emb": z["user_test"], "item_emb": items, "item_bias": np.zeros(data.n_items + 1, np.float32)}
+    arrays = {"user_emb": z["user_test"], "item_emb": items, "item_bias": np.zeros(data.n_items + 1, np.float32)}
+    if (path.parent / "reasons.json").exists():
+        arrays["reasons"] = json.loads((path.parent / "reasons.json").read_text())
+    if (path.parent / "result.json").exists():
+        arrays["model_key"] = json.loads((path.parent / "result.json").read_text()).get("model_key", "")
+    return FactorScorer({"valid": (z["user_valid"], items), "test": (z["user_test"], items)}), arrays
 
 
 def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
@@ -79,4 +113,7 @@ def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
             path = ctx.model_dir(stage.name, name) / "vectors.npz"
             if path.exists():
                 zoo[name] = lambda d, path=path: vectors(path, d)
+    base, k = ctx.cfg.llmrec.rerank_from, ctx.cfg.llmrec.rerank_k
+    if base and base in zoo and "llmrec" in zoo:
+        zoo[f"llmrec_cascade_{base}"] = lambda d: (CascadeScorer(zoo[base](d)[0], zoo["llmrec"](d)[0], k), None)
     return zoo

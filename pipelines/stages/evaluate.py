@@ -12,7 +12,7 @@ from jobs import common
 from pipelines import serving
 from pipelines.context import StageContext, StageResult
 from pipelines.evaluation import report
-from pipelines.evaluation.data import eval_kwargs, load_eval_data, negatives_for
+from pipelines.evaluation.data import eval_kwargs, evaluation_users, load_eval_data, negatives_for
 from pipelines.evaluation.protocol import evaluate
 from pipelines.evaluation.scorers import model_zoo
 
@@ -21,22 +21,27 @@ def run(ctx: StageContext) -> StageResult:
     data, user_ids, item_ids = load_eval_data(ctx)
     neg = negatives_for(ctx, data)
     kw = eval_kwargs(ctx.cfg)
+    users = evaluation_users(data, ctx.cfg.eval) if ctx.cfg.eval.users else None
     metrics, seconds, model_dirs = {}, {}, {}
     hist = data.history("test")
     for name, factory in model_zoo(ctx).items():
         model, arrays = factory(data)
         t0 = time.perf_counter()
-        metrics[name] = evaluate(model, data, neg, "test", **kw)
+        metrics[name] = evaluate(model, data, neg, "test", users=users, **kw)
         seconds[name] = round(time.perf_counter() - t0, 3)
-        metrics[name]["valid"] = {k: v for k, v in evaluate(model, data, neg, "valid", **kw).items() if k != "slices"}
+        valid = evaluate(model, data, neg, "valid", users=users, **kw)
+        metrics[name]["valid"] = {k: v for k, v in valid.items() if k != "slices"}
         metrics[name]["eval_seconds"] = seconds[name]
-        model_dirs[name] = str(serving.save_scorer(ctx.run_dir / "models" / name, name, user_ids, item_ids,
-                                                   top_k=ctx.cfg.mlflow.top_k, hist_indptr=hist.indptr,
-                                                   hist_indices=hist.indices, **arrays))
+        if arrays is not None:  # a cascade is evaluated, not served
+            model_dirs[name] = str(serving.save_scorer(ctx.run_dir / "models" / name, name, user_ids, item_ids,
+                                                       top_k=ctx.cfg.mlflow.top_k, hist_indptr=hist.indptr,
+                                                       hist_indices=hist.indices, **arrays))
         print(f"  evaluate {name}: test full NDCG@10={metrics[name]['full']['NDCG@10']:.4f} "
               f"HR@10={metrics[name]['full']['HR@10']:.4f} ({seconds[name]} s for {metrics[name]['full']['users']} users)")
     common.write_json(ctx.run_dir / "metrics.json", metrics)
     common.write_json(ctx.run_dir / "models.json", model_dirs)
     report.write(ctx, metrics, data)
-    return StageResult(int((data.test > 0).sum()), {"metrics": str(ctx.run_dir / "metrics.json"), **model_dirs},
-                       details={"models": sorted(metrics), "eval_seconds": seconds})
+    return StageResult(int((data.test > 0).sum()) if users is None else len(users),
+                       {"metrics": str(ctx.run_dir / "metrics.json"), **model_dirs},
+                       details={"models": sorted(metrics), "eval_seconds": seconds,
+                                "users": "all" if users is None else len(users)})

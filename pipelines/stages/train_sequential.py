@@ -77,7 +77,8 @@ def run(ctx: StageContext) -> StageResult:
         res = fit(model, task, t.train, t.distributed, ctx.cfg.seed, ckpt, name, STAGE)
         dev = "cpu" if t.distributed.device == "cpu" else next(model.parameters()).device
         summary = {**res.summary(), "parameters": n_params, "seconds": round(time.perf_counter() - t0, 2),
-                   "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt)}
+                   "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt),
+                   "model_key": f"{name}-{key}"}
         out[name] = {k: v for k, v in summary.items() if k != "history"}
         if rank == 0:  # the serving vectors: valid phase from train, test phase from train + valid
             uv, items = user_vectors(model, data.history("valid"), data.n_users, t.sasrec.max_len, 1024, dev)

@@ -7,13 +7,14 @@ data and its loss, the loop knows nothing of either.
 * ``Task.loss(engine, batch, step)``: this rank's share of a batch, normalised so that the ranks' gradients average
   to the one-process gradient;
 * ``Task.validate(module, device)``: valid metrics on rank 0 (``NDCG@10`` decides early stopping);
-* ``Task.state``/``Task.load_state``: what the best epoch keeps (the whole state dict unless the task says less).
+* ``Task.state``/``Task.load_state``: what the best epoch keeps (the trainable parameters unless the task says
+  otherwise).
 
 Seeded: data order and dropout are re-seeded per epoch (so a resumed run repeats the uninterrupted one), each rank
 gets its own sampling generator. A DeepSpeed checkpoint per epoch is what a re-run resumes from; ``best.pt`` holds
-the best epoch, which the module holds at the end. Only parameters with ``requires_grad`` are optimised, so a
-caller freezes parts of a model (a backbone, say) and trains in phases by calling ``fit`` again with another
-checkpoint directory.
+the best epoch, which the module holds at the end. Only parameters with ``requires_grad`` are optimised and
+checkpointed, so a caller freezes parts of a model (a backbone, say), keeps checkpoints to the trained weights, and
+trains in phases by calling ``fit`` again with another checkpoint directory.
 """
 from __future__ import annotations
 
@@ -65,11 +66,14 @@ class Task(abc.ABC):
         """Valid metrics (at least ``NDCG@10`` and ``HR@10``), computed on rank 0 only."""
 
     def state(self, module: torch.nn.Module) -> dict:
-        """What ``best.pt`` keeps of the module."""
-        return module.state_dict()
+        """What ``best.pt`` keeps of the module: its trainable parameters (a frozen backbone is not copied)."""
+        keep = {n for n, p in module.named_parameters() if p.requires_grad}
+        return {k: v for k, v in module.state_dict().items() if k in keep}
 
     def load_state(self, module: torch.nn.Module, state: dict) -> None:
-        module.load_state_dict(state)
+        unexpected = module.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"best.pt holds weights this model does not have: {unexpected[:5]}")
 
 
 @dataclass
@@ -79,6 +83,7 @@ class FitResult:
     epochs_run: int
     epoch_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
+    epoch_targets: list[int] = field(default_factory=list)  # training targets (examples) seen per epoch, all ranks
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int = 0
     world_size: int = 1
@@ -92,6 +97,7 @@ class FitResult:
                 "seconds_to_best": round(float(sum(es[: self.best_epoch]) + sum(self.eval_seconds[: self.best_epoch])),
                                          2),
                 "train_seconds": round(float(sum(es) + sum(self.eval_seconds)), 2),
+                "examples_per_s": round(sum(self.epoch_targets) / sum(es), 1) if es and self.epoch_targets else None,
                 "peak_rss_mb": round(self.peak_rss_mb, 1), "history": self.history}
 
 
@@ -115,6 +121,14 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
     device = engine.device if dist_cfg.device != "cpu" else torch.device("cpu")
     ckpt.mkdir(parents=True, exist_ok=True)
     res, bad = _resume(engine, ckpt, world, name, log)
+    if train.validate_at_start and res.epochs_run == 0 and not res.history:
+        ndcg, hr = _validate(engine, task, Step(rank, world, device, np.random.default_rng(0)), None)
+        res.best_valid_ndcg10 = ndcg
+        if rank == 0:
+            torch.save(task.state(engine.module), ckpt / "best.pt")
+            log(f"  {name} before training: valid NDCG@10 {ndcg:.4f}")
+        res.history.append({"epoch": 0, "loss": None, "valid_NDCG@10": round(ndcg, 6), "valid_HR@10": round(hr, 6),
+                            "seconds": 0.0})
     if bad >= train.patience:
         log(f"  {name}: already stopped early at epoch {res.epochs_run}; loading the best epoch")
     for epoch in range(res.epochs_run + 1, train.epochs + 1):
@@ -139,7 +153,8 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
                             "valid_HR@10": round(hr, 6), "seconds": round(res.epoch_seconds[-1], 2)})
         if rank == 0:
             log(f"  {name} epoch {epoch}: loss {mean_loss:.4f}, valid NDCG@10 {ndcg:.4f}{' (best)' if improved else ''}, "
-                f"{res.epoch_seconds[-1]:.1f} s train + {res.eval_seconds[-1]:.1f} s eval")
+                f"{res.epoch_seconds[-1]:.1f} s train ({res.epoch_targets[-1] / res.epoch_seconds[-1]:.1f} examples/s) "
+                f"+ {res.eval_seconds[-1]:.1f} s eval")
         res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         _save(engine, ckpt, epoch, res, bad, rank)
     if (ckpt / "best.pt").exists():
@@ -168,11 +183,13 @@ def _train_epoch(engine, task: Task, epoch_seed: int, step: Step, desc: str, res
         dist.all_reduce(tc)
         total, count = tc[0].item(), int(tc[1].item())
     res.epoch_seconds.append(time.perf_counter() - t0)
+    res.epoch_targets.append(count)
     return total / max(count, 1)
 
 
-def _validate(engine, task: Task, step: Step, res: FitResult) -> tuple[float, float]:
-    """Valid (NDCG@10, HR@10): rank 0 evaluates and tells the others, so every rank stops at the same epoch."""
+def _validate(engine, task: Task, step: Step, res: FitResult | None) -> tuple[float, float]:
+    """Valid (NDCG@10, HR@10): rank 0 evaluates and tells the others, so every rank stops at the same epoch.
+    The seconds are recorded in ``res`` (when given)."""
     import torch.distributed as dist
 
     t1 = time.perf_counter()
@@ -184,7 +201,8 @@ def _validate(engine, task: Task, step: Step, res: FitResult) -> tuple[float, fl
         tv = torch.tensor([ndcg, hr], dtype=torch.float64, device=step.device)
         dist.broadcast(tv, 0)
         ndcg, hr = tv.tolist()
-    res.eval_seconds.append(time.perf_counter() - t1)
+    if res is not None:
+        res.eval_seconds.append(time.perf_counter() - t1)
     return ndcg, hr
 
 
@@ -192,7 +210,7 @@ def _resume(engine, ckpt: Path, world: int, name: str, log: Callable[[str], None
     """The result so far and the epochs without improvement, from the latest checkpoint in ``ckpt`` if any."""
     if not (ckpt / "latest").exists():
         return FitResult(best_epoch=0, best_valid_ndcg10=-1.0, epochs_run=0, world_size=world), 0
-    _, state = engine.load_checkpoint(str(ckpt))
+    _, state = engine.load_checkpoint(str(ckpt), load_module_strict=not _has_frozen(engine.module))
     res = FitResult(**{**state["result"], "world_size": world})
     res.resumed_from_epoch = res.epochs_run
     log(f"  {name}: resuming after epoch {res.epochs_run} from {ckpt}")
@@ -203,8 +221,14 @@ def _save(engine, ckpt: Path, epoch: int, res: FitResult, bad: int, rank: int) -
     """A DeepSpeed checkpoint of this epoch (all ranks write); older epochs are removed once it is complete."""
     state = {"result": {k: v for k, v in res.__dict__.items() if k not in ("resumed_from_epoch", "world_size")},
              "bad": bad}
-    engine.save_checkpoint(str(ckpt), tag=f"epoch{epoch}", client_state=state)
+    engine.save_checkpoint(str(ckpt), tag=f"epoch{epoch}", client_state=state,
+                           exclude_frozen_parameters=_has_frozen(engine.module))
     if rank == 0:
         for old in ckpt.glob("epoch*"):
             if old.name != f"epoch{epoch}":
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _has_frozen(module: torch.nn.Module) -> bool:
+    """Checkpoints leave frozen parameters out (they are not trained: the caller rebuilds them)."""
+    return any(not p.requires_grad for p in module.parameters())

@@ -173,10 +173,12 @@ def airflow_db(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def nightly(airflow_db, tmp_path_factory, smollm2_dir) -> dict:
+def nightly(airflow_db, tmp_path_factory, smollm2_dir, tiny_llm_dir) -> dict:
+    from tests.conftest import small_llmrec
+
     home = tmp_path_factory.mktemp("recpipe_home")
     llm = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3",
-           "train_sequential.train.epochs=2"]
+           "train_sequential.train.epochs=2", *small_llmrec(tiny_llm_dir)]
     conf = {"home": str(home), "config": "", "overrides": llm}
     result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "nightly_refresh.py"), "nightly_refresh",
                                           "2026-01-02T00:00:00+00:00", json.dumps(conf)], airflow_db, timeout=600)
@@ -195,7 +197,7 @@ def test_nightly_dag_runs_end_to_end(nightly):
     assert summary["stages"]["describe"]["generated"] == 6
     assert summary["stages"]["neighbours"]["rows_out"] > 0
     assert summary["stages"]["train_sequential"]["models"]["grasp"]["epochs_run"] == 2
-    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp"}
+    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp", "llmrec"}
     # the figures the Airflow tasks reported are the protocol's figures for what they wrote, recomputed here
     from pipelines.config import load_config
     from pipelines.context import StageContext
@@ -207,7 +209,7 @@ def test_nightly_dag_runs_end_to_end(nightly):
     data, _, _ = load_eval_data(ctx)
     neg = negatives_for(ctx, data)
     zoo = model_zoo(ctx)
-    assert list(zoo) == ["popularity", "wals", "sasrec", "grasp"]
+    assert list(zoo) == ["popularity", "wals", "sasrec", "grasp", "llmrec"]
     for name, factory in zoo.items():
         got = evaluate(factory(data)[0], data, neg, "test", **eval_kwargs(ctx.cfg))
         for protocol in ("full", "sampled100"):

@@ -9,16 +9,19 @@ import pytest
 
 from pipelines import cli
 from pipelines.graph import ORDER
+from tests.conftest import small_llmrec
 
 pytestmark = pytest.mark.slow
 D1, D2 = "2026-01-01", "2026-01-02"
 
 
 @pytest.fixture(scope="module")
-def small_llm(smollm2_dir) -> list[str]:
-    """The real SmolLM2 (converted once per session) on a few entities, to keep the suite's time in budget."""
-    return ["--set", f"describe.model_path={smollm2_dir}", "--set", "describe.max_items=4",
-            "--set", "describe.max_users=4"]
+def small_llm(smollm2_dir, tiny_llm_dir) -> list[str]:
+    """The real SmolLM2 (converted once per session) describes a few entities; the LLM recommender trains the tiny
+    Llama on a small budget, to keep the suite's time in budget."""
+    sets = [f"describe.model_path={smollm2_dir}", "describe.max_items=4", "describe.max_users=4",
+            *small_llmrec(tiny_llm_dir)]
+    return [a for kv in sets for a in ("--set", kv)]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def test_summary_has_documented_shape(home):
     t = s["tables"]
     assert t["train"] + t["valid"] + t["test"] == t["interactions"] - s["stages"]["split"].get("interactions_dropped", 0)
     assert t["valid"] == t["test"] == t["user_map"]
-    for model in ("popularity", "wals", "sasrec", "grasp"):
+    for model in ("popularity", "wals", "sasrec", "grasp", "llmrec"):
         m = s["metrics"][model]
         assert {"HR@10", "NDCG@10", "MRR", "HR@5", "NDCG@20"} <= set(m["full"]) and "NDCG@10" in m["sampled100"]
         assert set(m["slices"]) == {"short_history", "tail_items"}
@@ -53,7 +56,7 @@ def test_summary_has_documented_shape(home):
     for model in ("sasrec", "grasp"):
         assert s["metrics"][model]["full"]["NDCG@10"] > 1.5 * s["metrics"]["popularity"]["full"]["NDCG@10"], model
     assert s["stages"]["train_sequential"]["models"]["grasp"]["text_source"] == "descriptions"
-    assert {m["name"] for m in s["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp"}
+    assert {m["name"] for m in s["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp", "llmrec"}
     assert all("challenger" in m["aliases"] for m in s["mlflow"]["models"])
     assert (home / "runs" / D1 / "ndcg_by_slice.png").exists()
 
@@ -64,7 +67,7 @@ def test_report_shows_every_models_figures(home):
     assert report.startswith(f"# recpipe report: synthetic, ds={D1}")
     full = report.split("## Full ranking (user history excluded)")[1].split("## 100 sampled negatives")[0]
     sampled = report.split("## 100 sampled negatives")[1]
-    for model in ("popularity", "wals", "sasrec", "grasp"):
+    for model in ("popularity", "wals", "sasrec", "grasp", "llmrec"):
         for section, proto in ((full, "full"), (sampled, "sampled100")):
             m = s["metrics"][model][proto]
             row = f"| {model} | all | {m['users']} | {m['HR@5']:.4f} | {m['HR@10']:.4f} | {m['HR@20']:.4f} | "

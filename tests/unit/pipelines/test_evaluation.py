@@ -424,3 +424,17 @@ def test_draw_negatives_refuses_when_a_user_touched_too_much():
     d = negatives_shop()
     with pytest.raises(ValueError, match="cannot draw 27"):
         draw_negatives(d, 27, seed=1)
+
+
+def test_cascade_reorders_the_base_top_k_only():
+    from pipelines.evaluation.scorers import CascadeScorer
+
+    base = Fixed({"test": np.array([[0, 6, 5, 4, 3, 2, 1]], np.float32)})        # base order: 1 2 3 4 5 6
+    llm = Fixed({"test": np.array([[9, 1, 2, 3, 9, 9, 9]], np.float32)})         # prefers 3 > 2 > 1 among them
+    s = CascadeScorer(base, llm, k=3).score(np.array([0]), "test")[0]
+    assert list(np.argsort(-s[1:], kind="stable") + 1) == [3, 2, 1, 4, 5, 6]   # the rest keep the base order
+    data = shop()
+    cascade = CascadeScorer(Fixed(SCORES), Fixed({p: -v for p, v in SCORES.items()}), k=2)
+    for k in (2, 3, 5):                                      # at and beyond rerank_k: exactly the base's hits
+        assert evaluate(cascade, data, NEGATIVES, "test", ks=(k,))["full"][f"HR@{k}"] == \
+            evaluate(Fixed(SCORES), data, NEGATIVES, "test", ks=(k,))["full"][f"HR@{k}"]

@@ -86,6 +86,10 @@ def test_only_parameters_that_require_grad_are_trained(tmp_path):
     after = m.state_dict()
     assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["0.bias"], before["0.bias"])
     assert not torch.equal(after["2.weight"], before["2.weight"])
+    # checkpoints keep the trained weights only: best.pt and the DeepSpeed epoch checkpoint
+    assert sorted(torch.load(tmp_path / "c" / "best.pt")) == ["2.bias", "2.weight"]
+    saved = torch.load(next((tmp_path / "c" / "epoch2").glob("*model_states.pt")), weights_only=False)["module"]
+    assert sorted(saved) == ["2.bias", "2.weight"]
 
 
 def test_errors_name_the_keys_of_the_section_being_trained(tmp_path):
@@ -94,3 +98,15 @@ def test_errors_name_the_keys_of_the_section_being_trained(tmp_path):
         bad.write_text("{")
         fit(model(), Scripted(SCRIPT), TRAIN, DistributedConfig(deepspeed_config=str(bad)), seed=1,
             ckpt=tmp_path / "d", section="train_llmrec")
+
+
+def test_with_validate_at_start_training_can_only_improve_on_the_untrained_model(tmp_path):
+    m, lines = model(), []
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    task = Scripted([0.5, 0.3, 0.2, 0.9])                                       # epoch 0 (untrained) is the best
+    train = TrainConfig(batch_size=16, lr=0.05, epochs=10, patience=2, validate_at_start=True)
+    res = fit(m, task, train, CPU, seed=1, ckpt=tmp_path / "s", name="toy", log=lines.append)
+    assert (res.best_epoch, res.epochs_run, res.best_valid_ndcg10) == (0, 2, 0.5)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2] and res.history[0]["loss"] is None
+    assert lines[0] == "  toy before training: valid NDCG@10 0.5000"
+    assert _equal(m.state_dict(), start)                                        # the untrained weights are kept

@@ -10,7 +10,8 @@ import torch
 from pipelines.evaluation.protocol import Csr, EvalData, target_ranks
 from pipelines.evaluation.scorers import FactorScorer
 from pipelines.training.distributed import deepspeed_config
-from pipelines.training.sequential import TrainSet, full_ranks, left_padded
+from pipelines.training.ranking import full_ranks
+from pipelines.training.sequential import TrainSet, left_padded
 
 
 def _csr(rows: list[list[int]]) -> Csr:

@@ -1,0 +1,253 @@
+"""The ``train_llmrec`` stage: the LLM recommender (``models.llmrec``) trained in two stages, scored for the shared
+evaluation, and a reason generated for sampled users' top item.
+
+Reads ``sequences``, ``text_embeddings`` (``llmrec.text_source``) and the ``items`` catalogue, and fits its own
+WALS item factors (``wals.*`` settings, implicit engine) on the train part without the training users' last
+``examples_per_user`` items, its training targets (``pipelines.training.llmrec``); one factor space serves
+training, validation and test, and user tokens are folded in from the items before each target. Writes
+``runs/<ds>/train_llmrec/llmrec/`` (``vectors.npz`` as the sequential models do, ``result.json`` with both
+stages' histories) and ``warehouse/reasons/ds=<ds>/``.
+
+Stage 1 trains the projectors and the head with the backbone frozen; stage 2 (``llmrec.lora``) adds LoRA adapters
+and trains them with projectors and head. Each stage checkpoints its trainable weights only, under
+``checkpoints/train_llmrec/<ds>/stage{1,2}-<key>/``; a re-run resumes. Users scored: the evaluation's users
+(``eval.users``: all, or a seeded subset); others get the mean scored user (as an unknown user is served).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from features import schemas
+from features import text as T
+from features.embeddings import vectors_of
+from jobs import common
+from models.llmrec import LLMRec, add_lora
+from pipelines.backends.llm import TransformersBackend
+from pipelines.backends.weights import default_model_dir
+from pipelines.catalogue import Catalogue, load_catalogue
+from pipelines.context import StageContext, StageResult
+from pipelines.evaluation.data import evaluation_users, load_eval_data
+from pipelines.training.distributed import init_distributed
+from pipelines.training.llmrec import (
+    FoldIn,
+    LLMRecTask,
+    Prompts,
+    calibrate_scale,
+    code_version,
+    held_out_factors,
+    load_backbone,
+    phase_examples,
+    seeded_users,
+    train_examples,
+)
+from pipelines.training.loop import FitResult, fit
+
+STAGE, MODEL = "train_llmrec", "llmrec"
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.tobytes() if isinstance(p, np.ndarray) else json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def item_text(ctx: StageContext, n_items: int) -> np.ndarray:
+    """(N + 1, Dt) item text embeddings of ``llmrec.text_source`` (zero rows for items without one)."""
+    source = ctx.cfg.llmrec.text_source
+    if not common.partition_path(ctx.home, "text_embeddings", ctx.ds).exists():
+        raise FileNotFoundError(f"the LLM recommender needs the text_embeddings of ds={ctx.ds}: run the 'embed' stage "
+                                f"first (recpipe run --ds {ctx.ds} --until embed)")
+    emb = common.read_arrow(ctx.home, "text_embeddings", ctx.ds)
+    vec, idx, _ = vectors_of(emb, "item", source)
+    if len(idx) == 0:
+        raise ValueError(f"text_embeddings of ds={ctx.ds} has no item vectors from source '{source}': add it to "
+                         "embed.sources and re-run embed, or set llmrec.text_source")
+    text = np.zeros((n_items + 1, vec.shape[1]), np.float32)
+    text[idx] = vec
+    return text
+
+
+def _fit_stage(ctx: StageContext, module: LLMRec, task: LLMRecTask, stage: int, key: str, world: int) -> FitResult:
+    c = ctx.cfg.llmrec
+    ckpt = ctx.home / "checkpoints" / STAGE / ctx.ds / f"stage{stage}-{key}"
+    n = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    if int(torch.distributed.get_rank()) == 0:
+        print(f"  llmrec stage {stage}: {n:,} trainable parameters, {len(task.train)} examples, {world} process(es), "
+              f"checkpoints in {ckpt}", flush=True)
+    return fit(module, task, c.stage1 if stage == 1 else c.stage2, c.distributed, ctx.cfg.seed, ckpt,
+               f"llmrec stage {stage}", "llmrec")
+
+
+def run(ctx: StageContext) -> StageResult:
+    c = ctx.cfg.llmrec
+    if c.distributed.threads:
+        torch.set_num_threads(c.distributed.threads)
+    t0 = time.perf_counter()
+    data, user_ids, item_ids = load_eval_data(ctx)
+    text = item_text(ctx, data.n_items)
+    with_train = np.flatnonzero(data.train.lengths() >= 2)
+    train_users = seeded_users(with_train, c.train_users, ctx.cfg.seed)
+    factors = held_out_factors(data.train, data.n_items, train_users, c.examples_per_user,
+                               dataclasses.replace(ctx.cfg.wals, engine="implicit"))
+    cat = load_catalogue(ctx)
+    model_dir = Path(c.model_path) if c.model_path else default_model_dir(ctx.home)
+    causal, tok, ident = load_backbone(model_dir, c.layers)
+    prompts = Prompts(tok, [""] + [cat.items[i].get("title") or "" for i in range(1, data.n_items + 1)], c)
+    foldin = FoldIn(factors, ctx.cfg.wals.regularization, ctx.cfg.wals.alpha)
+    train = train_examples(data.train, train_users, c.examples_per_user)
+    valid = phase_examples(data, seeded_users(np.flatnonzero(data.valid > 0), c.valid_users, ctx.cfg.seed + 1),
+                           "valid")
+    task = LLMRecTask(prompts, foldin, train, valid, data, c.stage1.batch_size, c.loss, c.negatives, c.align_weight,
+                      c.align_temperature, c.eval_batch)
+    rank, world = init_distributed(c.distributed.dist_backend)
+    settings = {"llmrec": {k: v for k, v in dataclasses.asdict(c).items() if k not in (
+        "reasons_users", "reason_max_new_tokens", "rerank_from", "rerank_k", "eval_batch")},
+        "backbone": ident, "code": code_version(), "seed": ctx.cfg.seed}
+    for s in ("stage1", "stage2"):
+        settings["llmrec"][s] = {k: v for k, v in settings["llmrec"][s].items() if k not in ("epochs", "patience")}
+    settings["llmrec"]["distributed"].pop("threads")
+    if world > 1:
+        settings["world_size"] = world
+    key1 = _fingerprint(settings, data.train.indptr, data.train.indices, data.valid, factors, text, train.targets,
+                        valid.users)
+    torch.manual_seed(ctx.cfg.seed)
+    module = LLMRec(c, causal.model, torch.from_numpy(factors), torch.from_numpy(text))
+    scale = round(calibrate_scale(module, task), 4) if c.soft_tokens and c.user_skip else None
+    results = {"stage1": _fit_stage(ctx, module, task, 1, key1, world).summary()}
+    key = key1
+    if c.lora:
+        add_lora(module.backbone, c)
+        task.batch_size = c.stage2.batch_size
+        key = _fingerprint(key1, "stage2")
+        results["stage2"] = _fit_stage(ctx, module, task, 2, key, world).summary()
+    out: dict = {"stages": {s: {k: v for k, v in r.items() if k != "history"} for s, r in results.items()},
+                 "backbone": ident, "train_examples": len(train), "valid_users": len(valid),
+                 "model_key": key, "start_scale": scale}
+    outputs = {}
+    if rank == 0:
+        d = ctx.model_dir(STAGE, MODEL)
+        d.mkdir(parents=True, exist_ok=True)
+        scored = evaluation_users(data, ctx.cfg.eval)
+        vectors = _score(module, task, data, scored)
+        tmp = d / "vectors.tmp.npz"
+        np.savez(tmp, **vectors)
+        tmp.replace(d / "vectors.npz")
+        out["scored_users"] = int(len(scored))
+        if c.reasons_users:
+            out["reasons"] = _reasons(ctx, causal, tok, model_dir, module, vectors, data, cat, scored, key)
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        common.write_json(d / "result.json", {**out, "history": {s: r["history"] for s, r in results.items()}})
+        outputs[MODEL] = str(d)
+        best = results.get("stage2", results["stage1"])
+        print(f"  llmrec: best valid NDCG@10 {best['best_valid_NDCG@10']:.4f} (stage {len(results)}), "
+              f"{best['examples_per_s']} examples/s", flush=True)
+    return StageResult(len(results), outputs, details=out)
+
+
+def _score(module: LLMRec, task: LLMRecTask, data, scored: np.ndarray) -> dict[str, np.ndarray]:
+    """``user_valid``/``user_test`` (U, d) query vectors of the scored users (others: their mean) and ``items``."""
+    out = {}
+    for phase in ("valid", "test"):
+        ex = phase_examples(data, scored, phase)
+        q = task.queries(module, ex, "cpu")
+        users = np.tile(q.mean(0) if len(q) else np.zeros(q.shape[1], np.float32), (data.n_users, 1))
+        users[ex.users] = q
+        out[f"user_{phase}"] = users.astype(np.float32)
+        print(f"  llmrec: scored {len(ex)} users ({phase})", flush=True)
+    with torch.no_grad():
+        out["items"] = module.item_table().float().cpu().numpy()
+    out["scored"] = np.isin(np.arange(data.n_users), scored)
+    return out
+
+
+def _reason_model(causal, model_dir: Path, module: LLMRec, cfg):
+    """The adapted LLM that writes reasons: the trained backbone itself, or, when ``llmrec.layers`` cut it (a cut
+    model cannot write), the full-depth model with the trained LoRA weights loaded into its first layers."""
+    depth = json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers")
+    if len(causal.model.layers) == depth:
+        return causal
+    full, _, _ = load_backbone(model_dir, 0)
+    if cfg.lora:
+        add_lora(full.model, cfg)
+        lora = {k: v for k, v in module.backbone.state_dict().items() if "lora_" in k}
+        unexpected = full.model.load_state_dict(lora, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"LoRA weights without a place in the full model: {unexpected[:3]}")
+    return full
+
+
+def _reasons(ctx: StageContext, causal, tok, model_dir, module: LLMRec, vectors: dict, data, cat: Catalogue,
+             scored: np.ndarray, model_key: str) -> dict:
+    """Top item of ``reasons_users`` seeded scored users, a reason for each from facts only, groundedness."""
+    c = ctx.cfg.llmrec
+    users = seeded_users(scored, c.reasons_users, ctx.cfg.seed + 2)
+    hist = data.history("test")
+    s = vectors["user_test"][users] @ vectors["items"].T                        # (R, N + 1)
+    s[:, 0] = -np.inf
+    for r, u in enumerate(users):
+        s[r, hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] = -np.inf
+    top = s.argmax(1)
+    histories = [[cat.items[i] for i in hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] for u in users]
+    facts = [T.reason_facts(h, cat.items[int(i)]) for h, i in zip(histories, top, strict=True)]
+    messages = [T.reason_messages(h, cat.items[int(i)]) for h, i in zip(histories, top, strict=True)]
+    backend = TransformersBackend.from_loaded(_reason_model(causal, model_dir, module, c), tok,
+                                              f"llmrec:{model_key}", batch_size=8,
+                                              max_new_tokens=c.reason_max_new_tokens, repetition_penalty=1.15,
+                                              seed=ctx.cfg.seed)
+    texts, status = generate_checked(backend, messages)
+    vocab = vocabulary(cat)
+    grounded = [T.grounded_share(t, f) for t, f in zip(texts, facts, strict=True)]
+    unsupported = [T.unsupported_terms(t, f, vocab) for t, f in zip(texts, facts, strict=True)]
+    tbl = pa.Table.from_pydict({
+        "user_id": [cat.user_ids[u] for u in users],
+        "user_idx": pa.array(users, pa.int32()), "item_id": [cat.item_ids[int(i) - 1] for i in top],
+        "item_idx": pa.array(top, pa.int32()), "reason": texts, "status": status,
+        "grounded": pa.array(grounded, pa.float32()), "unsupported": unsupported,
+        "prompt_version": [T.REASON_PROMPT_VERSION] * len(users), "model": [model_key] * len(users)},
+        schema=schemas.REASONS)
+    common.write_arrow(tbl, ctx.home, "reasons", ctx.ds)
+    ok = [i for i, st in enumerate(status) if st == "ok"]
+    served = {cat.user_ids[users[i]]: [cat.item_ids[int(top[i]) - 1], texts[i]] for i in ok}
+    common.write_json(ctx.model_dir(STAGE, MODEL) / "reasons.json", served)  # served beside the top item
+    summary = {"users": len(users), "ok": len(ok), "degenerate": len(users) - len(ok),
+               "grounded_share": round(float(np.mean([grounded[i] for i in ok])), 4) if ok else None,
+               "unsupported_share": round(float(np.mean([bool(unsupported[i]) for i in ok])), 4) if ok else None}
+    print(f"  llmrec reasons: {summary}", flush=True)
+    return summary
+
+
+def vocabulary(cat: Catalogue) -> set[str]:
+    """Brands and category names of the catalogue, lower-cased: what a reason may not name unless the facts do."""
+    terms = set()
+    for row in cat.items.values():
+        for t in [row.get("brand"), *(row.get("categories") or [])]:
+            t = " ".join(str(t or "").lower().split())
+            if t and t != "unknown" and len(t.split()) <= 4:
+                terms.add(t)
+    return terms
+
+
+def generate_checked(backend: TransformersBackend, messages: list[list[dict]]) -> tuple[list[str], list[str]]:
+    """Greedy texts; degenerate ones (describe's check) retried once with sampling, then flagged."""
+    texts, status = [""] * len(messages), ["ok"] * len(messages)
+    again = []
+    for i, gen in backend.stream(messages):
+        texts[i] = T.clean_output(gen.text)
+        if T.degenerate_reason(gen.text):
+            again.append(i)
+    if again:
+        for j, gen in backend.stream([messages[i] for i in again], retry=True):
+            i = again[j]
+            reason = T.degenerate_reason(gen.text)
+            texts[i] = T.clean_output(gen.text) if not reason else gen.text
+            status[i] = "ok" if not reason else "degenerate"
+    return texts, status
