@@ -39,10 +39,10 @@ def nightly_refresh():
     """
     ### Nightly refresh
 
-    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours >> train_sequential] >> evaluate >>
-    register` for one day, `ds` (`recpipe run --ds DS` runs the same stages in one process; both read the stage
-    table `pipelines/graph.py`). `describe` and `embed` run in the pool `recpipe_llm` and `train_sequential` in
-    `recpipe_train` (`airflow pools import infra/airflow/pools.json`); with
+    Runs `ingest >> validate >> split >> [wals, describe >> embed >> neighbours >> train_sequential] >> train_llmrec >>
+    evaluate >> register` for one day, `ds` (`recpipe run --ds DS` runs the same stages in one process; both read the
+    stage table `pipelines/graph.py`). `describe` and `embed` run in the pool `recpipe_llm`, `train_sequential` in
+    `recpipe_train` and `train_llmrec` in `recpipe_llmrec` (`airflow pools import infra/airflow/pools.json`); with
     `describe.backend=openai` the server's key comes from the connection `recpipe_llm` (its password) or
     the environment, and is never logged.
 

@@ -126,8 +126,9 @@ class LLMRec(nn.Module):
         soft_user = None
         if self.cfg.soft_tokens:
             assert user_factor is not None and hist is not None, "soft tokens need user_factor and hist"
-            soft_user = self.user_proj(user_factor)                             # (B, D)
-            soft_items = self.item_proj(self.item_factors[hist[hist > 0]])      # (M, D), reading order
+            dtype = self.user_proj.net[0].weight.dtype                          # bf16 under DeepSpeed; inputs fp32
+            soft_user = self.user_proj(user_factor.to(dtype))                   # (B, D)
+            soft_items = self.item_proj(self.item_factors[hist[hist > 0]].to(dtype))  # (M, D), reading order
             emb = scatter_soft_tokens(emb, kinds, soft_user, soft_items)
         out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask,
                             position_ids=position_ids(attention_mask), use_cache=False)

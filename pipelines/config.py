@@ -289,7 +289,8 @@ class LLMRecStageConfig(LLMRecConfig):
     factors (``wals.*`` settings) leave those items out, so they never saw a training target; early stopping on
     ``valid_users`` seeded users (0 = all). ``reasons_users``: a seeded sample of scored users whose top item gets a
     generated reason (0 = none). ``rerank_from``: a model of the same run whose top ``rerank_k`` items the LLM
-    re-ranks (evaluated as ``llmrec_cascade_<model>``; empty = off).
+    re-ranks (evaluated as ``llmrec_cascade_<model>``; empty = off), ordering them by ``rerank_mix`` times its own
+    standardised score plus the rest times the base model's (1 = the LLM alone; negative = chosen on valid).
     """
 
     model_path: str = ""
@@ -310,6 +311,7 @@ class LLMRecStageConfig(LLMRecConfig):
     reason_max_new_tokens: int = 48
     rerank_from: str = ""
     rerank_k: int = 50
+    rerank_mix: float = -1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -323,6 +325,8 @@ class LLMRecStageConfig(LLMRecConfig):
                                                   f"last train items out), got {self.examples_per_user}")
         if self.align_weight < 0 or self.align_temperature <= 0:
             raise FieldError("align_weight", "must not be negative (and align_temperature must be positive)")
+        if self.rerank_mix > 1:
+            raise FieldError("rerank_mix", f"must be at most 1 (negative: chosen on valid), got {self.rerank_mix}")
         if min(self.negatives, self.eval_batch, self.rerank_k, self.reason_max_new_tokens) < 1:
             raise FieldError("negatives", "negatives, eval_batch, rerank_k and reason_max_new_tokens must be >= 1")
 

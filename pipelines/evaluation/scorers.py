@@ -17,7 +17,8 @@ import numpy as np
 from jobs import common
 from pipelines.backends.wals import SCRATCH, load_factors
 from pipelines.context import StageContext
-from pipelines.evaluation.protocol import EvalData, Scorer
+from pipelines.evaluation.data import evaluation_users
+from pipelines.evaluation.protocol import EvalData, Scorer, metrics_from_ranks, target_ranks
 from pipelines.graph import STAGES
 
 Served = tuple[Scorer, dict | None]  # the scorer and what serving needs of it (None: evaluated, not served)
@@ -48,13 +49,16 @@ class CascadeScorer:
     """``rerank`` orders ``base``'s top ``k`` items; every other item keeps ``base``'s order below them. The scores
     returned encode exactly that order.
 
+    Within the top ``k`` the order is by ``mix * z(rerank) + (1 - mix) * z(base)``, ``z`` standardising each user's
+    ``k`` scores: ``mix=1`` is the re-ranker alone, lower values keep part of the base model's own judgement.
     The top ``k`` are taken over all items, as ``base`` scores them: the protocol, not the scorer, removes the user's
     history (a scorer never knows which history item is a repeated target). So the cascade's HR@k equals ``base``'s:
     it only reorders what ``base`` put in its top ``k``.
     """
 
-    def __init__(self, base: Scorer, rerank: Scorer, k: int) -> None:
-        self.base, self.rerank, self.k = base, rerank, k
+    def __init__(self, base: Scorer, rerank: Scorer, k: int, mix: float = 1.0) -> None:
+        self.base, self.rerank, self.k, self.mix = base, rerank, k, mix
+        self.notes: dict = {}
 
     def score(self, users: np.ndarray, phase: str) -> np.ndarray:
         b = np.array(self.base.score(users, phase), dtype=np.float32)          # (B, N + 1)
@@ -66,9 +70,36 @@ class CascadeScorer:
         rest = cand.copy()
         rest[rows, top] = -np.inf
         floor = np.where(np.isfinite(rest).any(1), np.max(rest, axis=1, initial=-np.inf, where=np.isfinite(rest)), 0.0)
-        lt = np.asarray(self.rerank.score(users, phase), dtype=np.float32)[rows, top]  # (B, k)
+        lt = _z(np.asarray(self.rerank.score(users, phase), dtype=np.float32)[rows, top])  # (B, k)
+        if self.mix < 1.0:
+            lt = self.mix * lt + (1.0 - self.mix) * _z(b[rows, top])
         b[rows, top] = lt - lt.min(1, keepdims=True) + floor[:, None] + 1.0    # above every other candidate
         return b
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    """Each row standardised (zero mean, unit variance; a constant row becomes zeros)."""
+    return (x - x.mean(1, keepdims=True)) / np.maximum(x.std(1, keepdims=True), 1e-12)
+
+
+MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def cascade(base: Scorer, rerank: Scorer, k: int, mix: float, data: EvalData, users: np.ndarray) -> Served:
+    """A cascade; with ``mix < 0`` the mix is chosen on the valid phase (full-ranking NDCG@10 of ``users``) over
+    ``MIX_GRID``, never on test. The chosen mix and the valid grid are returned beside the scorer."""
+    grid = {}
+    if mix < 0:
+        who = users[data.valid[users] > 0]
+        dummy = np.zeros((data.n_users, 1), np.int32)                          # only the full ranking is read
+        for m in MIX_GRID:
+            full, _ = target_ranks(CascadeScorer(base, rerank, k, m), data, "valid", who, dummy, 1024)
+            grid[m] = metrics_from_ranks(full, (10,))["NDCG@10"]
+        mix = max(grid, key=grid.get)
+    scorer = CascadeScorer(base, rerank, k, mix)
+    scorer.notes = {"rerank_k": k, "rerank_mix": mix, "chosen_on": "valid NDCG@10" if grid else "config",
+                    "valid_NDCG@10_by_mix": grid}
+    return scorer, None
 
 
 def popularity(data: EvalData) -> Served:
@@ -113,7 +144,11 @@ def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
             path = ctx.model_dir(stage.name, name) / "vectors.npz"
             if path.exists():
                 zoo[name] = lambda d, path=path: vectors(path, d)
-    base, k = ctx.cfg.llmrec.rerank_from, ctx.cfg.llmrec.rerank_k
-    if base and base in zoo and "llmrec" in zoo:
-        zoo[f"llmrec_cascade_{base}"] = lambda d: (CascadeScorer(zoo[base](d)[0], zoo["llmrec"](d)[0], k), None)
+    c = ctx.cfg.llmrec
+    if c.rerank_from and c.rerank_from in zoo and "llmrec" in zoo:
+        def _cascade(d: EvalData) -> Served:
+            return cascade(zoo[c.rerank_from](d)[0], zoo["llmrec"](d)[0], c.rerank_k, c.rerank_mix, d,
+                           evaluation_users(d, ctx.cfg.eval))
+
+        zoo[f"llmrec_cascade_{c.rerank_from}"] = _cascade
     return zoo

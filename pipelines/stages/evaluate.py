@@ -32,6 +32,8 @@ def run(ctx: StageContext) -> StageResult:
         valid = evaluate(model, data, neg, "valid", users=users, **kw)
         metrics[name]["valid"] = {k: v for k, v in valid.items() if k != "slices"}
         metrics[name]["eval_seconds"] = seconds[name]
+        if getattr(model, "notes", None):  # how an evaluated-only model was set up (a cascade's mix, say)
+            metrics[name]["notes"] = model.notes
         if arrays is not None:  # a cascade is evaluated, not served
             model_dirs[name] = str(serving.save_scorer(ctx.run_dir / "models" / name, name, user_ids, item_ids,
                                                        top_k=ctx.cfg.mlflow.top_k, hist_indptr=hist.indptr,

@@ -76,6 +76,29 @@ def item_text(ctx: StageContext, n_items: int) -> np.ndarray:
     return text
 
 
+STAGE2_ONLY = ("stage2", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+NOT_TRAINING = ("reasons_users", "reason_max_new_tokens", "rerank_from", "rerank_k", "rerank_mix", "eval_batch",
+                "stage1", "stage2", "distributed")
+
+
+def stage_settings(ctx: StageContext, ident: str, world: int, stage: int) -> dict:
+    """What changes what stage ``stage`` learns (stage 2 also depends on stage 1's key): more epochs or patience
+    resume, threads change nothing, and stage 2's settings do not retrain stage 1."""
+    c = ctx.cfg.llmrec
+    if stage == 2:
+        return {k: v for k, v in dataclasses.asdict(c).items() if k in STAGE2_ONLY and k != "stage2"} | {
+            "train": _loop_settings(c.stage2)}
+    model = {k: v for k, v in dataclasses.asdict(c).items() if k not in NOT_TRAINING + STAGE2_ONLY}
+    dist = {k: v for k, v in dataclasses.asdict(c.distributed).items() if k != "threads"}
+    out = {"llmrec": model, "train": _loop_settings(c.stage1), "distributed": dist, "backbone": ident,
+           "code": code_version(), "seed": ctx.cfg.seed}
+    return out | ({"world_size": world} if world > 1 else {})
+
+
+def _loop_settings(t) -> dict:
+    return {k: v for k, v in dataclasses.asdict(t).items() if k not in ("epochs", "patience")}
+
+
 def _fit_stage(ctx: StageContext, module: LLMRec, task: LLMRecTask, stage: int, key: str, world: int) -> FitResult:
     c = ctx.cfg.llmrec
     ckpt = ctx.home / "checkpoints" / STAGE / ctx.ds / f"stage{stage}-{key}"
@@ -92,7 +115,7 @@ def run(ctx: StageContext) -> StageResult:
     if c.distributed.threads:
         torch.set_num_threads(c.distributed.threads)
     t0 = time.perf_counter()
-    data, user_ids, item_ids = load_eval_data(ctx)
+    data, _, _ = load_eval_data(ctx)
     text = item_text(ctx, data.n_items)
     with_train = np.flatnonzero(data.train.lengths() >= 2)
     train_users = seeded_users(with_train, c.train_users, ctx.cfg.seed)
@@ -109,16 +132,8 @@ def run(ctx: StageContext) -> StageResult:
     task = LLMRecTask(prompts, foldin, train, valid, data, c.stage1.batch_size, c.loss, c.negatives, c.align_weight,
                       c.align_temperature, c.eval_batch)
     rank, world = init_distributed(c.distributed.dist_backend)
-    settings = {"llmrec": {k: v for k, v in dataclasses.asdict(c).items() if k not in (
-        "reasons_users", "reason_max_new_tokens", "rerank_from", "rerank_k", "eval_batch")},
-        "backbone": ident, "code": code_version(), "seed": ctx.cfg.seed}
-    for s in ("stage1", "stage2"):
-        settings["llmrec"][s] = {k: v for k, v in settings["llmrec"][s].items() if k not in ("epochs", "patience")}
-    settings["llmrec"]["distributed"].pop("threads")
-    if world > 1:
-        settings["world_size"] = world
-    key1 = _fingerprint(settings, data.train.indptr, data.train.indices, data.valid, factors, text, train.targets,
-                        valid.users)
+    key1 = _fingerprint(stage_settings(ctx, ident, world, 1), data.train.indptr, data.train.indices, data.valid,
+                        factors, text, train.targets, valid.users)
     torch.manual_seed(ctx.cfg.seed)
     module = LLMRec(c, causal.model, torch.from_numpy(factors), torch.from_numpy(text))
     scale = round(calibrate_scale(module, task), 4) if c.soft_tokens and c.user_skip else None
@@ -127,7 +142,7 @@ def run(ctx: StageContext) -> StageResult:
     if c.lora:
         add_lora(module.backbone, c)
         task.batch_size = c.stage2.batch_size
-        key = _fingerprint(key1, "stage2")
+        key = _fingerprint(key1, stage_settings(ctx, ident, world, 2))
         results["stage2"] = _fit_stage(ctx, module, task, 2, key, world).summary()
     out: dict = {"stages": {s: {k: v for k, v in r.items() if k != "history"} for s, r in results.items()},
                  "backbone": ident, "train_examples": len(train), "valid_users": len(valid),
@@ -137,7 +152,8 @@ def run(ctx: StageContext) -> StageResult:
         d = ctx.model_dir(STAGE, MODEL)
         d.mkdir(parents=True, exist_ok=True)
         scored = evaluation_users(data, ctx.cfg.eval)
-        vectors = _score(module, task, data, scored)
+        device = "cpu" if c.distributed.device == "cpu" else next(module.parameters()).device
+        vectors = _score(module, task, data, scored, device)
         tmp = d / "vectors.tmp.npz"
         np.savez(tmp, **vectors)
         tmp.replace(d / "vectors.npz")
@@ -153,12 +169,12 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(len(results), outputs, details=out)
 
 
-def _score(module: LLMRec, task: LLMRecTask, data, scored: np.ndarray) -> dict[str, np.ndarray]:
+def _score(module: LLMRec, task: LLMRecTask, data, scored: np.ndarray, device) -> dict[str, np.ndarray]:
     """``user_valid``/``user_test`` (U, d) query vectors of the scored users (others: their mean) and ``items``."""
     out = {}
     for phase in ("valid", "test"):
         ex = phase_examples(data, scored, phase)
-        q = task.queries(module, ex, "cpu")
+        q = task.queries(module, ex, device)
         users = np.tile(q.mean(0) if len(q) else np.zeros(q.shape[1], np.float32), (data.n_users, 1))
         users[ex.users] = q
         out[f"user_{phase}"] = users.astype(np.float32)

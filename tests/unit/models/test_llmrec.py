@@ -144,3 +144,16 @@ def test_with_the_skip_an_untrained_model_scores_the_wals_dot_product():
         m.head.text_proj.weight.normal_()
         m.head.query_proj.weight.normal_()
         assert not torch.allclose(m(**b) @ m.item_table().T, wals, atol=1e-3)
+
+
+def test_runs_with_bf16_weights_and_fp32_feature_tables():
+    """DeepSpeed's bf16 (ZeRO-2 on GPUs) casts the parameters, not the frozen factor/text buffers or the inputs."""
+    m = model()
+    with torch.no_grad():
+        want = m(**batch()) @ m.item_table().T
+    for p in m.parameters():
+        p.data = p.data.bfloat16()
+    assert m.item_factors.dtype == torch.float32
+    with torch.no_grad():
+        got = m(**batch()) @ m.item_table().T                                  # user_factor stays float32
+    assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=0.1, rtol=0.05)

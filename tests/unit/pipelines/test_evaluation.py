@@ -438,3 +438,18 @@ def test_cascade_reorders_the_base_top_k_only():
     for k in (2, 3, 5):                                      # at and beyond rerank_k: exactly the base's hits
         assert evaluate(cascade, data, NEGATIVES, "test", ks=(k,))["full"][f"HR@{k}"] == \
             evaluate(Fixed(SCORES), data, NEGATIVES, "test", ks=(k,))["full"][f"HR@{k}"]
+
+
+def test_cascade_mix_zero_is_the_base_model_and_the_mix_is_chosen_on_valid():
+    from pipelines.evaluation.scorers import MIX_GRID, CascadeScorer, cascade
+
+    data = shop()
+    base, other = Fixed(SCORES), Fixed({p: -v for p, v in SCORES.items()})
+    for phase in ("valid", "test"):
+        ref = evaluate(base, data, NEGATIVES, phase, ks=KS)["full"]
+        assert evaluate(CascadeScorer(base, other, k=6, mix=0.0), data, NEGATIVES, phase, ks=KS)["full"] == ref
+    scorer, served = cascade(base, other, 6, -1.0, data, np.array([0, 1, 2]))
+    assert served is None and set(scorer.notes["valid_NDCG@10_by_mix"]) == set(MIX_GRID)
+    grid = scorer.notes["valid_NDCG@10_by_mix"]
+    assert scorer.mix == max(grid, key=grid.get) and scorer.notes["chosen_on"] == "valid NDCG@10"
+    assert cascade(base, other, 6, 0.5, data, np.array([0, 1]))[0].mix == 0.5      # a fixed mix is kept
