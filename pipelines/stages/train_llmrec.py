@@ -209,8 +209,7 @@ def _reasons(ctx: StageContext, causal, tok, model_dir, module: LLMRec, vectors:
     hist = data.history("test")
     s = vectors["user_test"][users] @ vectors["items"].T                        # (R, N + 1)
     s[:, 0] = -np.inf
-    for r, u in enumerate(users):
-        s[r, hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] = -np.inf
+    s[hist.rows(users)] = -np.inf                                               # as served: no repeat of the history
     top = s.argmax(1)
     histories = [[cat.items[i] for i in hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] for u in users]
     facts = [T.reason_facts(h, cat.items[int(i)]) for h, i in zip(histories, top, strict=True)]
