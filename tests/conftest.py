@@ -65,6 +65,29 @@ def synthetic_home(_synthetic_split, tmp_path) -> Path:
     return private_home(_synthetic_split, tmp_path)
 
 
+def stage_cli(home: Path, stage: str, sets: list[str], procs: int = 1, timeout: int = 600):
+    """``python -m pipelines.cli stage STAGE`` for ``DS`` in ``home`` as its own process, or under ``torchrun`` with
+    ``procs`` CPU processes (gloo); fails the test with the output's tail when it fails."""
+    import subprocess
+    import sys
+
+    from pipelines.training.distributed import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["-m", "pipelines.cli", "stage", stage, "--home", str(home), "--ds", DS,
+            *[a for s in sets for a in ("--set", s)]]
+    # a concrete free port: with --master_port 0 the workers never meet (each binds its own store)
+    cmd = [sys.executable, *args] if procs == 1 else [
+        str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(procs), "--master_addr",
+        "127.0.0.1", "--master_port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def private_home(shared: Path, tmp_path: Path) -> Path:
     """A copy of ``shared``'s warehouse under ``tmp_path/home``: a test's writes never reach the shared home."""
     home = tmp_path / "home"

@@ -4,19 +4,16 @@ the one-process result."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import DS, private_home
+from tests.conftest import DS, private_home, stage_cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 STAGE = "train_llmrec"
 
 
@@ -48,20 +45,7 @@ def home(_base, tmp_path) -> Path:
 
 
 def _stage(home: Path, sets: list[str], procs: int = 1) -> subprocess.CompletedProcess:
-    args = ["-m", "pipelines.cli", "stage", STAGE, "--home", str(home), "--ds", DS]
-    for s in sets:
-        args += ["--set", s]
-    from pipelines.training.distributed import free_port
-
-    cmd = [sys.executable, *args] if procs == 1 else [
-        str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(procs), "--master_addr",
-        "127.0.0.1", "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return stage_cli(home, STAGE, sets, procs)
 
 
 def _out(home: Path) -> Path:

@@ -3,7 +3,6 @@ evaluation with the shared protocol and pyfunc serving from the MLflow registry 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.training.distributed import free_port
-from tests.conftest import DS, private_home
+from tests.conftest import DS, private_home, stage_cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 FAST = ["train_sequential.text_source=metadata", "train_sequential.sasrec.hidden=32",
         "train_sequential.train.batch_size=128"]
 STAGE = "train_sequential"
@@ -40,21 +37,7 @@ def text_home(_text_home, tmp_path) -> Path:
 
 
 def _stage(home: Path, *sets: str, procs: int = 1) -> subprocess.CompletedProcess:
-    args = ["-m", "pipelines.cli", "stage", STAGE, "--home", str(home), "--ds", DS]
-    for s in (*FAST, *sets):
-        args += ["--set", s]
-    if procs == 1:
-        cmd = [sys.executable, *args]
-    else:
-        # a concrete free port: with --master_port 0 the workers never meet (each binds its own store)
-        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(procs),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return stage_cli(home, STAGE, [*FAST, *sets], procs, timeout=300)
 
 
 def _vectors(home: Path, model: str) -> dict[str, np.ndarray]:
