@@ -121,8 +121,13 @@ def parse_sequence_line(line: str) -> list[tuple[str, str, int]]:
 def require_columns(df: "DataFrame", required: tuple[str, ...], source: str) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(source, f"missing column(s) {missing}; found {df.columns}.",
+        found = [_clip(c, 40) for c in df.columns[:12]] + ([f"... {len(df.columns)} in all"] if len(df.columns) > 12
+                                                             else [])
+        raise DataError(source, f"missing column(s) {missing}; found {found}.",
                         f"provide a header row with at least {list(required)}.")
+
+
+TS_MIN, TS_MAX = -2_208_988_800, 7_258_118_400  # 1900-01-01 and 2200-01-01 in epoch seconds
 
 
 def cast_timestamps(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame":
@@ -136,14 +141,41 @@ def cast_timestamps(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame
     num = F.expr("try_cast(trim(cast(timestamp as string)) as double)")
     iso = F.unix_timestamp(F.try_to_timestamp(raw))
     secs = F.when(num.isNotNull(), F.when(num > 1e11, num / 1000).otherwise(num)).otherwise(iso)
+    # NaN, infinities and values no calendar holds (1e30 would overflow int64) are bad rows, not a crash
+    secs = F.when(secs.between(TS_MIN, TS_MAX) & ~F.isnan(secs.cast("double")), secs)
     out = df.withColumn("_ts", secs.cast("long"))
     bad = out.filter(F.col("_ts").isNull())
     n_bad = bad.count()
     if n_bad:
-        rows = [r["timestamp"] for r in bad.select("timestamp").limit(sample).collect()]
-        raise DataError(source, f"{n_bad} row(s) have a timestamp that is neither a number nor ISO-8601, "
-                        f"e.g. {rows}.", "fix or drop those rows (timestamps are epoch seconds or ISO dates).")
+        rows = [_clip(r["timestamp"]) for r in bad.select("timestamp").limit(sample).collect()]
+        raise DataError(source, f"{n_bad} row(s) have a timestamp that is neither a number nor ISO-8601 between "
+                        f"1900 and 2200, e.g. {rows}.",
+                        "fix or drop those rows (timestamps are epoch seconds or milliseconds, or ISO dates).")
     return out.drop("timestamp").withColumnRenamed("_ts", "timestamp")
+
+
+def check_ratings(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame":
+    """Refuse ratings that are not finite numbers (text, NaN, infinity); an empty rating stays null (no rating)."""
+    from pyspark.sql import functions as F
+
+    if "rating" not in df.columns:
+        return df
+    raw = F.trim(F.col("rating").cast("string"))
+    num = F.expr("try_cast(trim(cast(rating as string)) as double)")
+    ok = raw.isNull() | (raw == "") | (num.isNotNull() & ~F.isnan(num) & (F.abs(num) < float("inf")))
+    bad = df.filter(~ok)
+    n_bad = bad.count()
+    if n_bad:
+        rows = [_clip(r["rating"]) for r in bad.select("rating").limit(sample).collect()]
+        raise DataError(source, f"{n_bad} row(s) have a rating that is not a finite number, e.g. {rows}.",
+                        "fix or drop those rows, or leave the rating empty (an interaction without a rating).")
+    return df.withColumn("rating", F.when((raw.isNull()) | (raw == ""), F.lit(None)).otherwise(num))
+
+
+def _clip(value, limit: int = 60):
+    """A sample value for a message, capped (a 5 MB field must not be echoed whole)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def to_interactions(df: "DataFrame") -> "DataFrame":

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,11 @@ def spark_session(app: str, master: str | None = None, conf: dict | None = None)
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
     if master:
         builder = builder.master(master)
+    # Python workers start the first `python3` on PATH unless told otherwise: a venv's `recpipe` called by cron or
+    # an Airflow worker without an activated venv then fails in the workers ("No module named 'features'"). On a
+    # local master the workers run on this machine, so they use this interpreter; a cluster sets its own.
+    if (master or "local").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        os.environ["PYSPARK_PYTHON"] = sys.executable  # read by PySpark when the context starts
     for k, v in conf.items():
         builder = builder.config(k, str(v))
     spark = builder.getOrCreate()

@@ -119,11 +119,31 @@ def ingest_amazon(spark, p: dict):
     return T.to_interactions(inter), T.to_items(items), T.users_from_interactions(inter)
 
 
+TEXT_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+
+
 def _read_table(spark, path: Path):
-    if path.suffix == ".parquet" or path.is_dir():
+    """A CSV/TSV file, a Parquet file, or a folder of either (as Spark writes them: part files)."""
+    if path.is_dir():
+        files = [f for f in path.iterdir() if f.is_file() and not f.name.startswith((".", "_"))]
+        kinds = {f.suffix for f in files}
+        if not files:
+            raise DataError(str(path), "is an empty folder.",
+                            "point the data.*_file setting at a file, or at a folder of Parquet or CSV part files.")
+        if kinds <= {".parquet"}:
+            return spark.read.parquet(str(path))
+        if len(kinds) == 1 and next(iter(kinds)) in TEXT_SUFFIXES:
+            return _read_text(spark, str(path), TEXT_SUFFIXES[next(iter(kinds))])
+        raise DataError(str(path), f"holds files of several kinds ({', '.join(sorted(kinds))}).",
+                        "keep one format per folder: Parquet part files, or CSV/TSV files with the same header.")
+    if path.suffix == ".parquet":
         return spark.read.parquet(str(path))
-    sep = "\t" if path.suffix in (".tsv", ".tab") else ","
-    return spark.read.csv(str(path), sep=sep, header=True)
+    return _read_text(spark, str(path), TEXT_SUFFIXES.get(path.suffix, ","))
+
+
+def _read_text(spark, path: str, sep: str):
+    """RFC 4180: quoted fields may hold the separator, doubled quotes ("") and newlines, and are read as written."""
+    return spark.read.csv(path, sep=sep, header=True, quote='"', escape='"', multiLine=True)
 
 
 def ingest_table(spark, p: dict):
@@ -138,6 +158,7 @@ def ingest_table(spark, p: dict):
     if inter.isEmpty():
         raise DataError(str(inter_path), "the interactions file has a header but no rows.", "export the data again.")
     inter = T.cast_timestamps(inter, str(inter_path))
+    inter = T.check_ratings(inter, str(inter_path))
     if "rating" in inter.columns and p.get("min_rating"):
         inter = inter.filter(F.col("rating").cast("double") >= float(p["min_rating"]))
     inter = inter.withColumn("event_order", F.monotonically_increasing_id())

@@ -19,6 +19,8 @@ FIXES = {
     "DataError": "fix the input named above, then re-run the stage",
     "FileNotFoundError": "run the earlier stages for this ds first (recpipe run --ds DS), or check the path",
     "LookupError": "run the pipeline (recpipe run) so the model is registered first",
+    "DayBusy": "wait for the other run of this day to end, then run again",
+    "OSError": "make sure the home (--home or RECPIPE_HOME) and the paths named above are writable and have space",
 }
 
 
@@ -64,17 +66,21 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(stage: str, ds: str | None, exc: BaseException) -> int:
+def _fail(stage: str, ds: str | None, exc: BaseException, message: str | None = None) -> int:
+    from pipelines.secrets import redact
+
     kind = type(exc).__name__
     fix = next((v for k, v in FIXES.items() if k in {c.__name__ for c in type(exc).__mro__}),
                "see the stage's record in runs/<ds>/stages/ for the traceback")
     where = f" for ds={ds}" if ds else ""
-    print(f"recpipe: stage '{stage}' failed{where}: {exc} ({kind}). Next step: {fix}.", file=sys.stderr)
+    text = message if message is not None else redact(str(exc))
+    print(f"recpipe: stage '{stage}' failed{where}: {text} ({kind}). Next step: {fix}.", file=sys.stderr)
     return 2
 
 
 def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool = True) -> int:
     from pipelines import runner
+    from pipelines.locks import DayBusy
     from pipelines.summary import is_done
 
     for ds in days:
@@ -84,7 +90,9 @@ def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool =
         try:
             summary = runner.run(cfg, ds, home, stages)
         except runner.StageFailed as exc:
-            return _fail(exc.stage, exc.ds, exc.cause)
+            return _fail(exc.stage, exc.ds, exc.cause, exc.message)
+        except DayBusy as exc:
+            return _fail("run", ds, exc)
         if summary is None:  # a non-zero rank under torchrun/deepspeed: rank 0 reports
             continue
         timings = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in summary["stages"].items())
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             out = TUNERS[args.model](cfg, args.ds, home)
             print(json.dumps(out["chosen"], indent=2))
             return 0
-    except (ValueError, LookupError, FileNotFoundError) as exc:
+    except (ValueError, LookupError, OSError) as exc:
         return _fail(args.cmd, getattr(args, "ds", None), exc)
     return 1
 

@@ -6,6 +6,7 @@ each stage's record lands in ``runs/<ds>/stages/<name>.json`` and the summary is
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import time
 import traceback
@@ -14,14 +15,18 @@ from pathlib import Path
 from jobs.common import write_json
 from pipelines.config import Config, dump_yaml, load_config
 from pipelines.context import StageContext, StageResult, resolve_home
+from pipelines.generations import Generation
 from pipelines.graph import BY_NAME, ORDER
+from pipelines.locks import hold
+from pipelines.secrets import redact
 from pipelines.summary import stage_record_path, write_summary
 
 
 class StageFailed(RuntimeError):
-    def __init__(self, stage: str, ds: str, cause: BaseException) -> None:
+    def __init__(self, stage: str, ds: str, cause: BaseException, extra_env: tuple[str, ...] = ()) -> None:
         self.stage, self.ds, self.cause = stage, ds, cause
-        super().__init__(f"stage '{stage}' failed for ds={ds}: {cause}")
+        self.message = redact(str(cause), extra_env)  # what may be printed: secrets masked
+        super().__init__(f"stage '{stage}' failed for ds={ds}: {self.message}")
 
 
 def is_rank0() -> bool:
@@ -53,11 +58,14 @@ def run_stage(name: str, ctx: StageContext) -> dict:
     try:
         result = execute(name, ctx)
     except Exception as exc:
-        write_json(rec_path, {"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
-                              "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+        extra = (ctx.cfg.describe.openai.api_key_env,)
+        write_json(rec_path, redact({"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
+                                     "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
+                                    extra))
         _summarise(ctx)
-        raise StageFailed(name, ctx.ds, exc) from exc
-    rec = {"status": "success", "seconds": round(time.perf_counter() - t0, 2), **result.record()}
+        raise StageFailed(name, ctx.ds, exc, extra) from exc
+    rec = redact({"status": "success", "seconds": round(time.perf_counter() - t0, 2), **result.record()},
+                 (ctx.cfg.describe.openai.api_key_env,))
     write_json(rec_path, rec)
     _summarise(ctx)
     print(f"[{ctx.ds}] {name} done in {rec['seconds']:.1f} s, rows_out={result.rows_out}", flush=True)
@@ -73,12 +81,31 @@ def run(cfg: Config, ds: str, home: Path, stages: list[str] | None = None) -> di
             if BY_NAME[name].distributed:
                 run_stage(name, ctx)
         return None
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    write_json(ctx.run_dir / "plan.json", {"stages": selected})
-    for name in selected:
-        run_stage(name, ctx)
-    return _summarise(ctx)
+    with hold(ctx.run_dir, "day", exclusive=True, what=f"recpipe run of ds={ds}"), \
+            Generation(home, ds, ctx.run_dir) as generation:
+        (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        write_json(ctx.run_dir / "plan.json", {"stages": selected})
+        for name in selected:
+            try:
+                run_stage(name, ctx)
+            except StageFailed as exc:
+                _put_back(ctx, generation, exc)
+                raise
+        return _summarise(ctx)
+
+
+def _put_back(ctx: StageContext, generation: Generation, exc: StageFailed) -> None:
+    """After a failed stage: the day's warehouse partitions as they were when the run started (so its tables agree),
+    noted in the failed stage's record and the error message."""
+    restored = generation.restore()
+    if not restored:
+        return
+    rec_path = stage_record_path(ctx.run_dir, exc.stage)
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else {"status": "failed"}
+    write_json(rec_path, {**rec, "restored": restored})
+    _summarise(ctx)
+    exc.message += (f" The day's tables were put back as they were before this run ({', '.join(restored)}), so they "
+                    "still agree with each other.")
 
 
 def run_task(stage: str, ds: str, config: str | None = None, overrides: list[str] | None = None,
@@ -86,6 +113,7 @@ def run_task(stage: str, ds: str, config: str | None = None, overrides: list[str
     """Airflow's entry point: one stage, returns the paths it wrote (small, XCom-safe)."""
     cfg = load_config(config or None, list(overrides or []))
     ctx = StageContext(cfg, ds, resolve_home(home))
-    ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))
-    return {"stage": stage, "ds": ds, "outputs": run_stage(stage, ctx).get("outputs", {})}
+    what = f"task {stage} of ds={ds}"
+    with hold(ctx.run_dir, "day", exclusive=False, what=what), hold(ctx.run_dir, stage, exclusive=True, what=what):
+        (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        return {"stage": stage, "ds": ds, "outputs": run_stage(stage, ctx).get("outputs", {})}

@@ -232,3 +232,29 @@ def test_promote_dag_sets_champion(nightly, airflow_db):
     assert champion.version == challenger.version
     assert champion.tags["promotion.decision"] == "promoted"
     assert "no champion yet" in champion.tags["promotion.reason"]
+
+
+def test_the_readme_airflow_sequence_finds_and_unpauses_the_dag(airflow_db):
+    """The README's commands, in its order, up to unpausing (the backfill needs a running scheduler): after them
+    `airflow dags list` shows the DAG and unpause finds it (without `dags reserialize` both found nothing)."""
+    import re
+    import shlex
+
+    block = (REPO / "README.md").read_text().split("## Airflow", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    airflow = Path(sys.executable).with_name("airflow")
+    ran = []
+    for line in block.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line.startswith(".venv/bin/airflow"):
+            continue
+        args = shlex.split(line)[1:]
+        if args[0] in ("backfill", "connections") or args[:2] == ["dags", "trigger"]:
+            continue
+        proc = subprocess.run([str(airflow), *args], cwd=REPO, env=airflow_db, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"{line}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        ran.append(" ".join(args[:2]))
+    assert ran == ["db migrate", "pools import", "dags reserialize", "dags unpause"], ran
+    out = subprocess.run([str(airflow), "dags", "list", "-o", "plain"], cwd=REPO, env=airflow_db,
+                         capture_output=True, text=True, timeout=300).stdout
+    assert re.search(r"\bnightly_refresh\b", out) and re.search(r"\bpromote_model\b", out), out[-2000:]

@@ -194,3 +194,78 @@ def test_unknown_config_key_creates_no_home(capsys, tmp_path):
     assert rc != 0
     assert "unknown config key 'nope'" in capsys.readouterr().err
     assert not home.exists()
+
+
+@pytest.mark.parametrize("value", ["1e30", "NaN", "-inf"])
+def test_timestamps_no_calendar_holds_are_named_not_a_cast_overflow(good, capsys, tmp_path, value):
+    rows = good_interactions()
+    rows[3][2] = value
+    err = run_bad(good, capsys, table_args(good[0], table_input(tmp_path, inter_rows=rows)))
+    assert "1 row(s) have a timestamp that is neither" in err and repr(value) in err, err
+    assert "overflow" not in err and "BIGINT" not in err
+
+
+@pytest.mark.parametrize("value", ["four", "NaN", "inf"])
+def test_ratings_that_are_not_finite_numbers_are_refused(good, capsys, tmp_path, value):
+    rows = good_interactions()
+    rows[5][3] = value
+    err = run_bad(good, capsys, table_args(good[0], table_input(tmp_path, inter_rows=rows)))
+    assert "1 row(s) have a rating that is not a finite number" in err and repr(value) in err, err
+    assert "NumberFormatException" not in err
+
+
+def test_an_empty_folder_as_the_interactions_file(good, capsys, tmp_path):
+    folder = table_input(tmp_path)
+    (folder / "parts").mkdir()
+    args = table_args(good[0], folder)
+    args[args.index("data.interactions_file=interactions.csv")] = "data.interactions_file=parts"
+    err = run_bad(good, capsys, args)
+    assert f"{folder / 'parts'}: is an empty folder" in err and "UNABLE_TO_INFER_SCHEMA" not in err, err
+
+
+def test_a_huge_header_is_not_echoed_whole(good, capsys, tmp_path):
+    header = "user_id,item_id," + ",".join(f"c{i}" for i in range(300)) + "," + "x" * 1_000_000
+    rows = [[u, i, *(["0"] * (header.count(",") - 1))] for u, i, _, _ in good_interactions()[:3]]
+    err = run_bad(good, capsys, table_args(good[0], table_input(tmp_path, inter_rows=rows, inter_header=header)))
+    assert "missing column(s) ['timestamp']" in err and len(err) < 5_000, len(err)
+    summary = (good[0] / "runs" / DS / "summary.json").read_text()
+    assert len(summary) < 50_000, len(summary)
+
+
+def test_rfc4180_quoted_fields_and_a_folder_of_csv_parts_are_read_as_written(tmp_path):
+    """Quoted user ids holding a comma, a doubled quote and a newline; the interactions as two CSV part files."""
+    from jobs import common
+
+    odd = {"U00": "U,comma", "U01": 'U"quote', "U02": "U\nnewline"}
+
+    def field(v: str) -> str:
+        return '"' + v.replace('"', '""') + '"' if any(c in v for c in ',"\n') else v
+
+    rows = [[field(odd.get(u, u)), i, t, r] for u, i, t, r in good_interactions()]
+    folder = table_input(tmp_path / "in")
+    parts = folder / "interactions"
+    parts.mkdir()
+    write_csv(parts / "part-0.csv", INTER_HEADER, rows[:70])
+    write_csv(parts / "part-1.csv", INTER_HEADER, rows[70:])
+    home = tmp_path / "home"
+    args = table_args(home, folder)
+    args[args.index("data.interactions_file=interactions.csv")] = "data.interactions_file=interactions"
+    assert main(args) == 0
+    users = set(common.read_arrow(home, "interactions", DS).column("user_id").to_pylist())
+    assert set(odd.values()) <= users and not set(odd) & users
+    assert len(users) == N_USERS
+
+
+def test_a_rerun_that_fails_after_validation_leaves_the_day_as_it_was(good, capsys, tmp_path):
+    """New input that passes validation (60 rows) but fails at split (no user keeps 3 interactions): the day's
+    tables must not end half-replaced (interactions new, sequences old); run_bad checks every warehouse byte."""
+    rows = [r for r in good_interactions() if int(r[1][1:]) % 5 < 2][:60]
+    per_user = {}
+    for r in rows:
+        per_user[r[0]] = per_user.get(r[0], 0) + 1
+    assert len(rows) >= 10 and max(per_user.values()) < 3
+    err = run_bad(good, capsys, table_args(good[0], table_input(tmp_path, inter_rows=rows)))
+    assert "stage 'split' failed" in err and "no user has at least 3 interactions" in err, err
+    assert "put back" in err
+    record = json.loads((good[0] / "runs" / DS / "stages" / "split.json").read_text())
+    assert record["status"] == "failed" and "interactions" in record["restored"]

@@ -1,0 +1,70 @@
+"""Per-day locks, so a scheduler retry, a manual backfill and a second ``recpipe run`` of the same ``ds`` on one home
+cannot interleave (one of them would read tables the other is replacing, or both train into one checkpoint folder).
+
+* ``recpipe run``/``stage``/``backfill`` hold the day's lock exclusively for the whole run.
+* An Airflow task (``runner.run_task``) holds the day's lock shared (the DAG's own tasks of one day run side by side:
+  ``wals`` beside ``describe``) and its stage's lock exclusively, so a second copy of a task that is still running is
+  refused, and so is a manual run of that day while the DAG works on it.
+
+Locks are ``flock`` on files under ``runs/<ds>/.locks/``: the kernel releases them when the holder dies, so a killed
+run never leaves a stale lock. Who holds one (pid, host, command, since) is written beside it and named in the
+refusal.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Iterator
+
+
+class DayBusy(RuntimeError):
+    """Another process holds the lock of this day (or stage)."""
+
+
+def _holders(lock_dir: Path, name: str) -> list[dict]:
+    out = []
+    for f in sorted(lock_dir.glob(f"{name}.holder-*.json")):
+        try:
+            info = json.loads(f.read_text())
+            os.kill(int(info["pid"]), 0)  # still alive (on this host)
+            out.append(info)
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path, name: str, exclusive: bool, what: str) -> Iterator[None]:
+    """Hold ``runs/<ds>/.locks/<name>.lock`` (exclusive or shared) or raise ``DayBusy`` naming who holds it."""
+    lock_dir = Path(run_dir) / ".locks"
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_dir / f"{name}.lock", "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the run lock under {lock_dir}: {exc.strerror}; the home must be "
+                                 "writable (choose another --home or RECPIPE_HOME, or fix its permissions)") from None
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        held = _holders(lock_dir, name)
+        who = "; ".join(f"pid {h['pid']} on {h['host']} since {h['since']} ({h['what']})" for h in held) or \
+            "another process"
+        raise DayBusy(f"{what} refused: {Path(run_dir).name} is being run by {who}. Wait for it to finish (or stop "
+                      f"it), then run again; two runs of one day on one home would replace each other's tables") from None
+    holder = lock_dir / f"{name}.holder-{os.getpid()}.json"
+    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                  "command": " ".join(sys.argv)[:300]}))
+    try:
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()

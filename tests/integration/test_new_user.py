@@ -1,0 +1,38 @@
+"""recpipe as a new user runs it: the venv's binary from any folder, without an activated venv (as cron or an
+Airflow worker calls it)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs import common
+
+CONF = Path(__file__).resolve().parents[2] / "pipelines" / "conf" / "amazon_beauty.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_venv_binary_runs_spark_stages_from_another_folder_without_the_venv_on_path(tmp_path):
+    binary = Path(sys.executable).parent / "recpipe"
+    if not binary.exists():
+        pytest.skip("recpipe is not installed as a console script in this environment")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYSPARK_PYTHON",
+                                                            "PYSPARK_DRIVER_PYTHON")}
+    env["PATH"] = "/usr/bin:/bin"  # the first python3 there does not have recpipe's packages
+    # a small dataset in the sequence-file layout: its parser runs in Spark's Python workers
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sequences.txt").write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 40) for k in range(6)) + "\n"
+                                                for u in range(1, 61)))
+    (data / "items.tsv").write_text("item_id\tasin\ttitle\tattributes\n" + "".join(
+        f"{i}\tA{i}\tItem {i}\tBrand|Cat{i % 4}\n" for i in range(1, 41)))
+    home = tmp_path / "home"
+    proc = subprocess.run([str(binary), "run", "--ds", "2026-01-01", "--home", str(home), "--stages",
+                           "ingest", "--config", str(CONF), "--set", f"data.path={data}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert common.partition_path(home, "interactions", "2026-01-01", zone="staging").exists()
