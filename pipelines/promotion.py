@@ -3,11 +3,16 @@
 ``recpipe promote`` calls ``promote``; the ``promote_model`` Airflow DAG calls ``promote_task``. Both aliases are
 loaded from the registry as served (``models:/NAME@alias``), scored on exactly the same users (full ranking through
 their top-k lists, each user's earlier items excluded), and ``champion`` moves only if the challenger is better on
-``mlflow.promote_metric`` by more than ``mlflow.promote_min_delta``. The decision and the reason are written as tags
-on the challenger version.
+``mlflow.promote_metric`` by more than ``mlflow.promote_min_delta``. Without ``--ds`` the challenger is judged on the
+day it was registered from. Every decision is kept (numbered ``promotion.<n>`` tags with time, day, versions,
+metric values, reason and trigger, on the registered model and the version); the latest also sits in
+``promotion.decision``/``promotion.reason`` on the version.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +95,42 @@ def decide(cfg: Config, home: Path, model: str, ds: str, eval_set: dict) -> dict
                   f"required > {cfg.mlflow.promote_min_delta})")
     if promoted:
         c.set_registered_model_alias(name, CHAMPION, chal.version)
-    c.set_model_version_tag(name, chal.version, "promotion.decision", "promoted" if promoted else "rejected")
-    c.set_model_version_tag(name, chal.version, "promotion.reason", reason)
+    record_decision(c, name, chal.version, {
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "ds": ds, "metric": metric,
+        "decision": "promoted" if promoted else "rejected", "reason": reason, "challenger": result["challenger"],
+        "champion": result.get("champion", {"version": champ.version} if champ else None),
+        "trigger": f"airflow:{os.environ['AIRFLOW_CTX_DAG_ID']}" if os.environ.get("AIRFLOW_CTX_DAG_ID") else "cli"})
     return {**result, "promoted": promoted, "reason": reason}
+
+
+def record_decision(c, name: str, version: str, decision: dict) -> None:
+    """Keep every decision: a numbered tag ``promotion.<n>`` (JSON) on the version and the registered model, and
+    the latest in ``promotion.decision``/``promotion.reason`` on the version. Nothing earlier is overwritten."""
+    model = c.get_registered_model(name)
+    n = 1 + sum(1 for k in (model.tags or {}) if k.startswith("promotion.") and k.split(".")[1].isdigit())
+    text = json.dumps({**decision, "version": str(version)}, default=str)
+    c.set_registered_model_tag(name, f"promotion.{n:05d}", text)
+    c.set_model_version_tag(name, version, f"promotion.{n:05d}", text)
+    c.set_model_version_tag(name, version, "promotion.decision", decision["decision"])
+    c.set_model_version_tag(name, version, "promotion.reason", decision["reason"])
+
+
+def decisions(cfg: Config, home: Path, model: str) -> list[dict]:
+    """Every recorded promotion decision of ``model``, oldest first."""
+    c = client(cfg, home)
+    tags = c.get_registered_model(model_name(cfg, model)).tags or {}
+    return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("promotion.") and k.split(".")[1].isdigit()]
+
+
+def challenger_ds(cfg: Config, home: Path, model: str) -> str | None:
+    """The day the current challenger was registered from (its ``recpipe.ds`` tag), if any."""
+    import mlflow
+
+    c = client(cfg, home)
+    try:
+        return c.get_model_version_by_alias(model_name(cfg, model), CHALLENGER).tags.get("recpipe.ds")
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def promote(cfg: Config, home: Path, model: str, ds: str | None) -> dict:
@@ -100,7 +138,7 @@ def promote(cfg: Config, home: Path, model: str, ds: str | None) -> dict:
 
     Returns ``{"model", "ds", "metric", "challenger", ["champion"], "promoted", "reason"}``.
     """
-    ds = ds or latest_successful_ds(home)
+    ds = ds or challenger_ds(cfg, home, model) or latest_successful_ds(home)
     return decide(cfg, home, model, ds, eval_set(cfg, home, ds))
 
 

@@ -241,8 +241,14 @@ class CTranslate2Backend:
                                        self.quantization)
         self._tok = AutoTokenizer.from_pretrained(self.model_dir)
         self._workers, per_worker = _workers(self.threads)
+        import torch
+
+        torch_threads = torch.get_num_threads()
         self._gen = ctranslate2.Generator(str(path), device="cpu", compute_type=self.quantization,
                                           inter_threads=self._workers, intra_threads=per_worker)
+        # the constructor sets this thread's OpenMP thread count to intra_threads, which torch shares: training
+        # later in the same process (recpipe run) ran on one core instead of all
+        torch.set_num_threads(torch_threads)
         eos = {self._tok.eos_token_id, self._tok.pad_token_id}
         gen_cfg = self.model_dir / "generation_config.json"
         if gen_cfg.exists():
@@ -259,11 +265,21 @@ class CTranslate2Backend:
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
     def stream(self, prompts: Sequence[list[Message]], retry: bool = False) -> Iterator[tuple[int, Generation]]:
+        """Prompts are grouped by their system message (describe's items and users have different ones), so each
+        group's shared prefix is computed once."""
+        self._load()
+        groups: dict[str, list[int]] = {}
+        for i, m in enumerate(prompts):
+            groups.setdefault(m[0]["content"] if m and m[0].get("role") == "system" else "", []).append(i)
+        for idx in groups.values():
+            for j, gen in self._stream_group([prompts[i] for i in idx], retry):
+                yield idx[j], gen
+
+    def _stream_group(self, prompts: Sequence[list[Message]], retry: bool) -> Iterator[tuple[int, Generation]]:
         import os
 
         import ctranslate2
 
-        self._load()
         ids = self._tok([self.render(m) for m in prompts], add_special_tokens=False)["input_ids"]
         if not ids:
             return

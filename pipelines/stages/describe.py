@@ -121,11 +121,13 @@ def entry_key(e: Entity, model_key: str) -> str:
     return T.content_hash(e.prompt_version, model_key, e.messages)
 
 
-def _progress(total: int, desc: str):
+def _progress(total: int, desc: str, every: int = 1):
     from tqdm import tqdm
 
-    # rate and ETA on stderr, refreshed at most every 10 s so Airflow logs stay readable
-    return tqdm(total=total, desc=desc, unit="entity", mininterval=10, file=sys.stderr, dynamic_ncols=False)
+    # rate and ETA on stderr, refreshed at most every 10 s (Airflow logs stay readable) and only once a whole batch
+    # has arrived, so the first ETA is the first batch's rate, not one entity's share of it
+    return tqdm(total=total, desc=desc, unit="entity", mininterval=10, miniters=max(1, every), file=sys.stderr,
+                dynamic_ncols=False)
 
 
 def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache, flush_every: int,
@@ -139,7 +141,10 @@ def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache
     def run(batch_idx: list[int], retry: bool) -> list[int]:
         nonlocal first_error
         again, pending, seen = [], {}, 0
-        bar = _progress(len(batch_idx), "describe (retry)" if retry else "describe")
+        load = getattr(backend, "_load", None)
+        if load is not None:  # loading (and a first conversion) is not generation: keep it out of the rate
+            load()
+        bar = _progress(len(batch_idx), "describe (retry)" if retry else "describe", flush_every)
         stream = backend.stream([todo[i].messages for i in batch_idx], retry=retry)
         try:
             for j, gen in stream:

@@ -33,9 +33,14 @@ def test_ctranslate2_float32_generates_the_transformers_tokens(tiny_llm_dir, tmp
 
 
 def test_int8_and_retry_sampling_run_and_stay_bounded(tiny_llm_dir, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
     b = CTranslate2Backend(tiny_llm_dir, "c", tmp_path, batch_size=3, max_new_tokens=6, quantization="int8")
     out = dict(b.stream(PROMPTS, retry=True))
     assert sorted(out) == list(range(len(PROMPTS))) and all(g.tokens <= 6 for g in out.values())
+    # CTranslate2 sets OpenMP's thread count when it loads; torch (training later in the same run) must keep its own
+    assert torch.get_num_threads() == threads
 
 
 def test_backend_and_quantisation_are_part_of_the_cache_key():

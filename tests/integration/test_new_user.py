@@ -36,3 +36,19 @@ def test_the_venv_binary_runs_spark_stages_from_another_folder_without_the_venv_
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert common.partition_path(home, "interactions", "2026-01-01", zone="staging").exists()
+
+
+def test_describe_switched_off_leaves_embed_on_metadata_text(synthetic_home):
+    """`describe.entities=[]`: no LLM is loaded or called, and embed uses every entity's metadata text."""
+    from pipelines import runner
+    from pipelines.config import load_config
+    from pipelines.context import StageContext
+
+    ctx = StageContext(load_config(None, ["describe.entities=[]", "describe.model_path=/nonexistent/llm",
+                                          "embed.sources=[descriptions]"]), "2026-01-01", synthetic_home)
+    out = runner.run_stage("describe", ctx)
+    assert out["generated"] == 0 and out["llm_calls"] == 0 and out["rows_out"] == 0
+    emb = runner.run_stage("embed", ctx)
+    n = (common.read_arrow(synthetic_home, "item_map", "2026-01-01").num_rows
+         + common.read_arrow(synthetic_home, "user_map", "2026-01-01").num_rows)
+    assert emb["fallback"] == {"descriptions": n}

@@ -1,6 +1,7 @@
 """pipelines.promotion on a hand-written day: the evaluation set, and top-k scoring of a served model."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -66,3 +67,42 @@ def test_score_topk_ranks_through_the_served_top_k(home, tmp_path):
 def test_latest_successful_ds_names_the_folder_when_there_is_none(tmp_path):
     with pytest.raises(LookupError, match="no successful run under"):
         latest_successful_ds(tmp_path)
+
+
+def test_every_decision_is_kept_and_a_challenger_is_judged_on_its_own_day(home, tmp_path):
+    """Two days, two versions: v1 (day 1) becomes champion, v2 (day 2) is judged on day 2 without --ds, and both
+    decisions stay on record (the second used to overwrite the first, judged on whichever day had a summary)."""
+    import shutil
+
+    import mlflow
+
+    from pipelines import promotion, registry
+
+    ds2 = "2026-01-02"
+    for table in ("sequences", "user_map", "item_map"):
+        shutil.copytree(common.partition_path(home, table, DS), common.partition_path(home, table, ds2))
+    cfg = load_config(None, [])
+    c = registry.client(cfg, home)
+
+    def register(ds: str, item_scores: list[float]) -> str:
+        mdir = save_scorer(tmp_path / f"m-{ds}", "test", ["u0", "u1", "u2"], ["", *ITEMS],
+                           user_emb=np.ones((3, 1), np.float32),
+                           item_emb=np.array([[0.0], *([s] for s in item_scores)], np.float32),
+                           item_bias=np.zeros(7, np.float32), hist_indptr=np.zeros(4, np.int64),
+                           hist_indices=np.zeros(0, np.int32), top_k=5)
+        with mlflow.start_run():
+            return registry._register(c, cfg, ds, "wals", mdir, {})["version"]
+
+    v1 = register(DS, [6, 5, 4, 3, 2, 1])
+    first = promotion.promote(cfg, home, "wals", None)
+    assert first["promoted"] and first["ds"] == DS and str(first["challenger"]["version"]) == v1
+    v2 = register(ds2, [1, 2, 3, 6, 5, 4])  # ranks both test targets first: better
+    second = promotion.promote(cfg, home, "wals", None)
+    assert second["ds"] == ds2 and second["promoted"], second
+    log = promotion.decisions(cfg, home, "wals")
+    assert [(d["version"], d["ds"], d["decision"]) for d in log] == [(v1, DS, "promoted"), (v2, ds2, "promoted")]
+    assert all(d["reason"] and d["trigger"] == "cli" and d["time"] for d in log)
+    assert str(log[1]["champion"]["version"]) == v1 and "NDCG@10" in log[1]["challenger"]
+    tags = c.get_model_version("wals", v1).tags
+    assert json.loads(tags["promotion.00001"])["decision"] == "promoted"  # v1's own record is untouched
+    assert str(c.get_model_version_by_alias("wals", "champion").version) == v2
