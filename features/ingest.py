@@ -138,19 +138,15 @@ def cast_timestamps(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame
     from pyspark.sql import functions as F
 
     raw = F.trim(F.col("timestamp").cast("string"))
-    num = F.expr("try_cast(trim(cast(timestamp as string)) as double)")
+    num = _as_double("timestamp")
     iso = F.unix_timestamp(F.try_to_timestamp(raw))
     secs = F.when(num.isNotNull(), F.when(num > 1e11, num / 1000).otherwise(num)).otherwise(iso)
     # NaN, infinities and values no calendar holds (1e30 would overflow int64) are bad rows, not a crash
     secs = F.when(secs.between(TS_MIN, TS_MAX) & ~F.isnan(secs.cast("double")), secs)
     out = df.withColumn("_ts", secs.cast("long"))
-    bad = out.filter(F.col("_ts").isNull())
-    n_bad = bad.count()
-    if n_bad:
-        rows = [_clip(r["timestamp"]) for r in bad.select("timestamp").limit(sample).collect()]
-        raise DataError(source, f"{n_bad} row(s) have a timestamp that is neither a number nor ISO-8601 between "
-                        f"1900 and 2200, e.g. {rows}.",
-                        "fix or drop those rows (timestamps are epoch seconds or milliseconds, or ISO dates).")
+    _refuse_rows(out, F.col("_ts").isNull(), "timestamp", source, sample,
+                 "a timestamp that is neither a number nor ISO-8601 between 1900 and 2200",
+                 "fix or drop those rows (timestamps are epoch seconds or milliseconds, or ISO dates).")
     return out.drop("timestamp").withColumnRenamed("_ts", "timestamp")
 
 
@@ -161,15 +157,28 @@ def check_ratings(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame":
     if "rating" not in df.columns:
         return df
     raw = F.trim(F.col("rating").cast("string"))
-    num = F.expr("try_cast(trim(cast(rating as string)) as double)")
-    ok = raw.isNull() | (raw == "") | (num.isNotNull() & ~F.isnan(num) & (F.abs(num) < float("inf")))
-    bad = df.filter(~ok)
-    n_bad = bad.count()
+    num = _as_double("rating")
+    empty = raw.isNull() | (raw == "")
+    finite = num.isNotNull() & ~F.isnan(num) & (F.abs(num) < float("inf"))
+    _refuse_rows(df, ~(empty | finite), "rating", source, sample, "a rating that is not a finite number",
+                 "fix or drop those rows, or leave the rating empty (an interaction without a rating).")
+    return df.withColumn("rating", F.when(empty, F.lit(None)).otherwise(num))
+
+
+def _as_double(column: str):
+    """``column`` as a double where its trimmed text is a number, else null (never a cast error)."""
+    from pyspark.sql import functions as F
+
+    return F.expr(f"try_cast(trim(cast(`{column}` as string)) as double)")
+
+
+def _refuse_rows(df: "DataFrame", bad, column: str, source: str, sample: int, problem: str, fix: str) -> None:
+    """Raise ``DataError`` counting the rows where ``bad`` holds, with up to ``sample`` of their ``column`` values."""
+    rows = df.filter(bad)
+    n_bad = rows.count()
     if n_bad:
-        rows = [_clip(r["rating"]) for r in bad.select("rating").limit(sample).collect()]
-        raise DataError(source, f"{n_bad} row(s) have a rating that is not a finite number, e.g. {rows}.",
-                        "fix or drop those rows, or leave the rating empty (an interaction without a rating).")
-    return df.withColumn("rating", F.when((raw.isNull()) | (raw == ""), F.lit(None)).otherwise(num))
+        values = [_clip(r[column]) for r in rows.select(column).limit(sample).collect()]
+        raise DataError(source, f"{n_bad} row(s) have {problem}, e.g. {values}.", fix)
 
 
 def _clip(value, limit: int = 60):

@@ -27,17 +27,6 @@ def _fingerprint(path: Path) -> list[tuple[str, int]]:
     return sorted((str(f.relative_to(path)), f.stat().st_ino) for f in path.rglob("*") if f.is_file())
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    for f in src.rglob("*"):
-        target = dst / f.relative_to(src)
-        if f.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(f, target)
-    dst.mkdir(parents=True, exist_ok=True)
-
-
 class Generation:
     def __init__(self, home: Path, ds: str, run_dir: Path) -> None:
         self.warehouse, self.ds = Path(home) / "warehouse", ds
@@ -47,7 +36,7 @@ class Generation:
         shutil.rmtree(self.snap, ignore_errors=True)  # a run killed before it could clean up
         self.before = {}
         for table, part in _partitions(self.warehouse, self.ds).items():
-            _link_tree(part, self.snap / table)
+            shutil.copytree(part, self.snap / table, copy_function=os.link)
             self.before[table] = _fingerprint(part)
         return self
 
@@ -55,20 +44,17 @@ class Generation:
         """Put the day's partitions back as they were when the run started; the tables restored or removed."""
         changed = []
         for table, part in _partitions(self.warehouse, self.ds).items():
-            if table not in self.before:
-                shutil.rmtree(part)  # created by the failed run
-                changed.append(table)
-            elif _fingerprint(part) != self.before[table]:
+            if table not in self.before:  # created by the failed run
+                shutil.rmtree(part)
                 changed.append(table)
         for table, fp in self.before.items():
             part = self.warehouse / table / f"ds={self.ds}"
             if part.exists() and _fingerprint(part) == fp:
                 continue
-            if table not in changed:
-                changed.append(table)  # removed by the failed run
+            changed.append(table)  # rewritten or removed by the failed run
             tmp = part.parent / f"_restore-{part.name}"
             shutil.rmtree(tmp, ignore_errors=True)
-            _link_tree(self.snap / table, tmp)
+            shutil.copytree(self.snap / table, tmp, copy_function=os.link)
             swap_in(tmp, part)
         return sorted(changed)
 

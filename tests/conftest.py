@@ -88,6 +88,16 @@ def stage_cli(home: Path, stage: str, sets: list[str], procs: int = 1, timeout: 
     return proc
 
 
+def split_home_with(split_home: Path, home: Path, stages: list[str], overrides: list[str]) -> Path:
+    """A copy of ``split_home``'s warehouse at ``home`` with ``stages`` run on it (module-scoped bases of tests)."""
+    from pipelines import runner
+    from pipelines.config import load_config
+
+    shutil.copytree(split_home / "warehouse", home / "warehouse")
+    runner.run(load_config(None, overrides), DS, home, stages)
+    return home
+
+
 def private_home(shared: Path, tmp_path: Path) -> Path:
     """A copy of ``shared``'s warehouse under ``tmp_path/home``: a test's writes never reach the shared home."""
     home = tmp_path / "home"

@@ -59,7 +59,20 @@ class Backend(Protocol):
         ...
 
 
-# ----------------------------------------------------------------------------- transformers
+# ----------------------------------------------------------------------------- local models (transformers, CTranslate2)
+
+def render_chat(tok, messages: list[Message]) -> str:
+    """The prompt text of ``messages``: the tokenizer's chat template, or the contents joined where it has none."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def require_hf_dir(model_dir: Path) -> None:
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"describe.model_path={model_dir} is not a Hugging Face model directory "
+                                "(no config.json); point it at a directory saved by save_pretrained")
+
 
 def transformers_key(model_dir: str, default: bool, max_new_tokens: int, repetition_penalty: float) -> str:
     """The cache identity of a local model and its generation settings, computed without loading the model."""
@@ -102,23 +115,15 @@ class TransformersBackend:
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        if not (self.model_dir / "config.json").exists():
-            raise FileNotFoundError(f"describe.model_path={self.model_dir} is not a Hugging Face model directory "
-                                    "(no config.json); point it at a directory saved by save_pretrained")
+        require_hf_dir(self.model_dir)
         self._tok = self._prepare(AutoTokenizer.from_pretrained(self.model_dir))
         self._model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32).eval()
-
-    def render(self, messages: list[Message]) -> str:
-        self._load()
-        if getattr(self._tok, "chat_template", None):
-            return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
     def stream(self, prompts: Sequence[list[Message]], retry: bool = False) -> Iterator[tuple[int, Generation]]:
         import torch
 
         self._load()
-        texts = [self.render(m) for m in prompts]
+        texts = [render_chat(self._tok, m) for m in prompts]
         lengths = [len(ids) for ids in self._tok(texts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])  # similar lengths share a batch: little padding
         eos = {self._model.generation_config.eos_token_id, self._tok.eos_token_id, self._tok.pad_token_id} - {None}
@@ -169,9 +174,7 @@ def convert_for_ctranslate2(model_dir: Path, target: Path, quantization: str) ->
 
     from ctranslate2.converters import TransformersConverter
 
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"describe.model_path={model_dir} is not a Hugging Face model directory "
-                                "(no config.json); point it at a directory saved by save_pretrained")
+    require_hf_dir(model_dir)
     print(f"  converting {model_dir} for CTranslate2 ({quantization}) into {target} (once)", flush=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -219,8 +222,6 @@ def _workers(threads: int) -> tuple[int, int]:
 
 
 class CTranslate2Backend:
-    QUANTIZATIONS = ("int8", "int8_float32", "float32")
-
     def __init__(self, model_dir: str | Path, key: str, home: Path, batch_size: int = 32, max_new_tokens: int = 40,
                  repetition_penalty: float = 1.0, quantization: str = "int8", threads: int = 0,
                  seed: int = 0) -> None:
@@ -258,12 +259,6 @@ class CTranslate2Backend:
             eos |= set(ids if isinstance(ids, list) else [ids])
         self._eos = sorted(e for e in eos if e is not None)
 
-    def render(self, messages: list[Message]) -> str:
-        self._load()
-        if getattr(self._tok, "chat_template", None):
-            return self._tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages) + "\n\n"
-
     def stream(self, prompts: Sequence[list[Message]], retry: bool = False) -> Iterator[tuple[int, Generation]]:
         """Prompts are grouped by their system message (describe's items and users have different ones), so each
         group's shared prefix is computed once."""
@@ -280,7 +275,7 @@ class CTranslate2Backend:
 
         import ctranslate2
 
-        ids = self._tok([self.render(m) for m in prompts], add_special_tokens=False)["input_ids"]
+        ids = self._tok([render_chat(self._tok, m) for m in prompts], add_special_tokens=False)["input_ids"]
         if not ids:
             return
         # the shared prefix (system message, chat markup) is run once and its state reused by every prompt; every
@@ -338,17 +333,12 @@ class OpenAIBackend:
         self.max_new_tokens, self.seed = max_new_tokens, seed
         self.key = openai_key(model, max_new_tokens)
         self.stats = Stats()
-        self._api_key = api_key or ""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers,
                                     limits=httpx.Limits(max_connections=self.concurrency))
 
     def __repr__(self) -> str:  # never show the headers (they hold the key)
         return f"OpenAIBackend(url={self.url!r}, model={self.model!r})"
-
-    def _mask(self, text: str) -> str:
-        """A server's words with the API key masked (some gateways echo it in an error body)."""
-        return text.replace(self._api_key, "[REDACTED]") if len(self._api_key) >= 4 else text
 
     def _count_retry(self, state) -> None:
         self.stats.retries += 1
@@ -370,8 +360,8 @@ class OpenAIBackend:
                 tokens = (data.get("usage") or {}).get("completion_tokens") or len(text.split())
                 return Generation(text, int(tokens))
             except (ValueError, LookupError, TypeError, AttributeError):  # not a chat completion: count it failed
-                raise Retryable(f"HTTP 200 but not a chat completion: {self._mask(r.text[:200])!r}") from None
-        last = f"HTTP {r.status_code}: {self._mask(r.text[:200])}"
+                raise Retryable(f"HTTP 200 but not a chat completion: {r.text[:200]!r}") from None
+        last = f"HTTP {r.status_code}: {r.text[:200]}"
         if r.status_code in self.RETRYABLE:
             raise Retryable(last, r.headers.get("retry-after"))
         hint = " (check the API key variable named by describe.openai.api_key_env)" if r.status_code in (401, 403) else ""

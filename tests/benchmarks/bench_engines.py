@@ -126,10 +126,10 @@ def embed_part(ctx) -> dict:
     cos = (vecs["torch"] * vecs["onnx"]).sum(1)
     a, _ = exact_topk(vecs["torch"], 10)
     b, _ = exact_topk(vecs["onnx"], 10)
-    tok = Encoder(engine="torch")._torch_model().tokenizer
-    n_tok = [len(x) for x in tok(texts, truncation=True, max_length=c.max_tokens)["input_ids"]]
+    st = Encoder(engine="torch")._torch_model()
+    n_tok = [len(x) for x in st.tokenizer(texts, truncation=True, max_length=c.max_tokens)["input_ids"]]
     # the fp32 arithmetic a sentence costs: 2 FLOPs per weight of every encoder matrix per token (embeddings excluded)
-    model = Encoder(engine="torch")._torch_model()[0].auto_model
+    model = st[0].auto_model
     matmul_params = sum(p.numel() for n, p in model.encoder.named_parameters() if p.dim() == 2)
     flops = 2 * matmul_params * float(np.mean(n_tok))
     return {"texts": len(texts), "mean_tokens": round(float(np.mean(n_tok)), 1), "batch_size": c.batch_size,

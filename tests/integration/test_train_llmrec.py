@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DS, private_home, stage_cli
+from tests.conftest import DS, private_home, split_home_with, stage_cli
 
 pytestmark = pytest.mark.slow
 STAGE = "train_llmrec"
@@ -28,13 +28,8 @@ def fast(tiny_llm_dir) -> list[str]:
 @pytest.fixture(scope="module")
 def _base(_synthetic_split, tmp_path_factory) -> Path:
     """A synthetic home after split with WALS factors and metadata text embeddings."""
-    from pipelines import runner
-    from pipelines.config import load_config
-
-    home = tmp_path_factory.mktemp("llmrec_base")
-    shutil.copytree(_synthetic_split / "warehouse", home / "warehouse")
-    runner.run(load_config(None, ["embed.sources=[metadata]"]), DS, home, ["wals", "embed"])
-    return home
+    return split_home_with(_synthetic_split, tmp_path_factory.mktemp("llmrec_base"), ["wals", "embed"],
+                           ["embed.sources=[metadata]"])
 
 
 @pytest.fixture

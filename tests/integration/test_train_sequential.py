@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import DS, private_home, stage_cli
+from tests.conftest import DS, private_home, split_home_with, stage_cli
 
 pytestmark = pytest.mark.slow
 FAST = ["train_sequential.text_source=metadata", "train_sequential.sasrec.hidden=32",
@@ -22,13 +22,8 @@ STAGE = "train_sequential"
 @pytest.fixture(scope="module")
 def _text_home(_synthetic_split, tmp_path_factory) -> Path:
     """A synthetic home after split with metadata text embeddings and neighbours (no LLM needed)."""
-    from pipelines import runner
-    from pipelines.config import load_config
-
-    home = tmp_path_factory.mktemp("grasp_base")
-    shutil.copytree(_synthetic_split / "warehouse", home / "warehouse")
-    runner.run(load_config(None, ["embed.sources=[metadata]"]), DS, home, ["embed", "neighbours"])
-    return home
+    return split_home_with(_synthetic_split, tmp_path_factory.mktemp("grasp_base"), ["embed", "neighbours"],
+                           ["embed.sources=[metadata]"])
 
 
 @pytest.fixture
