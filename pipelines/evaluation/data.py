@@ -48,4 +48,5 @@ def evaluation_users(data: EvalData, e: EvalConfig) -> np.ndarray:
 def eval_kwargs(cfg: Config) -> dict:
     """The protocol settings of ``eval`` as keyword arguments of ``pipelines.evaluation.protocol.evaluate``."""
     e = cfg.eval
-    return dict(ks=tuple(e.ks), batch=e.batch_size, short_quantile=e.short_quantile, tail_fraction=e.tail_fraction)
+    return dict(ks=tuple(e.ks), batch=e.batch_size, short_quantile=e.short_quantile, tail_fraction=e.tail_fraction,
+                candidates=tuple(e.candidates))

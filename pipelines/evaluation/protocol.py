@@ -134,13 +134,15 @@ def draw_negatives(data: EvalData, n: int, seed: int) -> np.ndarray:
 
 
 def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, negatives: np.ndarray,
-                 batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass."""
+                 batch: int, candidates: tuple[int, ...] = ()) -> tuple[np.ndarray, ...]:
+    """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass; then,
+    for each ``n`` of ``candidates``, among the first ``n - 1`` negatives (the n-candidate protocol)."""
     from tqdm.auto import tqdm
 
     hist, targets = data.history(phase), data.targets(phase)
     full = np.empty(len(users), np.int64)
     sampled = np.empty(len(users), np.int64)
+    subsets = {n: np.empty(len(users), np.int64) for n in candidates}
     for lo in tqdm(range(0, len(users), batch), desc=f"evaluate {phase}", unit="batch", leave=False,
                    disable=len(users) <= 4 * batch or None):
         b = users[lo:lo + batch]
@@ -149,14 +151,17 @@ def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, n
         np.nan_to_num(s, copy=False, nan=-np.inf)                             # a NaN score never wins
         ts = s[rows, targets[b]]                                              # (B,)
         ns = np.take_along_axis(s, negatives[b].astype(np.int64), axis=1)     # (B, n_neg)
-        sampled[lo:lo + len(b)] = (ns >= ts[:, None]).sum(1)                  # ties count against the target
+        beats = ns >= ts[:, None]                                              # ties count against the target
+        sampled[lo:lo + len(b)] = beats.sum(1)
+        for n, ranks in subsets.items():
+            ranks[lo:lo + len(b)] = beats[:, : n - 1].sum(1)
         r, items = hist.rows(b)
         cand = np.ones(s.shape, bool)                                         # (B, N + 1); a mask, not -inf,
         cand[r, items] = False                                                # so a -inf target is not tied by
         cand[:, 0] = False                                                    # history or padding
         cand[rows, targets[b]] = True                                         # the target is always a candidate
         full[lo:lo + len(b)] = ((s >= ts[:, None]) & cand).sum(1) - 1         # minus the target itself
-    return full, sampled
+    return (full, sampled, *subsets.values())
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
@@ -190,19 +195,31 @@ def slice_masks(data: EvalData, phase: str, short_quantile: float, tail_fraction
 
 def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = "test",
              ks: tuple[int, ...] = (5, 10, 20), batch: int = 2048, short_quantile: float = 0.2,
-             tail_fraction: float = 0.8, users: np.ndarray | None = None) -> dict:
-    """``{"full": {...}, "sampled100": {...}, "slices": {slice: {"full": {...}, "sampled100": {...}}}}``.
+             tail_fraction: float = 0.8, users: np.ndarray | None = None, candidates: tuple[int, ...] = ()) -> dict:
+    """``{"full": {...}, "sampled100": {...}, "cand20": {...}, "slices": {slice: {"full": {...}, ...}}}``.
 
     ``users``: score only these users (those of them with a target in ``phase``); default all. Slices are defined
-    on all users either way.
+    on all users either way. ``candidates``: sizes ``n`` of extra candidate protocols (``cand<n>``: the target and
+    the first ``n - 1`` of the stored negatives, so as frozen as they are); each must be at most the negatives + 1.
     """
+    bad = [n for n in candidates if not 2 <= n <= negatives.shape[1] + 1]
+    if bad:
+        raise ValueError(f"eval.candidates {bad}: each must be 2 to n_negatives + 1 ({negatives.shape[1] + 1})")
     has = data.targets(phase) > 0
     users = np.flatnonzero(has) if users is None else np.asarray(users)[has[users]]
-    full, sampled = target_ranks(model, data, phase, users, negatives, batch)
-    sampled_name = f"sampled{negatives.shape[1]}"
-    out = {"full": metrics_from_ranks(full, ks), sampled_name: metrics_from_ranks(sampled, ks), "slices": {}}
+    full, sampled, *subsets = target_ranks(model, data, phase, users, negatives, batch, tuple(candidates))
+    ranks = {"full": full, f"sampled{negatives.shape[1]}": sampled,
+             **{f"cand{n}": r for n, r in zip(candidates, subsets, strict=True)}}
+    out = {name: metrics_from_ranks(r, ks) for name, r in ranks.items()}
+    out["slices"] = {}
     for name, mask in slice_masks(data, phase, short_quantile, tail_fraction).items():
         m = mask[users]
-        out["slices"][name] = {"full": metrics_from_ranks(full[m], ks),
-                               sampled_name: metrics_from_ranks(sampled[m], ks)}
+        out["slices"][name] = {proto: metrics_from_ranks(r[m], ks) for proto, r in ranks.items()}
     return out
+
+
+def random_baseline(n: int, k: int) -> dict[str, float]:
+    """HR@k and NDCG@k of a random ranking of ``n`` candidates (the target's rank uniform over 0..n-1): what an
+    n-candidate figure must be read against (n = 20, k = 10: HR 0.5000, NDCG 0.2272)."""
+    ranks = np.arange(n)
+    return metrics_from_ranks(ranks, (k,)) | {"users": n}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.context import StageContext
-from pipelines.evaluation.protocol import EvalData
+from pipelines.evaluation.protocol import EvalData, random_baseline
 
 
 def _plots(ctx: StageContext, metrics: dict, data: EvalData) -> list[str]:
@@ -45,9 +45,16 @@ def write(ctx: StageContext, metrics: dict, data: EvalData) -> None:
              f"{data.n_users} users, {data.n_items} items. Leave-one-out; test targets; history = train + valid "
              f"(popularity and factor models refit on train + valid). Seed {ctx.cfg.seed}, negatives seed "
              f"{ctx.cfg.eval.negatives_seed}. Ties count against the target.", ""]
-    for proto, title in (("full", "Full ranking (user history excluded)"),
-                         (f"sampled{ctx.cfg.eval.n_negatives}", f"{ctx.cfg.eval.n_negatives} sampled negatives")):
-        lines += [f"## {title}", "", "| model | slice | users | " + " | ".join(cols) + " |",
+    protos = [("full", "Full ranking (user history excluded)", ""),
+              (f"sampled{ctx.cfg.eval.n_negatives}", f"{ctx.cfg.eval.n_negatives} sampled negatives", "")]
+    for n in ctx.cfg.eval.candidates:
+        rnd = {k: random_baseline(n, k) for k in ks}
+        protos.append((f"cand{n}", f"{n} candidates (the target and {n - 1} of the stored negatives)",
+                       "A random ranking scores " + ", ".join(f"HR@{k} {rnd[k][f'HR@{k}']:.4f}, NDCG@{k} "
+                                                              f"{rnd[k][f'NDCG@{k}']:.4f}" for k in ks)
+                       + ": read these figures against it.\n"))
+    for proto, title, note in protos:
+        lines += [f"## {title}", "", *([note] if note else []), "| model | slice | users | " + " | ".join(cols) + " |",
                   "|---|---|---|" + "---|" * len(cols)]
         for m in sorted(metrics):
             rows = [("all", metrics[m][proto])] + [(s, v[proto]) for s, v in metrics[m]["slices"].items()]

@@ -93,7 +93,7 @@ def cascade(base: Scorer, rerank: Scorer, k: int, mix: float, data: EvalData, us
         who = users[data.valid[users] > 0]
         dummy = np.zeros((data.n_users, 1), np.int32)                          # only the full ranking is read
         for m in MIX_GRID:
-            full, _ = target_ranks(CascadeScorer(base, rerank, k, m), data, "valid", who, dummy, 1024)
+            full, *_ = target_ranks(CascadeScorer(base, rerank, k, m), data, "valid", who, dummy, 1024)
             grid[m] = metrics_from_ranks(full, (10,))["NDCG@10"]
         mix = max(grid, key=grid.get)
     scorer = CascadeScorer(base, rerank, k, mix)

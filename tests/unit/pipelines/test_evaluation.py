@@ -453,3 +453,31 @@ def test_cascade_mix_zero_is_the_base_model_and_the_mix_is_chosen_on_valid():
     grid = scorer.notes["valid_NDCG@10_by_mix"]
     assert scorer.mix == max(grid, key=grid.get) and scorer.notes["chosen_on"] == "valid NDCG@10"
     assert cascade(base, other, 6, 0.5, data, np.array([0, 1]))[0].mix == 0.5      # a fixed mix is kept
+
+
+def test_candidate_protocol_ranks_among_the_first_n_minus_1_stored_negatives():
+    d = shop()
+    wide = np.array([[1, 5, 6], [1, 3, 4], [2, 3, 4]], np.int32)
+    # u0 test target 4 (score 5): cand2 = [4, 1]: 1 (9) beats it -> rank 1; cand3 adds 5 (6) -> 2; sampled3 adds 6
+    # (5, a tie) -> 3.  u1 target 5 (4): 1 (1), 3 (2), 4 (3) never beat it -> 0 everywhere.
+    out = evaluate(Fixed(SCORES), d, wide, "test", ks=(1, 2), candidates=(2, 3))
+    assert out["cand2"]["MRR"] == approx((1 / 2 + 1) / 2) and out["cand3"]["MRR"] == approx((1 / 3 + 1) / 2)
+    assert out["sampled3"]["MRR"] == approx((1 / 4 + 1) / 2)
+    assert set(out["slices"]["short_history"]) == {"full", "sampled3", "cand2", "cand3"}
+    with pytest.raises(ValueError, match="eval.candidates"):
+        evaluate(Fixed(SCORES), d, wide, "test", candidates=(5,))
+
+
+def test_random_baseline_of_20_candidates_is_the_papers_reference():
+    from pipelines.evaluation.protocol import random_baseline
+
+    r = random_baseline(20, 10)
+    assert round(r["HR@10"], 4) == 0.5 and round(r["NDCG@10"], 4) == 0.2272
+
+
+def test_a_constant_scorer_gets_the_tie_averse_candidate_rank():
+    d = shop()
+    flat = {p: np.ones_like(s) for p, s in SCORES.items()}
+    out = evaluate(Fixed(flat), d, np.array([[1, 5, 6], [1, 3, 4], [2, 3, 4]], np.int32), "test", ks=(1,),
+                   candidates=(3,))
+    assert out["cand3"]["HR@1"] == 0.0 and out["cand3"]["MRR"] == approx(1 / 3)  # last of 3, never lucky

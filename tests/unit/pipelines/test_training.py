@@ -66,6 +66,6 @@ def test_full_ranks_matches_the_evaluation_protocol(phase):
     v = rng.integers(-2, 3, (n_items + 1, 4)).astype(np.float32)
     targets = data.targets(phase)
     who = np.flatnonzero(targets > 0)
-    ref, _ = target_ranks(FactorScorer({phase: (u, v)}), data, phase, who, np.ones((n_users, 1), np.int32), 64)
+    ref, *_ = target_ranks(FactorScorer({phase: (u, v)}), data, phase, who, np.ones((n_users, 1), np.int32), 64)
     got = full_ranks(torch.from_numpy(u), torch.from_numpy(v), data.history(phase), targets, batch=37)
     np.testing.assert_array_equal(got, ref)
