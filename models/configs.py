@@ -57,6 +57,28 @@ class GRASPConfig:
 
 
 @dataclass(frozen=True)
+class MPHeadConfig:
+    """WebRec's MP-Head (``models.mp_head``): an extra, gated attention head at decoder layer ``layer`` (1-based,
+    as the paper counts: 2 = the second layer) over the prompt's retrieved-document tokens.
+
+    ``hops``: rounds of message passing among the ``top_k`` document tokens most related to the learnable task
+    feature (0 = the LIN-head: the extra head over the linearly projected entities, no message passing).
+    """
+
+    layer: int = 2
+    top_k: int = 32
+    hops: int = 1
+
+    def __post_init__(self) -> None:
+        if self.layer < 1:
+            raise FieldError("layer", f"counts decoder layers from 1, got {self.layer}")
+        if self.top_k < 1:
+            raise FieldError("top_k", f"must be at least 1, got {self.top_k}")
+        if not 0 <= self.hops <= 8:
+            raise FieldError("hops", f"must be 0 (LIN-head) to 8, got {self.hops}")
+
+
+@dataclass(frozen=True)
 class LLMRecConfig:
     """The LLM recommender (``models.llmrec``): WALS factors as soft tokens through two projectors into a
     Llama-family backbone, LoRA adapters, and an item head that ranks every item.
@@ -65,6 +87,9 @@ class LLMRecConfig:
     history item as a projected WALS factor (False: the prompt holds titles only). ``titles``: each history item is
     followed by its title (at most ``title_tokens`` tokens). ``user_skip``: the user's fold-in factor also reaches the
     head directly, the head starting from the WALS score ``u . f_i`` (only with ``soft_tokens``).
+    ``retrieval``: ``none``; ``prompt`` (vanilla RAG: the user's top ``docs`` retrieved documents, ``doc_tokens``
+    tokens each, lead the prompt); ``mp_head`` (the same prompt plus WebRec's MP-Head over the document tokens,
+    ``mp_head``; ``mp_head.hops=0`` is the LIN-head).
     """
 
     layers: int = 0
@@ -79,9 +104,15 @@ class LLMRecConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    retrieval: str = "none"
+    docs: int = 3
+    doc_tokens: int = 32
+    mp_head: MPHeadConfig = MPHeadConfig()
 
     def __post_init__(self) -> None:
-        for name in ("max_history", "title_tokens", "projector_hidden", "head_dim", "lora_r"):
+        if self.retrieval not in ("none", "prompt", "mp_head"):
+            raise FieldError("retrieval", f"must be one of none, prompt, mp_head; got {self.retrieval!r}")
+        for name in ("max_history", "title_tokens", "projector_hidden", "head_dim", "lora_r", "docs", "doc_tokens"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
         if self.layers < 0:
@@ -92,3 +123,4 @@ class LLMRecConfig:
             raise FieldError("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_targets:
             raise FieldError("lora_targets", "must name at least one module (e.g. q_proj, v_proj)")
+

@@ -16,7 +16,11 @@ E4SRec-style full-ranking head instead of generating item ids as text).
 * Training (``pipelines.training.llmrec``): stage 1 trains projectors and head with the backbone frozen; stage 2
   adds LoRA adapters (``add_lora``: peft's ``LoraConfig`` injected into the backbone in place).
 
-Inputs are built by the caller; ``kinds`` marks each position: 0 text, 1 the user's soft token, 2 an item's.
+* With ``retrieval`` the prompt leads with retrieved documents (their tokens marked ``DOC``); with
+  ``retrieval=mp_head`` an MP-Head (``models.mp_head``) at decoder layer ``mp_head.layer`` attends over them.
+
+Inputs are built by the caller; ``kinds`` marks each position: 0 text, 1 the user's soft token, 2 an item's,
+3 a retrieved document's token.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.configs import LLMRecConfig
+from models.mp_head import attach_mp_head
 
-TEXT, USER, ITEM = 0, 1, 2
+TEXT, USER, ITEM, DOC = 0, 1, 2, 3
 
 
 class Projector(nn.Module):
@@ -114,6 +119,7 @@ class LLMRec(nn.Module):
         self.user_proj = Projector(f_dim, cfg.projector_hidden, d) if cfg.soft_tokens else None
         self.item_proj = Projector(f_dim, cfg.projector_hidden, d) if cfg.soft_tokens else None
         self.head = ItemHead(d, f_dim, t_dim, cfg.head_dim, cfg.user_skip and cfg.soft_tokens)
+        self.mp_head = attach_mp_head(backbone, cfg.mp_head) if cfg.retrieval == "mp_head" else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kinds: torch.Tensor,
                 user_factor: torch.Tensor | None = None, hist: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,8 +136,13 @@ class LLMRec(nn.Module):
             soft_user = self.user_proj(user_factor.to(dtype))                   # (B, D)
             soft_items = self.item_proj(self.item_factors[hist[hist > 0]].to(dtype))  # (M, D), reading order
             emb = scatter_soft_tokens(emb, kinds, soft_user, soft_items)
-        out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask,
-                            position_ids=position_ids(attention_mask), use_cache=False)
+        if self.mp_head is not None:
+            with self.mp_head.documents(kinds == DOC):
+                out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask,
+                                    position_ids=position_ids(attention_mask), use_cache=False)
+        else:
+            out = self.backbone(inputs_embeds=emb, attention_mask=attention_mask,
+                                position_ids=position_ids(attention_mask), use_cache=False)
         hidden = out.last_hidden_state[:, -1, :]                                # (B, D): left padding, last = newest
         return self.head.query(hidden.to(self.head.query_proj.weight.dtype), user_factor)
 
@@ -143,14 +154,16 @@ class LLMRec(nn.Module):
 
 def add_lora(backbone: nn.Module, cfg: LLMRecConfig) -> nn.Module:
     """Inject LoRA adapters (peft's own ``LoraConfig``) into ``backbone`` in place; B is zero-initialised, so the
-    adapted backbone computes exactly what the base one does until it is trained. Only adapters are trainable."""
+    adapted backbone computes exactly what the base one does until it is trained. The adapters become trainable;
+    the backbone's own weights stay frozen, and parameters that were trainable before (an MP-Head's) stay so."""
     from peft import LoraConfig, inject_adapter_in_model
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets))
+    trainable = {id(p) for p in backbone.parameters() if p.requires_grad}     # an MP-Head's, say: they stay so
     backbone = inject_adapter_in_model(lora, backbone)
     for name, p in backbone.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_("lora_" in name or id(p) in trainable)
     return backbone
 
 
