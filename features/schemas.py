@@ -117,6 +117,36 @@ REASONS = pa.schema([
     pa.field("model", pa.string(), nullable=False),           # the trained weights' key (tagged on the MLflow version)
 ])
 
+QUERIES = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("phase", pa.string(), nullable=False),           # train | valid | test: whose history (never the target)
+    pa.field("history_len", pa.int32(), nullable=False),
+    pa.field("rationale", pa.string(), nullable=False),       # the LLM's reasoning about the next need
+    pa.field("pieces", pa.list_(pa.string())),                # the rationale's generated tokens, decoded one by one
+    pa.field("attention", pa.list_(pa.float32())),            # s_attn per generated token
+    pa.field("entropy", pa.list_(pa.float32())),              # s_ent per generated token (nats)
+    pa.field("query", pa.string(), nullable=False),           # top web.keywords words by s_attn * s_ent
+    pa.field("naive_query", pa.string(), nullable=False),     # baseline: the task sentence + the newest title
+    pa.field("last_title", pa.string(), nullable=False),      # baseline: the newest item's title alone
+    pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+])
+
+RETRIEVED = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("user_idx", pa.int32(), nullable=False),
+    pa.field("phase", pa.string(), nullable=False),
+    pa.field("rank", pa.int16(), nullable=False),             # 0 = best
+    pa.field("doc_id", pa.string(), nullable=False),
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("title", pa.string(), nullable=False),
+    pa.field("text", pa.string(), nullable=False),            # sanitised: no markup, no instruction-like lines, capped
+    pa.field("score", pa.float32(), nullable=False),          # the backend's relevance score
+    pa.field("removed_lines", pa.int16(), nullable=False),    # instruction-like lines the sanitiser dropped
+    pa.field("backend", pa.string(), nullable=False),
+])
+
 TABLES: dict[str, pa.Schema] = {
     "interactions": INTERACTIONS,
     "items": ITEMS,
@@ -131,6 +161,8 @@ TABLES: dict[str, pa.Schema] = {
     "text_embeddings": TEXT_EMBEDDINGS,
     "neighbours": NEIGHBOURS,
     "reasons": REASONS,
+    "queries": QUERIES,
+    "retrieved": RETRIEVED,
 }
 
 

@@ -85,6 +85,31 @@ def user_metadata_text(history: Sequence[dict], max_items: int = 5, title_words:
     return "; ".join(line(it) for it in list(history)[::-1][:max_items])
 
 
+RATIONALE_PROMPT_VERSION = "rationale-v1"
+RATIONALE_SYSTEM = ("You help a shop's search engine. Use only the purchases given. Do not invent brands or products.")
+
+
+def rationale_messages(history: Sequence[dict], max_items: int = 5, title_words: int = 10) -> list[Message]:
+    """The web_queries stage's prompt: the user's last ``max_items`` purchases, newest first (title and leaf
+    category), and the request for a short rationale of what the user needs next (WebRec's reasoning prompt).
+    ``history`` is oldest first. Kept short: the prompt is read twice per user (generation and scoring)."""
+    def line(it: dict) -> str:
+        cats = [c for c in (it.get("categories") or []) if c and c.lower() != "unknown"]
+        return _clip(it.get("title"), title_words) + (f" ({cats[-1]})" if cats else "")
+
+    recent = list(history)[::-1][:max_items]
+    return [{"role": "system", "content": RATIONALE_SYSTEM},
+            {"role": "user", "content": "Purchases, newest first:\n" + "\n".join(f"- {line(it)}" for it in recent)
+             + "\nIn one or two sentences, say what product this shopper is likely to need next and why."}]
+
+
+def document_text(item: dict, description: str | None = None) -> str:
+    """An item's document in the local search corpus: its catalogue facts on one line, then the LLM description
+    when there is one."""
+    facts = item_metadata_text(item)
+    return f"{facts}. {' '.join(description.split())}" if description else facts
+
+
 REASON_PROMPT_VERSION = "reason-v1"
 REASON_SYSTEM = ("You explain a shop's recommendation to a shopper in one or two sentences. Use only the facts given. "
                  "Do not invent brands, products, ingredients or prices.")

@@ -96,6 +96,7 @@ class EvalConfig:
     batch_size: int = 2048
     users: int = 0       # a seeded subset of this many test users scores every model (0 = all users)
     users_seed: int = 7
+    candidates: tuple[int, ...] = (20,)  # extra n-candidate protocols (cand20: WebRec's), from the stored negatives
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,60 @@ class TrainSequentialConfig:
 
 
 @dataclass(frozen=True)
+class SearchAPIConfig:
+    """A web search API (``web.backend=tavily|brave``). The key comes from the environment variable ``api_key_env``
+    (an Airflow task exports it from the connection ``recpipe_search``); it is never logged or stored.
+    ``base_url`` empty = the provider's public endpoint (tests point it at a server on 127.0.0.1)."""
+
+    base_url: str = ""
+    api_key_env: str = "RECPIPE_SEARCH_API_KEY"
+    requests_per_second: float = 1.0
+    timeout_s: float = 30.0
+    max_retries: int = 5
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """WebRec's retrieval (``pipelines/stages/web_queries.py``, ``retrieve.py``).
+
+    ``web_queries``: the LLM (``model_path``; empty = SmolLM2-135M-Instruct) writes a rationale of what each user
+    needs next from the user's history (``max_new_tokens``, greedy); its tokens are scored by attention x entropy
+    (``attention_layers``: decoder layers whose attention is averaged, negative counts from the end) and the top
+    ``keywords`` words form the query. Users: every user the LLM recommender trains, validates or is scored on,
+    per phase (its history before the target); ``users`` > 0 caps each phase at a seeded sample of that many.
+    ``retrieve``: ``backend`` ``local`` (bm25s over the catalogue's item documents, metadata and LLM description,
+    plus the ``corpus`` files: JSONL or Parquet with ``doc_id, url, title, text``), ``tavily`` or ``brave``; the top
+    ``docs`` documents per query, sanitised and capped at ``doc_chars``.
+    """
+
+    model_path: str = ""
+    users: int = 0
+    max_new_tokens: int = 24
+    batch_size: int = 32
+    attention_layers: tuple[int, ...] = (-1,)
+    keywords: int = 8
+    backend: str = "local"
+    corpus: tuple[str, ...] = ()
+    docs: int = 5
+    doc_chars: int = 600
+    threads: int = 0
+    tavily: SearchAPIConfig = SearchAPIConfig()
+    brave: SearchAPIConfig = SearchAPIConfig()
+
+    def __post_init__(self) -> None:
+        _one_of("backend", self.backend, ("local", "tavily", "brave"))
+        for name in ("max_new_tokens", "batch_size", "keywords", "docs", "doc_chars"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.users < 0:
+            raise FieldError("users", f"must be 0 (all) or positive, got {self.users}")
+        if not self.attention_layers:
+            raise FieldError("attention_layers", "must name at least one layer (e.g. [-1], the last)")
+
+
+@dataclass(frozen=True)
 class LLMRecStageConfig(LLMRecConfig):
     """The LLM recommender (``pipelines/stages/train_llmrec.py``): the model's own settings (``layers``,
     ``max_history``, ``soft_tokens``, ``titles``, LoRA, head; declared once in ``models.configs.LLMRecConfig``) and
@@ -365,6 +420,7 @@ class Config:
     embed: EmbedConfig = EmbedConfig()
     neighbours: NeighboursConfig = NeighboursConfig()
     train_sequential: TrainSequentialConfig = TrainSequentialConfig()
+    web: WebConfig = WebConfig()
     llmrec: LLMRecStageConfig = LLMRecStageConfig()
 
 

@@ -42,10 +42,12 @@ class Stage:
 
 
 LLM_KEY = Secret("recpipe_llm", "RECPIPE_LLM_API_KEY")  # describe.backend=openai: the server's API key
+SEARCH_KEY = Secret("recpipe_search", "RECPIPE_SEARCH_API_KEY")  # web.backend=tavily|brave: the search API's key
 
 # In a valid run order: every stage comes after its upstream stages. ``wals`` and the LLM branch
 # (describe >> embed >> neighbours >> train_sequential) run side by side after split; the LLM recommender needs both
-# and runs after train_sequential (whose models its cascade re-ranks); all join at evaluate.
+# and runs after train_sequential (whose models its cascade re-ranks) and after the web branch (web_queries >>
+# retrieve: WebRec's queries and their documents, in the LLM pool); all join at evaluate.
 STAGES: tuple[Stage, ...] = (
     Stage("ingest"),
     Stage("validate", ("ingest",)),
@@ -55,7 +57,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("embed", ("describe",), pool=LLM_POOL),
     Stage("neighbours", ("embed",)),
     Stage("train_sequential", ("neighbours",), pool=TRAIN_POOL, distributed=True, models=("sasrec", "grasp")),
-    Stage("train_llmrec", ("wals", "embed", "train_sequential"), pool=LLMREC_POOL, distributed=True,
+    Stage("web_queries", ("split",), pool=LLM_POOL),
+    Stage("retrieve", ("web_queries", "describe"), pool=LLM_POOL, secrets=(SEARCH_KEY,)),
+    Stage("train_llmrec", ("wals", "embed", "train_sequential", "retrieve"), pool=LLMREC_POOL, distributed=True,
           models=("llmrec",)),
     Stage("evaluate", ("wals", "train_sequential", "train_llmrec")),
     Stage("register", ("evaluate",)),

@@ -18,7 +18,7 @@ from pipelines.context import StageContext, StageResult, resolve_home
 from pipelines.generations import Generation
 from pipelines.graph import BY_NAME, ORDER
 from pipelines.locks import hold
-from pipelines.secrets import redact
+from pipelines.secrets import redact, secret_envs
 from pipelines.summary import stage_record_path, write_summary
 
 
@@ -58,14 +58,14 @@ def run_stage(name: str, ctx: StageContext) -> dict:
     try:
         result = execute(name, ctx)
     except Exception as exc:
-        extra = (ctx.cfg.describe.openai.api_key_env,)
+        extra = secret_envs(ctx.cfg)
         write_json(rec_path, redact({"status": "failed", "seconds": round(time.perf_counter() - t0, 2),
                                      "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
                                     extra))
         _summarise(ctx)
         raise StageFailed(name, ctx.ds, exc, extra) from exc
     rec = redact({"status": "success", "seconds": round(time.perf_counter() - t0, 2), **result.record()},
-                 (ctx.cfg.describe.openai.api_key_env,))
+                 secret_envs(ctx.cfg))
     write_json(rec_path, rec)
     _summarise(ctx)
     print(f"[{ctx.ds}] {name} done in {rec['seconds']:.1f} s, rows_out={result.rows_out}", flush=True)

@@ -1,7 +1,8 @@
 """One redaction of every configured secret, applied to every text recpipe stores, logs or sends to MLflow.
 
 The secrets are the values of the environment variables named in the stage table (``pipelines.graph``: each
-stage's ``secrets``) and by the config (``describe.openai.api_key_env``). A server that echoes the API key in an
+stage's ``secrets``) and by the config (``describe.openai.api_key_env``, ``web.tavily.api_key_env``,
+``web.brave.api_key_env``: ``secret_envs``). A server that echoes the API key in an
 error body (some gateways do) must not put it into ``runs/<ds>/stages/*.json``, ``summary.json`` or a log line.
 """
 from __future__ import annotations
@@ -13,6 +14,11 @@ from pipelines.graph import STAGES
 
 MASK = "[REDACTED]"
 MIN_LENGTH = 4  # shorter values would mask ordinary words
+
+
+def secret_envs(cfg: Any) -> tuple[str, ...]:
+    """The environment variables the config names as holding secrets (``cfg``: the run's ``Config``)."""
+    return (cfg.describe.openai.api_key_env, cfg.web.tavily.api_key_env, cfg.web.brave.api_key_env)
 
 
 def secret_env_names(extra: tuple[str, ...] = ()) -> set[str]:

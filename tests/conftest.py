@@ -43,10 +43,12 @@ def tiny_llm_dir(tmp_path_factory) -> Path:
 
 
 def small_llmrec(model_dir: Path) -> list[str]:
-    """``key=value`` overrides that train the LLM recommender on a small budget with ``model_dir`` (the tiny Llama)."""
+    """``key=value`` overrides that train the LLM recommender on a small budget with ``model_dir`` (the tiny Llama),
+    its web queries written by the same model for a few users."""
     return [f"llmrec.model_path={model_dir}", "llmrec.train_users=60", "llmrec.examples_per_user=1",
             "llmrec.valid_users=50", "llmrec.max_history=3", "llmrec.title_tokens=3", "llmrec.reasons_users=2",
-            "llmrec.reason_max_new_tokens=6", "llmrec.stage1.epochs=1", "llmrec.stage2.epochs=1"]
+            "llmrec.reason_max_new_tokens=6", "llmrec.stage1.epochs=1", "llmrec.stage2.epochs=1",
+            f"web.model_path={model_dir}", "web.users=5", "web.max_new_tokens=6"]
 
 
 @pytest.fixture(scope="session")

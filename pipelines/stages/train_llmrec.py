@@ -76,6 +76,21 @@ def item_text(ctx: StageContext, n_items: int) -> np.ndarray:
     return text
 
 
+def retrieved_texts(ctx: StageContext) -> dict[str, dict[int, list[str]]]:
+    """``{phase: {user_idx: [document text, ...] best first}}`` from the ``retrieved`` table of ``ds``."""
+    if not common.partition_path(ctx.home, "retrieved", ctx.ds).exists():
+        raise FileNotFoundError(f"llmrec.retrieval={ctx.cfg.llmrec.retrieval} needs the retrieved documents of "
+                                f"ds={ctx.ds}: run web_queries and retrieve first (recpipe run --ds {ctx.ds} --stages "
+                                "web_queries,retrieve), or set llmrec.retrieval=none")
+    t = common.read_arrow(ctx.home, "retrieved", ctx.ds, columns=["user_idx", "phase", "rank", "title", "text"])
+    out: dict[str, dict[int, list[tuple[int, str]]]] = {}
+    for u, ph, rank, title, text in zip(*(t.column(c).to_pylist() for c in ("user_idx", "phase", "rank", "title",
+                                                                            "text")), strict=True):
+        out.setdefault(ph, {}).setdefault(int(u), []).append((rank, text if title in text else
+                                                              f"{title}: {text}"))
+    return {ph: {u: [x for _, x in sorted(v)] for u, v in users.items()} for ph, users in out.items()}
+
+
 STAGE2_ONLY = ("stage2", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets")
 NOT_TRAINING = ("reasons_users", "reason_max_new_tokens", "rerank_from", "rerank_k", "rerank_mix", "eval_batch",
                 "stage1", "stage2", "distributed")
@@ -129,11 +144,16 @@ def run(ctx: StageContext) -> StageResult:
     train = train_examples(data.train, train_users, c.examples_per_user)
     valid = phase_examples(data, seeded_users(np.flatnonzero(data.valid > 0), c.valid_users, ctx.cfg.seed + 1),
                            "valid")
+    docs = retrieved_texts(ctx) if c.retrieval != "none" else {}
+    if docs:
+        train.with_docs(prompts, docs.get("train", {}))
+        valid.with_docs(prompts, docs.get("valid", {}))
     task = LLMRecTask(prompts, foldin, train, valid, data, c.stage1.batch_size, c.loss, c.negatives, c.align_weight,
                       c.align_temperature, c.eval_batch)
     rank, world = init_distributed(c.distributed.dist_backend)
     key1 = _fingerprint(stage_settings(ctx, ident, world, 1), data.train.indptr, data.train.indices, data.valid,
-                        factors, text, train.targets, valid.users)
+                        factors, text, train.targets, valid.users, [d and d[0] for d in train.docs or []],
+                        [d and d[0] for d in valid.docs or []])
     torch.manual_seed(ctx.cfg.seed)
     module = LLMRec(c, causal.model, torch.from_numpy(factors), torch.from_numpy(text))
     scale = round(calibrate_scale(module, task), 4) if c.soft_tokens and c.user_skip else None
@@ -153,7 +173,9 @@ def run(ctx: StageContext) -> StageResult:
         d.mkdir(parents=True, exist_ok=True)
         scored = evaluation_users(data, ctx.cfg.eval)
         device = "cpu" if c.distributed.device == "cpu" else next(module.parameters()).device
-        vectors = _score(module, task, data, scored, device)
+        t_score = time.perf_counter()
+        vectors = _score(module, task, data, scored, device, docs, prompts)
+        out["score_seconds_per_user"] = round((time.perf_counter() - t_score) / max(2 * len(scored), 1), 5)
         tmp = d / "vectors.tmp.npz"
         np.savez(tmp, **vectors)
         tmp.replace(d / "vectors.npz")
@@ -169,11 +191,15 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(len(results), outputs, details=out)
 
 
-def _score(module: LLMRec, task: LLMRecTask, data, scored: np.ndarray, device) -> dict[str, np.ndarray]:
-    """``user_valid``/``user_test`` (U, d) query vectors of the scored users (others: their mean) and ``items``."""
+def _score(module: LLMRec, task: LLMRecTask, data, scored: np.ndarray, device, docs: dict,
+           prompts: Prompts) -> dict[str, np.ndarray]:
+    """``user_valid``/``user_test`` (U, d) query vectors of the scored users (others: their mean) and ``items``;
+    ``docs``: each phase's retrieved documents per user (``retrieved_texts``)."""
     out = {}
     for phase in ("valid", "test"):
         ex = phase_examples(data, scored, phase)
+        if docs:
+            ex.with_docs(prompts, docs.get(phase, {}))
         q = task.queries(module, ex, device)
         users = np.tile(q.mean(0) if len(q) else np.zeros(q.shape[1], np.float32), (data.n_users, 1))
         users[ex.users] = q
@@ -194,7 +220,8 @@ def _reason_model(causal, model_dir: Path, module: LLMRec, cfg):
     full, _, _ = load_backbone(model_dir, 0)
     if cfg.lora:
         add_lora(full.model, cfg)
-        lora = {k: v for k, v in module.backbone.state_dict().items() if "lora_" in k}
+        lora = {k.replace("self_attn.base.", "self_attn."): v for k, v in module.backbone.state_dict().items()
+                if "lora_" in k}
         unexpected = full.model.load_state_dict(lora, strict=False).unexpected_keys
         if unexpected:
             raise ValueError(f"LoRA weights without a place in the full model: {unexpected[:3]}")

@@ -7,7 +7,9 @@ examples, the Task, scoring for evaluation and the backbone.
   before the target. The prompt ends with the newest item, so the last position, whose hidden state the head reads,
   is that item in the context of the ones before it (a fixed closing phrase there would be the same for every
   user, and a few layers of a frozen model carry little back to it). Titles are tokenised once per item. Rows are
-  left-padded so the last position is the prompt's last token.
+  left-padded so the last position is the prompt's last token. With ``retrieval`` the prompt leads with the user's
+  retrieved documents, ``Related: doc | doc | ...: `` (``docs`` documents of at most ``doc_tokens`` tokens, each
+  document token marked ``DOC``), so every history position, and the last, comes after them.
 * **User token without the target**: the user factor of an example is the WALS fold-in of the items *before* its
   target, the closed-form least-squares solve with the item factors fixed (what ``implicit``'s
   ``recalculate_user`` computes), batched: ``(Y'Y + reg I + alpha sum_j y_j y_j') x = sum_j (1 + alpha c_j) y_j``.
@@ -32,13 +34,13 @@ import torch
 
 from features.text import content_hash
 from models.configs import LLMRecConfig
-from models.llmrec import ITEM, TEXT, USER, LLMRec, info_nce, ranking_loss
+from models.llmrec import DOC, ITEM, TEXT, USER, LLMRec, info_nce, ranking_loss
 from pipelines.backends.wals import fit_implicit
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
 from pipelines.training.loop import Step, StepLoss, Task
 from pipelines.training.ranking import full_ranks
 
-PROMPT_VERSION = "llmrec-v2"
+PROMPT_VERSION = "llmrec-v3"
 CODE_FILES = (Path(__file__), Path(__file__).resolve().parents[2] / "models" / "llmrec.py",
               Path(__file__).resolve().parents[2] / "models" / "configs.py")
 
@@ -62,10 +64,31 @@ class Prompts:
         clean = [" " + " ".join((t or "").split()) for t in titles]
         ids = tokenizer(clean, add_special_tokens=False)["input_ids"] if cfg.titles else [[] for _ in clean]
         self.titles = [x[: cfg.title_tokens] for x in ids]
+        self.tokenizer = tokenizer
+        self.doc_lead, self.doc_sep, self.doc_end = enc("Related:"), enc(" |"), enc(".\n")
 
-    def row(self, items: np.ndarray) -> tuple[list[int], list[int]]:
-        """Token ids and kinds of one prompt over ``items`` (oldest first, at most ``max_history``)."""
-        ids, kinds = list(self.head), [TEXT] * len(self.head)
+    def doc_block(self, texts: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids and kinds of the documents block over ``texts`` (best first, at most ``docs``); empty when
+        there are none."""
+        texts = [" " + " ".join(t.split()) for t in texts[: self.cfg.docs] if t and t.strip()]
+        if not texts:
+            return [], []
+        ids, kinds = list(self.doc_lead), [TEXT] * len(self.doc_lead)
+        for j, doc in enumerate(self.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            if j:
+                ids += self.doc_sep
+                kinds += [TEXT] * len(self.doc_sep)
+            doc = doc[: self.cfg.doc_tokens]
+            ids += doc
+            kinds += [DOC] * len(doc)
+        return ids + self.doc_end, kinds + [TEXT] * len(self.doc_end)
+
+    def row(self, items: np.ndarray, docs: tuple[list[int], list[int]] | None = None) -> tuple[list[int], list[int]]:
+        """Token ids and kinds of one prompt over ``items`` (oldest first, at most ``max_history``), after the
+        documents block ``docs`` (``doc_block``'s output) if any."""
+        ids, kinds = (list(docs[0]), list(docs[1])) if docs else ([], [])
+        ids += self.head
+        kinds += [TEXT] * len(self.head)
         if self.cfg.soft_tokens:
             ids += [self.pad] + self.after_user
             kinds += [USER] + [TEXT] * len(self.after_user)
@@ -81,12 +104,14 @@ class Prompts:
             kinds += [TEXT] * len(title)
         return ids, kinds
 
-    def build(self, prefixes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def build(self, prefixes: list[np.ndarray], docs: list | None = None) -> dict[str, np.ndarray]:
         """Left-padded ``input_ids``, ``attention_mask``, ``kinds`` (B, T) and ``hist`` (B, K): the items whose soft
-        tokens fill the ITEM positions, in reading order (0 = none)."""
+        tokens fill the ITEM positions, in reading order (0 = none). ``docs``: a documents block per row (or
+        None)."""
         k = self.cfg.max_history
         shown = [p[-k:] for p in prefixes]
-        rows = [self.row(items) for items in shown]
+        docs = docs if docs is not None else [None] * len(shown)
+        rows = [self.row(items, d) for items, d in zip(shown, docs, strict=True)]
         t = max(len(r[0]) for r in rows)
         ids = np.full((len(rows), t), self.pad, np.int64)
         kinds = np.zeros((len(rows), t), np.int8)
@@ -151,9 +176,16 @@ class Examples:
     users: np.ndarray                 # (E,) user of each example
     prefixes: list[np.ndarray]        # items before the target, oldest first
     targets: np.ndarray               # (E,) the item to predict
+    docs: list | None = None          # per example, its documents block (``Prompts.doc_block``), or None
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def with_docs(self, prompts: "Prompts", texts: dict[int, list[str]]) -> "Examples":
+        """The same examples with each user's documents (``texts[user]``, best first; users absent: none)."""
+        blocks = {u: prompts.doc_block(t) for u, t in texts.items()}
+        self.docs = [blocks.get(int(u)) for u in self.users]
+        return self
 
 
 def train_examples(hist: Csr, users: np.ndarray, per_user: int) -> Examples:
@@ -198,7 +230,8 @@ class LLMRecTask(Task):
 
     def inputs(self, ex: Examples, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
         prefixes = [ex.prefixes[i] for i in idx]
-        batch = {k: torch.from_numpy(v).to(device) for k, v in self.prompts.build(prefixes).items()}
+        docs = [ex.docs[i] for i in idx] if ex.docs is not None else None
+        batch = {k: torch.from_numpy(v).to(device) for k, v in self.prompts.build(prefixes, docs).items()}
         if self.prompts.cfg.soft_tokens:
             batch["user_factor"] = torch.from_numpy(self.foldin(prefixes)).to(device)
         else:
@@ -292,3 +325,30 @@ def code_version() -> str:
     for f in CODE_FILES:
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- whose documents
+
+def retrieval_histories(data: EvalData, cfg, eval_users: np.ndarray) -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    """For each phase, the users the recommender needs documents for and the history each query may read
+    (never the target): ``train``: the training users, their train items before the last ``examples_per_user``
+    (every training target comes after them); ``valid``: the validation (early-stopping) users, their train items;
+    ``test``: the scored users (``eval_users``), train + valid items. ``cfg``: the run's ``Config``; with
+    ``web.users`` > 0 each phase keeps a seeded sample of that many. (The evaluate stage's valid column of a
+    retrieval model therefore reads documents for the validation users only.)"""
+    c, seed = cfg.llmrec, cfg.seed
+    train_users = seeded_users(np.flatnonzero(data.train.lengths() >= 2), c.train_users, seed)
+    valid_users = seeded_users(np.flatnonzero(data.valid > 0), c.valid_users, seed + 1)
+    out = {}
+    for phase, users in (("train", train_users), ("valid", valid_users), ("test", eval_users)):
+        hist = data.train if phase != "test" else data.history("test")
+        prefixes = [hist.indices[hist.indptr[u]:hist.indptr[u + 1]] for u in users]
+        if phase == "train":
+            prefixes = [p[:-c.examples_per_user] for p in prefixes]
+        keep = np.asarray([len(p) > 0 for p in prefixes], bool)
+        users, prefixes = users[keep], [p for p, k in zip(prefixes, keep, strict=True) if k]
+        if cfg.web.users and cfg.web.users < len(users):
+            pick = np.sort(np.random.default_rng(seed + 3).choice(len(users), cfg.web.users, replace=False))
+            users, prefixes = users[pick], [prefixes[i] for i in pick]
+        out[phase] = (users, prefixes)
+    return out
