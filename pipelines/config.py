@@ -364,6 +364,8 @@ class LLMRecStageConfig(LLMRecConfig):
     generated reason (0 = none). ``rerank_from``: a model of the same run whose top ``rerank_k`` items the LLM
     re-ranks (evaluated as ``llmrec_cascade_<model>``; empty = off), ordering them by ``rerank_mix`` times its own
     standardised score plus the rest times the base model's (1 = the LLM alone; negative = chosen on valid).
+    ``init_from``: a trained recommender's ``best.pt`` (or its checkpoint directory) to start from, e.g. to train an
+    MP-Head on top of a trained llmrec (its gate starts at 0: the run starts exactly where that model ended).
     """
 
     model_path: str = ""
@@ -385,6 +387,7 @@ class LLMRecStageConfig(LLMRecConfig):
     rerank_from: str = ""
     rerank_k: int = 50
     rerank_mix: float = -1.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -76,6 +76,32 @@ def item_text(ctx: StageContext, n_items: int) -> np.ndarray:
     return text
 
 
+def init_from(c, module: LLMRec) -> tuple[str, bool]:
+    """Start ``module`` from a trained recommender's weights (``llmrec.init_from``: its ``best.pt`` or the checkpoint
+    directory holding it): projectors, head and, when the file has them, LoRA adapters (injected first, so stage 1
+    starts from the adapted model). What the file lacks (an MP-Head) starts fresh; an MP-Head starts with its gate at
+    0, so the run starts exactly where that model ended. Returns the file's content hash and whether LoRA was
+    injected."""
+    path = Path(c.init_from)
+    path = path / "best.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"llmrec.init_from={c.init_from}: no best.pt there; point it at a trained llmrec's "
+                                "checkpoint directory (checkpoints/train_llmrec/<ds>/stage2-<key>/) or its best.pt")
+    state = torch.load(path, map_location="cpu")
+    lora = any("lora_" in k for k in state)
+    if lora:
+        add_lora(module.backbone, c)
+    if module.mp_head is not None:                                              # the wrapped layer's own weights
+        at = f"backbone.layers.{module.cfg.mp_head.layer - 1}.self_attn."
+        state = {(at + "base." + k[len(at):] if k.startswith(at) else k): v for k, v in state.items()}
+    unexpected = module.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"llmrec.init_from={c.init_from} holds weights this model does not have: {unexpected[:3]} "
+                         "(a different backbone, layers, LoRA targets or head size?)")
+    print(f"  llmrec: started from {path} ({len(state)} tensors{', LoRA included' if lora else ''})", flush=True)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16], lora
+
+
 def retrieved_texts(ctx: StageContext) -> dict[str, dict[int, list[str]]]:
     """``{phase: {user_idx: [document text, ...] best first}}`` from the ``retrieved`` table of ``ds``."""
     if not common.partition_path(ctx.home, "retrieved", ctx.ds).exists():
@@ -93,7 +119,7 @@ def retrieved_texts(ctx: StageContext) -> dict[str, dict[int, list[str]]]:
 
 STAGE2_ONLY = ("stage2", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_targets")
 NOT_TRAINING = ("reasons_users", "reason_max_new_tokens", "rerank_from", "rerank_k", "rerank_mix", "eval_batch",
-                "stage1", "stage2", "distributed")
+                "stage1", "stage2", "distributed", "init_from")  # init_from: its file's content hash is in the key
 
 
 def stage_settings(ctx: StageContext, ident: str, world: int, stage: int) -> dict:
@@ -151,16 +177,18 @@ def run(ctx: StageContext) -> StageResult:
     task = LLMRecTask(prompts, foldin, train, valid, data, c.stage1.batch_size, c.loss, c.negatives, c.align_weight,
                       c.align_temperature, c.eval_batch)
     rank, world = init_distributed(c.distributed.dist_backend)
-    key1 = _fingerprint(stage_settings(ctx, ident, world, 1), data.train.indptr, data.train.indices, data.valid,
-                        factors, text, train.targets, valid.users, [d and d[0] for d in train.docs or []],
-                        [d and d[0] for d in valid.docs or []])
     torch.manual_seed(ctx.cfg.seed)
     module = LLMRec(c, causal.model, torch.from_numpy(factors), torch.from_numpy(text))
-    scale = round(calibrate_scale(module, task), 4) if c.soft_tokens and c.user_skip else None
+    init, lora_in = init_from(c, module) if c.init_from else ("", False)
+    key1 = _fingerprint(stage_settings(ctx, ident, world, 1), data.train.indptr, data.train.indices, data.valid,
+                        factors, text, train.targets, valid.users, [d and d[0] for d in train.docs or []],
+                        [d and d[0] for d in valid.docs or []], init)
+    scale = round(calibrate_scale(module, task), 4) if c.soft_tokens and c.user_skip and not init else None
     results = {"stage1": _fit_stage(ctx, module, task, 1, key1, world).summary()}
     key = key1
     if c.lora:
-        add_lora(module.backbone, c)
+        if not lora_in:
+            add_lora(module.backbone, c)
         task.batch_size = c.stage2.batch_size
         key = _fingerprint(key1, stage_settings(ctx, ident, world, 2))
         results["stage2"] = _fit_stage(ctx, module, task, 2, key, world).summary()

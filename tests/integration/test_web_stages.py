@@ -118,3 +118,20 @@ def test_llmrec_trains_over_retrieved_documents_with_the_mp_head(home, tiny_llm_
     assert "20 candidates" in report and "HR@10 0.5000, NDCG@10 0.2272" in report
     z = np.load(home / "runs" / DS / "train_llmrec" / "llmrec" / "vectors.npz")
     assert np.isfinite(z["user_test"]).all()
+
+
+def test_an_mp_head_trains_on_top_of_a_trained_recommender_starting_exactly_where_it_ended(home, tiny_llm_dir):
+    from tests.conftest import small_llmrec
+
+    sets = [*web(tiny_llm_dir), *small_llmrec(tiny_llm_dir), "llmrec.train_users=30", "llmrec.valid_users=20",
+            "llmrec.docs=2", "llmrec.doc_tokens=6", "llmrec.reasons_users=0"]
+    first = run(home, ["web_queries", "retrieve", "train_llmrec"], [*sets, "llmrec.retrieval=prompt"])
+    src = first["stages"]["train_llmrec"]
+    ckpt = home / "checkpoints" / "train_llmrec" / DS / f"stage2-{src['model_key']}"
+    on_top = [*sets, "llmrec.retrieval=mp_head", f"llmrec.init_from={ckpt}"]
+    run(home, ["train_llmrec"], on_top)
+    hist = json.loads((home / "runs" / DS / "train_llmrec" / "llmrec" / "result.json").read_text())["history"]
+    # gate 0: before any training the new model is the trained one, LoRA included
+    assert hist["stage1"][0]["valid_NDCG@10"] == pytest.approx(src["stages"]["stage2"]["best_valid_NDCG@10"])
+    with pytest.raises(Exception, match="no best.pt there"):
+        run(home, ["train_llmrec"], [*sets, "llmrec.retrieval=mp_head", f"llmrec.init_from={home}"])
