@@ -61,6 +61,9 @@ def backend_for(ctx: StageContext):
 
 
 def run(ctx: StageContext) -> StageResult:
+    if ctx.cfg.llmrec.retrieval == "none":
+        print("  retrieve: skipped (llmrec.retrieval=none: nothing reads the documents)", flush=True)
+        return StageResult(0, details={"skipped": "llmrec.retrieval=none"})
     w = ctx.cfg.web
     if not common.partition_path(ctx.home, "queries", ctx.ds).exists():
         raise FileNotFoundError(f"retrieve needs the queries of ds={ctx.ds}: run the 'web_queries' stage first "

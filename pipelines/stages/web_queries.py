@@ -9,7 +9,8 @@ title) and the newest title alone, the baselines of the query-quality measuremen
 
 Rationales and token scores are cached by a hash of prompt version, model, settings and messages in
 ``cache/web_queries.sqlite``, committed batch by batch (a killed run resumes; a later day regenerates only users
-whose history changed). Writes ``warehouse/queries/ds=<ds>/``.
+whose history changed). Writes ``warehouse/queries/ds=<ds>/``. With ``llmrec.retrieval=none`` nothing reads the
+queries and the stage does nothing (as ``retrieve``).
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def _model_key(model_dir: Path, w) -> str:
 
 
 def run(ctx: StageContext) -> StageResult:
+    if ctx.cfg.llmrec.retrieval == "none":
+        print("  web_queries: skipped (llmrec.retrieval=none: nothing reads the documents)", flush=True)
+        return StageResult(0, details={"skipped": "llmrec.retrieval=none"})
     import torch
     from tqdm.auto import tqdm
 

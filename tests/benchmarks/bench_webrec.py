@@ -36,8 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, write_results  # noqa: E402
 
+# validate_at_start=false: the untrained model (the WALS fold-in score, the same for every variant while the MP-Head
+# gate is 0 and the head's LLM part is 0) is not a candidate, so each variant is its best trained epoch on valid.
 BASE = ["embed.sources=[metadata]", "train_sequential.text_source=metadata", "llmrec.text_source=metadata",
-        "llmrec.lora=false", "llmrec.reasons_users=0", "llmrec.rerank_from="]
+        "llmrec.lora=false", "llmrec.reasons_users=0", "llmrec.rerank_from=", "llmrec.stage1.validate_at_start=false"]
 VARIANTS = {
     "no_retrieval": ["llmrec.retrieval=none"],
     "vanilla_rag": ["llmrec.retrieval=prompt"],
@@ -63,6 +65,7 @@ def run(cmd: list[str]) -> float:
 
 
 def copy_home(home: Path, name: str, parts=("warehouse", "scratch", "models", "checkpoints", "cache")) -> Path:
+    """A hard-linked copy of ``home``'s ``parts`` at ``<home>-webrec-<name>``."""
     dst = Path(f"{home}-webrec-{name}")
     subprocess.run(["rm", "-rf", str(dst)], check=True)
     dst.mkdir(parents=True)
@@ -135,6 +138,71 @@ def splice_test_phase(clean_home: Path, poisoned_home: Path, target_home: Path) 
             "instruction_text_left": sum("ignore all previous" in r["text"].lower() for r in injected)}
 
 
+def keyword_grid(ctx, web_home: Path) -> dict:
+    """Valid-phase recall@10 of the target's document by token score (attention x entropy, attention alone,
+    entropy alone) and number of keywords, plus the whole rationale and the naive baselines: how
+    ``web.keywords`` was chosen (valid only; the test figure is reported once, for the chosen setting)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from features.query_scoring import keywords, merge_words
+    from pipelines.backends.search import LocalBM25
+    from pipelines.context import StageContext
+    from pipelines.stages.retrieve import item_documents
+
+    q = [r for r in pq.read_table(web_home / "warehouse" / "queries" / f"ds={BEAUTY_DS}").to_pylist()
+         if r["phase"] == "valid"]
+    seq = pq.read_table(web_home / "warehouse" / "sequences" / f"ds={BEAUTY_DS}",
+                        columns=["user_idx", "item_idx", "split"]).to_pylist()
+    target = {r["user_idx"]: r["item_idx"] for r in seq if r["split"] == "valid"}
+    ids = {r["item_idx"]: r["item_id"] for r in pq.read_table(web_home / "warehouse" / "item_map" /
+                                                               f"ds={BEAUTY_DS}").to_pylist()}
+    docs = item_documents(StageContext(ctx.cfg, BEAUTY_DS, web_home))
+    bm = LocalBM25(docs, Path(glob.glob(str(web_home / "cache" / "bm25" / "*"))[0]))
+    want = [f"item:{ids[target[r['user_idx']]]}" for r in q]
+
+    def recall(queries: list[str]) -> float:
+        hits = bm.search(queries, 10)
+        return round(float(np.mean([w in {h.doc_id for h in hs} for w, hs in zip(want, hits, strict=True)])), 4)
+
+    scores = {"attention_x_entropy": lambda r: np.asarray(r["attention"]) * np.asarray(r["entropy"]),
+              "attention": lambda r: np.asarray(r["attention"]), "entropy": lambda r: np.asarray(r["entropy"])}
+    out = {f"{name}_k{k}": recall([" ".join(keywords(merge_words(r["pieces"], f(r)), k)) or r["last_title"]
+                                   for r in q]) for name, f in scores.items() for k in (4, 8, 12, 16)}
+    out["whole_rationale"] = recall([" ".join(keywords(merge_words(r["pieces"], np.ones(len(r["pieces"]))), 1000))
+                                     or r["last_title"] for r in q])
+    out["naive"], out["last_title"] = recall([r["naive_query"] for r in q]), recall([r["last_title"] for r in q])
+    out["attention_x_entropy_k8_plus_last_title"] = recall([r["query"] + " " + r["last_title"] for r in q])
+    out["users"] = len(q)
+    return out
+
+
+def targeted(vh: Path, users: list[int], ctx) -> dict:
+    """Test HR@10/NDCG@10 (full ranking) of ``users`` alone, from the variant's stored vectors."""
+    from pipelines.context import StageContext
+    from pipelines.evaluation.data import load_eval_data, negatives_for
+    from pipelines.evaluation.protocol import evaluate
+    from pipelines.evaluation.scorers import vectors
+
+    c = StageContext(ctx.cfg, BEAUTY_DS, vh)
+    data, _, _ = load_eval_data(c)
+    scorer, _ = vectors(vh / "runs" / BEAUTY_DS / "train_llmrec" / "llmrec" / "vectors.npz", data)
+    m = evaluate(scorer, data, negatives_for(c, data), "test", ks=(10,), users=np.asarray(users))["full"]
+    return {"HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"], "users": m["users"]}
+
+
+def mp_gate(vh: Path) -> dict:
+    """The trained MP-Head's per-head gate (mean and max absolute value) from the variant's best checkpoint."""
+    import torch
+
+    best = sorted((vh / "checkpoints" / "train_llmrec" / BEAUTY_DS).glob("stage1-*/best.pt"))
+    if not best:
+        return {}
+    g = [v.abs() for k, v in torch.load(best[-1], map_location="cpu").items() if k.endswith("self_attn.gate")]
+    return {"gate_abs_mean": round(float(g[0].mean()), 5), "gate_abs_max": round(float(g[0].max()), 5)} if g else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
@@ -144,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--valid-users", type=int, default=300)
     ap.add_argument("--only", action="append", default=[])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--reuse", action="store_true", help="keep the web stage and the variants an earlier run finished")
     args = ap.parse_args(argv)
     from pipelines import runner
 
@@ -157,18 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         runner.run(ctx.cfg, BEAUTY_DS, ctx.home, missing)
     home = ctx.home
-    web_home = copy_home(home, "web")
-    web_wall = run(cli(web_home, "web_queries,retrieve", sets, args.data))
+    web_home = Path(f"{home}-webrec-web")
+    done = (web_home / "runs" / BEAUTY_DS / "stages" / "retrieve.json").exists()
+    if not (args.reuse and done):
+        web_home = copy_home(home, "web")
+        run(cli(web_home, "web_queries,retrieve", [*sets, "llmrec.retrieval=prompt"], args.data))
     wq, rt = record(web_home, "web_queries"), record(web_home, "retrieve")
+    web_wall = wq["seconds"] + rt["seconds"]
 
     models, runs = {}, {}
     for name, extra in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        vh = copy_home(web_home, name)
-        wall = run(cli(vh, "train_llmrec,evaluate", [*sets, *extra], args.data))
+        vh = Path(f"{web_home}-webrec-{name}")
+        if not (args.reuse and (vh / "runs" / BEAUTY_DS / "metrics.json").exists()):
+            vh = copy_home(web_home, name)
+            run(cli(vh, "train_llmrec,evaluate", [*sets, *extra], args.data))
         m = json.loads((vh / "runs" / BEAUTY_DS / "metrics.json").read_text())
         tr = record(vh, "train_llmrec")
+        wall = tr["seconds"] + record(vh, "evaluate")["seconds"]
         models[name] = metrics_row(m["llmrec"])
         runs[name] = {"sets": extra, "wall_seconds": round(wall, 1), "train": tr["stages"],
                       "score_seconds_per_user": tr.get("score_seconds_per_user")}
@@ -183,25 +259,33 @@ def main(argv: list[str] | None = None) -> int:
     chosen = sorted(rng.choice(test_users, len(test_users) // 10, replace=False).tolist())
     corpus = Path(f"{home}-webrec-poison.jsonl")
     kinds = poison_corpus(web_home, corpus, chosen, 11)
-    ph = copy_home(web_home, "poison-retrieve")
-    run(cli(ph, "retrieve", [*sets, f"web.corpus=[{corpus}]"], args.data))
+    ph = Path(f"{web_home}-webrec-poison-retrieve")
+    if not (args.reuse and (ph / "runs" / BEAUTY_DS / "stages" / "retrieve.json").exists()):
+        ph = copy_home(web_home, "poison-retrieve")
+        run(cli(ph, "retrieve", [*sets, "llmrec.retrieval=prompt", f"web.corpus=[{corpus}]"], args.data))
     robust: dict = {"users_targeted": len(chosen), "kinds": {k: sum(v == k for v in kinds.values())
                                                              for k in ("instruction", "false_claim")},
                     "retrieve": record(ph, "retrieve")["sanitised"], "models": {}}
     for name in POISONED:
         if name not in models:
             continue
-        vh = Path(f"{home}-webrec-{name}")
-        pv = copy_home(vh, f"{name}-poisoned", parts=("warehouse", "scratch", "models", "checkpoints", "cache",
-                                                      f"runs/{BEAUTY_DS}/train_llmrec"))
-        robust["docs"] = splice_test_phase(web_home, ph, pv)
-        run(cli(pv, "train_llmrec,evaluate", [*sets, *VARIANTS[name]], args.data))
+        vh = Path(f"{web_home}-webrec-{name}")
+        pv = Path(f"{vh}-webrec-{name}-poisoned")
+        if not (args.reuse and (pv / "runs" / BEAUTY_DS / "metrics.json").exists()):
+            pv = copy_home(vh, f"{name}-poisoned", parts=("warehouse", "scratch", "models", "checkpoints", "cache",
+                                                          f"runs/{BEAUTY_DS}/train_llmrec"))
+            robust["docs"] = splice_test_phase(web_home, ph, pv)
+            run(cli(pv, "train_llmrec,evaluate", [*sets, *VARIANTS[name]], args.data))
+        else:
+            robust["docs"] = splice_test_phase(web_home, ph, pv)
         m = json.loads((pv / "runs" / BEAUTY_DS / "metrics.json").read_text())["llmrec"]
-        mask_users = np.asarray(chosen)
-        robust["models"][name] = {"clean": models[name]["full"], "poisoned": {k: m["full"][k] for k in
-                                                                               ("HR@10", "NDCG@10")},
-                                  "retrained": record(pv, "train_llmrec")["stages"]["stage1"]["epochs_run"]
-                                  != runs[name]["train"]["stage1"]["epochs_run"], "targeted": len(mask_users)}
+        robust["models"][name] = {
+            "all_users": {"clean": {k: models[name]["full"][k] for k in ("HR@10", "NDCG@10")},
+                          "poisoned": {k: m["full"][k] for k in ("HR@10", "NDCG@10")}},
+            "targeted_users": {"clean": targeted(vh, chosen, ctx), "poisoned": targeted(pv, chosen, ctx)},
+            "retrained": record(pv, "train_llmrec")["stages"]["stage1"]["epochs_run"]
+            != runs[name]["train"]["stage1"]["epochs_run"]}
+    gates = {name: mp_gate(Path(f"{web_home}-webrec-{name}")) for name in models if "head" in name}
 
     qrows = pq.read_table(web_home / "warehouse" / "queries" / f"ds={BEAUTY_DS}").to_pylist()
     valid_rows = [r for r in qrows if r["phase"] == "valid"]
@@ -216,10 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                "retrieval_s": rt["seconds_per_query"],
                "recommender_scoring_s": {n: r["score_seconds_per_user"] for n, r in runs.items()
                                          if n != "baselines"}}
+    grid = keyword_grid(ctx, web_home)
     payload = {"query_recall@10": rt["query_recall@10"]["test"], "query_recall@10_valid": rt["query_recall@10"]
-               ["valid"], "models": models, "baselines": runs.pop("baselines", {}),
+               ["valid"], "query_recall@10_valid_by_setting": grid, "models": models, "baselines": runs.pop("baselines", {}),
                "cand20_random": {"HR@10": rb["HR@10"], "NDCG@10": rb["NDCG@10"]},
-               "latency_per_user_s": latency, "robustness": robust, "rationales": examples,
+               "latency_per_user_s": latency, "robustness": robust, "rationales": examples, "mp_head_gates": gates,
                "web_queries": wq, "retrieve": rt, "runs": runs, "web_wall_seconds": round(web_wall, 1),
                "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
                          "protocol": "leave-one-out, test phase; full ranking over all items with each user's train + "
@@ -231,20 +316,28 @@ def main(argv: list[str] | None = None) -> int:
                                       "chosen on test"},
                "machine": machine()}
     rows = [("model", "HR@10", "NDCG@10", "short NDCG@10", "tail NDCG@10", "cand20 HR@10", "cand20 NDCG@10",
-             "valid NDCG@10")]
+             "best valid NDCG@10 (epoch)")]
     for name, r in [*payload["baselines"].items(), *models.items()]:
+        tr = runs.get(name, {}).get("train", {}).get("stage1")
         rows.append((name, f"{r['full']['HR@10']:.4f}", f"{r['full']['NDCG@10']:.4f}",
                      f"{r['short_history_NDCG@10']:.4f}", f"{r['tail_items_NDCG@10']:.4f}",
-                     f"{r['cand20']['HR@10']:.4f}", f"{r['cand20']['NDCG@10']:.4f}", f"{r['valid_NDCG@10']:.4f}"))
+                     f"{r['cand20']['HR@10']:.4f}", f"{r['cand20']['NDCG@10']:.4f}",
+                     f"{tr['best_valid_NDCG@10']:.4f} ({tr['best_epoch']})" if tr else "-"))
     rows.append(("random (cand20)", "-", "-", "-", "-", f"{rb['HR@10']:.4f}", f"{rb['NDCG@10']:.4f}", "-"))
     qr = rt["query_recall@10"]
     notes = [f"Amazon Beauty, ds {BEAUTY_DS}, seed {ctx.cfg.seed}; {payload['_meta']['protocol']}.",
              f"settings: {payload['_meta']['settings']}; {payload['_meta']['chosen_on']}.",
              "Query recall@10 of the target's own document (local BM25 corpus of item documents): valid "
              + json.dumps(qr["valid"]) + "; test " + json.dumps(qr["test"]) + ".",
+             "web.keywords chosen on valid (recall@10 by token score and number of keywords): " + json.dumps(grid)
+             + ".",
              "Latency per user, 2 cores (s): " + json.dumps(latency) + ".",
              "Robustness (injected documents for 10% of test users, test-phase documents only; models trained on "
              "the clean corpus): " + json.dumps(robust) + ".",
+             "Trained MP-Head gates (0 at the start): " + json.dumps(gates) + ".",
+             "best valid NDCG@10: the training's early-stopping figure on the validation users (with their "
+             "documents); the untrained start (the WALS fold-in score, the same for every variant) is not a "
+             "candidate (llmrec.stage1.validate_at_start=false).",
              "Paper (Beauty, LLaMA-7B, 20 candidates): HR@10 0.4921, NDCG@10 0.3441 (MP-Head 1-hop); a cand20 figure "
              "near the random baseline says little."]
     lines_rat = ["", "## Twenty seeded rationales (valid users) and their attention x entropy queries", ""]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def web(tiny_llm_dir) -> list[str]:
     return [f"web.model_path={tiny_llm_dir}", "web.users=8", "web.max_new_tokens=8", "web.batch_size=4",
             "eval.users=40", "llmrec.train_users=30", "llmrec.valid_users=20", "llmrec.examples_per_user=1",
-            "embed.sources=[metadata]"]
+            "embed.sources=[metadata]", "llmrec.retrieval=prompt"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,12 @@ def run(home: Path, stages: list[str], sets: list[str]) -> dict:
     from pipelines.config import load_config
 
     return runner.run(load_config(None, sets), DS, home, stages)
+
+
+def test_nothing_is_generated_or_retrieved_when_the_recommender_reads_no_documents(home, tiny_llm_dir):
+    s = run(home, ["web_queries", "retrieve"], [*web(tiny_llm_dir), "llmrec.retrieval=none"])["stages"]
+    assert s["web_queries"]["skipped"] == s["retrieve"]["skipped"] == "llmrec.retrieval=none"
+    assert not (home / "warehouse" / "queries").exists() and not (home / "cache" / "web_queries.sqlite").exists()
 
 
 def test_queries_come_from_histories_without_their_targets_and_are_cached(home, tiny_llm_dir):

@@ -233,3 +233,13 @@ def test_impossible_values_are_refused_when_the_config_loads(override, key):
     """Not later, inside a stage ("negative dimensions are not allowed")."""
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_web_and_retrieval_settings_are_checked_naming_the_key():
+    cfg = load_config(None, ["web.backend=brave", "web.corpus=[a.jsonl, b.parquet]", "llmrec.mp_head.hops=3"])
+    assert cfg.web.backend == "brave" and cfg.web.corpus == ("a.jsonl", "b.parquet") and cfg.llmrec.mp_head.hops == 3
+    for bad, key in (("web.backend=google", "web.backend"), ("web.users=-1", "web.users"),
+                     ("web.keywords=0", "web.keywords"), ("llmrec.retrieval=web", "llmrec.retrieval"),
+                     ("llmrec.mp_head.layer=0", "llmrec.mp_head.layer"), ("eval.candidates=[x]", "eval.candidates")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(None, [bad])
