@@ -239,8 +239,17 @@ class LLMRecTask(Task):
         return batch
 
     def batches(self, seed: int) -> list[np.ndarray]:
-        order = np.random.default_rng(seed).permutation(len(self.train))
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        """Shuffled batches; when only some examples have documents, those with and those without are batched
+        apart (then the batches shuffled), so a short prompt is never left-padded to a documents block."""
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self.train))
+        docs = self.train.docs
+        if docs is None:
+            return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        has = np.asarray([bool(docs[i]) for i in order], bool)
+        groups = [order[has], order[~has]]
+        out = [g[i:i + self.batch_size] for g in groups for i in range(0, len(g), self.batch_size)]
+        return [out[i] for i in rng.permutation(len(out))]
 
     def loss(self, engine, rows: np.ndarray, step: Step) -> StepLoss:
         mine = rows[step.rank::step.world]
@@ -264,10 +273,18 @@ class LLMRecTask(Task):
         """(E, d) query vectors of ``ex`` (eval mode, batches of ``eval_batch``)."""
         was = module.training
         module.eval()
-        out = [module(**self.inputs(ex, np.arange(lo, min(lo + self.eval_batch, len(ex))), device)).float().cpu()
+        # rows with documents first: batches of similar prompt lengths (little left padding), order restored below
+        order = (np.argsort([0 if d else 1 for d in ex.docs], kind="stable") if ex.docs is not None
+                 else np.arange(len(ex)))
+        out = [module(**self.inputs(ex, order[lo:lo + self.eval_batch], device)).float().cpu()
                for lo in range(0, len(ex), self.eval_batch)]
         module.train(was)
-        return torch.cat(out).numpy() if out else np.zeros((0, module.cfg.head_dim), np.float32)
+        if not out:
+            return np.zeros((0, module.cfg.head_dim), np.float32)
+        q = torch.cat(out).numpy()
+        back = np.empty_like(q)
+        back[order] = q
+        return back
 
     def validate(self, module: LLMRec, device) -> dict[str, float]:
         q = self.queries(module, self.valid, device)
