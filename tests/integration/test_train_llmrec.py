@@ -22,7 +22,7 @@ def fast(tiny_llm_dir) -> list[str]:
             "llmrec.valid_users=100", "llmrec.max_history=4", "llmrec.title_tokens=4", "llmrec.reasons_users=4",
             "llmrec.reason_max_new_tokens=8", "llmrec.lora_dropout=0.0", "llmrec.stage1.epochs=2",
             "llmrec.stage2.epochs=1", "llmrec.stage1.lr=0.01", "llmrec.stage2.lr=0.005", "eval.users=300",
-            "llmrec.rerank_from=wals", "llmrec.rerank_k=20", "embed.sources=[metadata]"]
+            "llmrec.rerank_from=wals", "llmrec.rerank_k=20", "embed.sources=[metadata]", "llmrec.retrieval=none"]
 
 
 @pytest.fixture(scope="module")
