@@ -104,17 +104,23 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class LocalLLMServer:
-    """``with LocalLLMServer(Behaviour(...)) as s: s.base_url`` -> ``http://127.0.0.1:<port>/v1``."""
+    """``with LocalLLMServer(Behaviour(...)) as s: s.base_url`` -> ``http://127.0.0.1:<port>/v1``.
 
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
-        self.behaviour = behaviour or Behaviour()
-        handler = type("BoundHandler", (Handler,), {"behaviour": self.behaviour})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    Subclasses serve another API by setting ``handler``, ``behaviour_type`` and ``prefix``."""
+
+    handler: type = Handler
+    behaviour_type: type = Behaviour
+    prefix = "/v1"
+
+    def __init__(self, behaviour=None) -> None:
+        self.behaviour = behaviour or self.behaviour_type()
+        bound = type("BoundHandler", (self.handler,), {"behaviour": self.behaviour})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), bound)
         self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}{self.prefix}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "LocalLLMServer":
+    def __enter__(self):
         self._thread.start()
         return self
 

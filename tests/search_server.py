@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
+
+from tests.llm_server import LocalLLMServer
 
 KEY = "test-search-key-0123456789"
 PAGES = [
@@ -104,21 +106,9 @@ class Handler(BaseHTTPRequestHandler):
                 {"title": p["title"], "url": p["url"], "description": p["content"]} for p in hits]}})
 
 
-class LocalSearchServer:
+class LocalSearchServer(LocalLLMServer):
     """``with LocalSearchServer(Behaviour(...)) as s: s.base_url`` -> ``http://127.0.0.1:<port>``."""
 
-    def __init__(self, behaviour: Behaviour | None = None) -> None:
-        self.behaviour = behaviour or Behaviour()
-        handler = type("BoundHandler", (Handler,), {"behaviour": self.behaviour})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> "LocalSearchServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    handler = Handler
+    behaviour_type = Behaviour
+    prefix = ""

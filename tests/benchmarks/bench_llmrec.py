@@ -26,7 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import (  # noqa: E402
+    BEAUTY_DS,
+    ROOT,
+    ensure_llm_base,
+    machine,
+    prepare_beauty,
+    write_results,
+)
 
 BASE = ["embed.sources=[metadata]", "train_sequential.text_source=metadata", "llmrec.text_source=metadata"]
 VARIANTS = {
@@ -88,16 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="llmrec_beauty")
     ap.add_argument("--evaluate-only", action="store_true", help="re-run only evaluate in existing variant homes")
     args = ap.parse_args(argv)
-    from pipelines import runner
-
     sets = [*BASE, f"eval.users={args.users}", *args.overrides]
     ctx = prepare_beauty(args.data, args.home, sets)
-    missing = [s for s, t in (("wals", "item_factors"), ("embed", "text_embeddings"), ("neighbours", "neighbours"))
-               if not (ctx.home / "warehouse" / t / f"ds={BEAUTY_DS}").exists()]
-    if not (ctx.run_dir / "train_sequential" / "grasp" / "vectors.npz").exists():
-        missing.append("train_sequential")
-    if missing:
-        runner.run(ctx.cfg, BEAUTY_DS, ctx.home, missing)
+    ensure_llm_base(ctx)
     runs, models = {}, {}
     for name, extra in VARIANTS.items():
         if args.only and name not in args.only:

@@ -34,7 +34,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import (  # noqa: E402
+    BEAUTY_DS,
+    ROOT,
+    ensure_llm_base,
+    machine,
+    prepare_beauty,
+    write_results,
+)
 
 # validate_at_start=false: the untrained model (the WALS fold-in score, the same for every variant while the MP-Head
 # gate is 0 and the head's LLM part is 0) is not a candidate, so each variant is its best trained epoch on valid.
@@ -214,17 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--reuse", action="store_true", help="keep the web stage and the variants an earlier run finished")
     args = ap.parse_args(argv)
-    from pipelines import runner
-
     sets = [*BASE, f"eval.users={args.users}", f"llmrec.train_users={args.train_users}",
             f"llmrec.valid_users={args.valid_users}", *args.overrides]
     ctx = prepare_beauty(args.data, args.home, sets)
-    missing = [s for s, t in (("wals", "item_factors"), ("embed", "text_embeddings"), ("neighbours", "neighbours"))
-               if not (ctx.home / "warehouse" / t / f"ds={BEAUTY_DS}").exists()]
-    if not (ctx.run_dir / "train_sequential" / "grasp" / "vectors.npz").exists():
-        missing.append("train_sequential")
-    if missing:
-        runner.run(ctx.cfg, BEAUTY_DS, ctx.home, missing)
+    ensure_llm_base(ctx)
     home = ctx.home
     web_home = Path(f"{home}-webrec-web")
     done = (web_home / "runs" / BEAUTY_DS / "stages" / "retrieve.json").exists()

@@ -11,7 +11,7 @@ import torch.nn as nn
 from models.configs import FieldError, LLMRecConfig, MPHeadConfig
 from models.llmrec import DOC, ITEM, TEXT, USER, LLMRec
 from models.mp_head import MPHeadAttention, attach_mp_head, message_passing
-from tests.unit.models.test_llmrec import DT, N_ITEMS, SMALL, F, tiny_llama
+from tests.unit.models.test_llmrec import SMALL, F, model, tiny_llama
 
 
 def doc_batch(pad: int = 0) -> dict[str, torch.Tensor]:
@@ -28,23 +28,13 @@ def doc_batch(pad: int = 0) -> dict[str, torch.Tensor]:
             "user_factor": torch.randn(2, F, generator=torch.Generator().manual_seed(3))}
 
 
-def recommender(cfg: LLMRecConfig) -> LLMRec:
-    g = torch.Generator().manual_seed(1)
-    factors, text = torch.randn(N_ITEMS + 1, F, generator=g), torch.randn(N_ITEMS + 1, DT, generator=g)
-    factors[0] = text[0] = 0
-    causal = tiny_llama()
-    causal.requires_grad_(False)
-    torch.manual_seed(2)
-    return LLMRec(cfg, causal.model, factors, text).eval()
-
-
 # user_skip off: the head reads the hidden state from the start (with the skip its query weights start at zero)
 MP = dataclasses.replace(SMALL, user_skip=False, retrieval="mp_head", mp_head=MPHeadConfig(layer=2, top_k=2, hops=2))
 
 
 def test_zero_gate_gives_exactly_the_base_models_output():
-    base = recommender(dataclasses.replace(MP, retrieval="prompt"))
-    mp = recommender(MP)
+    base = model(dataclasses.replace(MP, retrieval="prompt"))
+    mp = model(MP)
     assert isinstance(mp.backbone.layers[1].self_attn, MPHeadAttention)
     mp.load_state_dict(base.state_dict(), strict=False)                         # same projectors and head
     for pad in (0, 3):
@@ -55,51 +45,51 @@ def test_zero_gate_gives_exactly_the_base_models_output():
 
 
 def test_only_mp_head_parameters_and_the_gate_are_new_and_trainable():
-    mp = recommender(MP)
+    mp = model(MP)
     new = {n for n, p in mp.backbone.named_parameters() if p.requires_grad}
     assert new and all(".self_attn." in n and ".base." not in n for n in new)
     assert {n.rsplit(".", 1)[-1] for n in new} >= {"gate", "task"}
 
 
-def hidden(model: LLMRec, b: dict) -> torch.Tensor:
+def hidden(rec: LLMRec, b: dict) -> torch.Tensor:
     """The decoder's last hidden states (B, T, D) for batch ``b`` (the MP-Head fed the batch's documents)."""
     from models.llmrec import position_ids
-    emb = model.backbone.get_input_embeddings()(b["input_ids"])
-    with model.mp_head.documents(b["kinds"] == DOC):
-        return model.backbone(inputs_embeds=emb, attention_mask=b["attention_mask"],
+    emb = rec.backbone.get_input_embeddings()(b["input_ids"])
+    with rec.mp_head.documents(b["kinds"] == DOC):
+        return rec.backbone(inputs_embeds=emb, attention_mask=b["attention_mask"],
                               position_ids=position_ids(b["attention_mask"])).last_hidden_state
 
 
 @pytest.mark.parametrize("changed", [2, 5, 9])   # a document token, the first token after them, a history token
 def test_causal_masking_holds_with_a_trained_head(changed):
     torch.manual_seed(0)
-    model = recommender(MP)
-    for p in model.mp_head.parameters():
+    rec = model(MP)
+    for p in rec.mp_head.parameters():
         nn.init.normal_(p, std=0.5)
     b = doc_batch()
-    h0 = hidden(model, b)
+    h0 = hidden(rec, b)
     b2 = {**b, "input_ids": b["input_ids"].clone()}
     b2["input_ids"][:, changed] = (b2["input_ids"][:, changed] + 11) % 47 + 3
-    h1 = hidden(model, b2)
+    h1 = hidden(rec, b2)
     assert torch.equal(h0[:, :changed], h1[:, :changed])                       # nothing before it moves
     assert not torch.allclose(h0[:, changed:], h1[:, changed:])                # (and the change is visible)
 
 
 def test_top_k_keeps_the_k_document_tokens_most_related_to_the_task():
     torch.manual_seed(0)
-    model = recommender(dataclasses.replace(MP, mp_head=MPHeadConfig(layer=1, top_k=2, hops=1)))
-    head = model.mp_head
+    rec = model(dataclasses.replace(MP, mp_head=MPHeadConfig(layer=1, top_k=2, hops=1)))
+    head = rec.mp_head
     captured = {}
     head.entity.register_forward_hook(lambda m, i, o: captured.__setitem__("e", o.detach()))
     b = doc_batch()
-    model(**b)
+    rec(**b)
     c = torch.nn.functional.cosine_similarity(captured["e"], head.relation(head.task).expand_as(captured["e"]), -1)
     doc = b["kinds"] == DOC
     for row in range(2):
         pos = torch.nonzero(doc[row]).flatten()
         best = pos[c[row, pos].argsort(descending=True)[:2]]
         assert sorted(head.last_selected[row].tolist()) == sorted(best.tolist())
-    big = recommender(dataclasses.replace(MP, mp_head=MPHeadConfig(layer=1, top_k=8, hops=1)))
+    big = model(dataclasses.replace(MP, mp_head=MPHeadConfig(layer=1, top_k=8, hops=1)))
     big(**b)
     sel = big.mp_head.last_selected
     assert (sel[0] >= 0).sum() == 3 and (sel[1] >= 0).sum() == 2              # never more than the row's documents
