@@ -131,6 +131,7 @@ class TransformersBackend:
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             enc = self._tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(self._model.device) for k, v in enc.items()}  # a GPU model (the recommender's) too
             t0 = time.perf_counter()
             if retry:
                 torch.manual_seed(self.seed + start)

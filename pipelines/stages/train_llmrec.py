@@ -244,7 +244,8 @@ def _reason_model(causal, model_dir: Path, module: LLMRec, cfg):
     model cannot write), the full-depth model with the trained LoRA weights loaded into its first layers."""
     depth = json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers")
     if len(causal.model.layers) == depth:
-        return causal
+        p = next(module.backbone.parameters())                                  # on a GPU, in bf16: the LM head too
+        return causal.to(device=p.device, dtype=p.dtype)
     full, _, _ = load_backbone(model_dir, 0)
     if cfg.lora:
         add_lora(full.model, cfg)

@@ -254,9 +254,11 @@ class LLMRecTask(Task):
     def loss(self, engine, rows: np.ndarray, step: Step) -> StepLoss:
         mine = rows[step.rank::step.world]
         norm = len(rows) / step.world                                           # ranks average to the global mean
-        q = engine(**self.inputs(self.train, mine, step.device))                # (b, d)
+        # scores and losses in fp32 also when the model runs in bf16 (DeepSpeed's bf16: logits over every item
+        # need more than bf16's 8 bits of mantissa)
+        q = engine(**self.inputs(self.train, mine, step.device)).float()        # (b, d)
         module = engine.module
-        items = module.item_table()                                             # (N + 1, d)
+        items = module.item_table().float()                                     # (N + 1, d)
         targets = torch.from_numpy(self.train.targets[mine]).to(step.device)
         negs = None
         if self.loss_kind == "sampled":
@@ -264,7 +266,7 @@ class LLMRecTask(Task):
             negs = torch.from_numpy(step.rng.integers(1, n_items + 1, size=(len(mine), self.negatives))).to(step.device)
         loss = ranking_loss(q, items, targets, norm, negs)
         # always computed (a zero weight gives zero gradients, not missing ones: every rank reduces the same tensors)
-        keys = module.head.align_proj(module.item_text[targets].to(q.dtype))    # the target's text, (b, d)
+        keys = module.head.align_proj(module.item_text[targets].to(module.head.align_proj.weight.dtype)).float()
         loss = loss + self.align_weight * info_nce(q, keys, self.align_temperature, norm)
         return StepLoss(loss, norm, len(mine))
 

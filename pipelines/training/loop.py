@@ -159,6 +159,7 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
         _save(engine, ckpt, epoch, res, bad, rank)
     if (ckpt / "best.pt").exists():
         task.load_state(engine.module, torch.load(ckpt / "best.pt", map_location="cpu"))
+    engine.destroy()  # a ZeRO optimizer's gradient hooks would fire in a later engine over the same module
     res.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return res
 

@@ -110,3 +110,27 @@ def test_with_validate_at_start_training_can_only_improve_on_the_untrained_model
     assert [h["epoch"] for h in res.history] == [0, 1, 2] and res.history[0]["loss"] is None
     assert lines[0] == "  toy before training: valid NDCG@10 0.5000"
     assert _equal(m.state_dict(), start)                                        # the untrained weights are kept
+
+
+class InModuleDtype(Scripted):
+    """Scripted, its inputs cast to the module's dtype (bf16 under DeepSpeed's bf16) and its loss in fp32."""
+
+    def loss(self, engine, rows, step):
+        mine = rows[step.rank::step.world]
+        x = self.x[mine].to(next(engine.module.parameters()).dtype)
+        loss = F.cross_entropy(engine(x).float(), self.y[mine], reduction="sum") / len(rows)
+        return StepLoss(loss, len(rows) / step.world, len(mine))
+
+
+def test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage(tmp_path):
+    """Two-stage training (the LLM recommender) wraps one module in two engines. The first one's ZeRO-2 gradient
+    hooks, left on the parameters, fired in the second and failed it on a GPU ('list index out of range')."""
+    m = model()
+    m[0].requires_grad_(False)
+    dist = DistributedConfig(deepspeed_config="infra/deepspeed/zero2_gpu.json")         # ZeRO-2, bf16
+    two = TrainConfig(batch_size=16, lr=0.05, epochs=2, patience=2)
+    fit(m, InModuleDtype([0.1, 0.2]), two, dist, seed=1, ckpt=tmp_path / "s1")
+    assert not any(getattr(p, "_post_accumulate_grad_hooks", None) for p in m.parameters())
+    m[0].requires_grad_(True)                                                   # stage 2 trains more
+    res = fit(m, InModuleDtype([0.1, 0.2]), two, dist, seed=1, ckpt=tmp_path / "s2")
+    assert res.epochs_run == 2 and all(np.isfinite(h["loss"]) for h in res.history)
