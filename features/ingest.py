@@ -187,6 +187,16 @@ def _clip(value, limit: int = 60):
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
+def ids_as_text(df: "DataFrame", columns: tuple[str, ...]) -> "DataFrame":
+    """Ids are text in every table: an integer (or other typed) id column is cast as it is read, so a Parquet export
+    with integer ids joins the CSV path instead of failing a schema check later."""
+    from pyspark.sql import functions as F
+
+    for c in columns:
+        df = df.withColumn(c, F.col(c).cast("string"))
+    return df
+
+
 def to_interactions(df: "DataFrame") -> "DataFrame":
     """Cast to the ``interactions`` schema; ``event_order`` must already be present."""
     from pyspark.sql import functions as F

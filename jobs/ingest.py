@@ -155,6 +155,7 @@ def ingest_table(spark, p: dict):
     check_file(items_path, "items")
     inter = _read_table(spark, inter_path)
     T.require_columns(inter, ("user_id", "item_id", "timestamp"), str(inter_path))
+    inter = T.ids_as_text(inter, ("user_id", "item_id"))                         # Parquet exports with integer ids
     if inter.isEmpty():
         raise DataError(str(inter_path), "the interactions file has a header but no rows.", "export the data again.")
     inter = T.cast_timestamps(inter, str(inter_path))
@@ -164,6 +165,7 @@ def ingest_table(spark, p: dict):
     inter = inter.withColumn("event_order", F.monotonically_increasing_id())
     items = _read_table(spark, items_path)
     T.require_columns(items, ("item_id",), str(items_path))
+    items = T.ids_as_text(items, ("item_id",))
     users = T.users_from_interactions(inter)
     if p.get("users_file"):
         users_path = root / p["users_file"]

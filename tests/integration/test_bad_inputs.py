@@ -269,3 +269,28 @@ def test_a_rerun_that_fails_after_validation_leaves_the_day_as_it_was(good, caps
     assert "put back" in err
     record = json.loads((good[0] / "runs" / DS / "stages" / "split.json").read_text())
     assert record["status"] == "failed" and "interactions" in record["restored"]
+
+
+def test_parquet_with_integer_ids_is_read_with_the_ids_as_text(tmp_path):
+    """A Parquet export whose user and item ids are integers (reliability issue, part two, 9): ingested, the ids
+    as strings, instead of refused with advice to cast them in the producing transform."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import common
+
+    folder = table_input(tmp_path / "in")
+    rows = good_interactions()
+    pq.write_table(pa.table({"user_id": pa.array([int(r[0][1:]) for r in rows], pa.int64()),
+                             "item_id": pa.array([int(r[1][1:]) for r in rows], pa.int32()),
+                             "timestamp": pa.array([int(r[2]) for r in rows], pa.int64()),
+                             "rating": pa.array([float(r[3]) for r in rows], pa.float64())}),
+                   folder / "interactions.parquet")
+    write_csv(folder / "items.csv", ITEMS_HEADER, [[str(i), *r[1:]] for i, r in enumerate(good_items())])
+    home = tmp_path / "home"
+    args = table_args(home, folder)
+    args[args.index("data.interactions_file=interactions.csv")] = "data.interactions_file=interactions.parquet"
+    assert main(args) == 0
+    t = common.read_arrow(home, "interactions", DS)
+    assert t.schema.field("user_id").type == pa.string() and t.schema.field("item_id").type == pa.string()
+    assert set(t.column("user_id").to_pylist()) == {str(u) for u in range(N_USERS)}
