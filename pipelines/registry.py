@@ -37,11 +37,37 @@ def client(cfg: Config, home: Path):
     uri = tracking_uri(cfg, home)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
-        mlflow.create_experiment(cfg.mlflow.experiment,
-                                 artifact_location=(home / "mlflow" / "artifacts").resolve().as_uri())
+    artifacts = (home / "mlflow" / "artifacts").resolve().as_uri()
+    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    if exp is None:
+        mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
+    elif not cfg.mlflow.tracking_uri and exp.artifact_location != artifacts and \
+            exp.artifact_location.endswith("/mlflow/artifacts"):
+        relocate(home / "mlflow" / "mlflow.db", exp.artifact_location, artifacts)
     mlflow.set_experiment(cfg.mlflow.experiment)
     return MlflowClient(uri, uri)
+
+
+def relocate(db: Path, old: str, new: str) -> int:
+    """A home that was moved or copied: rewrite every MLflow path under ``old`` (the artifact root the home's
+    database was created with, an absolute URI) to ``new``, so new artifacts land in this home and earlier ones are
+    read from it, not from the original. The home's own SQLite store only; returns the values rewritten."""
+    import sqlite3
+    from urllib.parse import unquote, urlparse
+
+    pairs = [(old, new), (unquote(urlparse(old).path), unquote(urlparse(new).path))]  # URIs and plain paths
+    n = 0
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+        for t in tables:
+            cols = [r[1] for r in con.execute(f'pragma table_info("{t}")')
+                    if any(k in r[2].upper() for k in ("CHAR", "TEXT", "CLOB"))]
+            for col in cols:
+                for a, b in pairs:
+                    n += con.execute(f'update "{t}" set "{col}" = ? || substr("{col}", ?) '
+                                     f'where substr("{col}", 1, ?) = ?', (b, len(a) + 1, len(a), a)).rowcount
+    print(f"  this home was moved or copied: {n} MLflow paths rewritten from {old} to {new}", flush=True)
+    return n
 
 
 def flat_params(d: dict, prefix: str = "") -> dict[str, str]:

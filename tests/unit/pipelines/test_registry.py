@@ -25,3 +25,31 @@ def test_flat_metrics_names():
                   "flag": True, "label": "x"}}
     assert flat_metrics(m) == {"wals.full.NDCG_10": 0.25, "wals.full.users": 3.0,
                                "wals.slices.tail_items.full.HR_5": 1.0}
+
+
+def test_a_copied_home_writes_and_reads_its_own_artifacts(tmp_path, capsys):
+    """MLflow stores the artifact root as an absolute path: a copied home wrote new artifacts into the original
+    (reliability issue, part two, 8). The copy's store is rewritten to its own folder on first use."""
+    import shutil
+
+    import mlflow
+
+    from pipelines.registry import client
+
+    cfg = load_config(None, [])
+    first, copy = tmp_path / "a" / "home", tmp_path / "b" / "home"
+    client(cfg, first)
+    with mlflow.start_run() as run:
+        mlflow.log_text("day one", "note.txt")
+    shutil.copytree(first, copy)
+    before = {p.relative_to(first) for p in first.rglob("*")}
+    c = client(cfg, copy)
+    assert "MLflow paths rewritten" in capsys.readouterr().out
+    assert mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/note.txt") == "day one"
+    assert c.get_run(run.info.run_id).info.artifact_uri.startswith((copy / "mlflow").resolve().as_uri())
+    with mlflow.start_run() as run2:
+        mlflow.log_text("day two", "note.txt")
+    assert (copy / "mlflow" / "artifacts").resolve().as_uri() in run2.info.artifact_uri
+    assert {p.relative_to(first) for p in first.rglob("*")} == before              # the original is untouched
+    client(cfg, first)                                                          # and still its own
+    assert "rewritten" not in capsys.readouterr().out
