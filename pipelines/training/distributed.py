@@ -32,11 +32,44 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        check_extension_locks()
         for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         deepspeed.init_distributed(dist_backend=backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+STALE_LOCK_S = 600  # a JIT build of DeepSpeed's ops takes about a minute on 2 cores
+
+
+def extensions_root() -> Path:
+    """Where torch builds C++ extensions just in time (DeepSpeed's ops): ``TORCH_EXTENSIONS_DIR`` or torch's default
+    cache folder."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(get_default_build_root())
+
+
+def check_extension_locks(max_age_s: float = STALE_LOCK_S) -> None:
+    """Refuse to start when a just-in-time build left its lock behind. torch's build lock is a bare file that a
+    killed build (say, a first run stopped during DeepSpeed's compile) never removes, and every later build of that
+    extension waits on it forever, silently. A lock older than any build takes is named, with the fix."""
+    import time
+
+    root = extensions_root()
+    if not root.is_dir():
+        return
+    now = time.time()
+    for lock in list(root.glob("*/lock")) + list(root.glob("*/*/lock")):
+        age = now - lock.stat().st_mtime
+        if age > max_age_s:
+            raise RuntimeError(f"{lock} is a stale build lock ({age / 60:.0f} minutes old): a just-in-time build of "
+                               f"the '{lock.parent.name}' extension was killed and left it, and every later build "
+                               f"would wait on it forever. Delete it (rm {lock}) and run again; the extension is "
+                               "rebuilt once.")
 
 
 def deepspeed_config(path: str, batch_size: int, world: int, section: str = "train_sequential") -> dict:

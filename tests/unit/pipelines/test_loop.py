@@ -134,3 +134,27 @@ def test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage(tmp_path):
     m[0].requires_grad_(True)                                                   # stage 2 trains more
     res = fit(m, InModuleDtype([0.1, 0.2]), two, dist, seed=1, ckpt=tmp_path / "s2")
     assert res.epochs_run == 2 and all(np.isfinite(h["loss"]) for h in res.history)
+
+
+def test_a_stale_build_lock_is_named_instead_of_hanging(tmp_path):
+    """A kill during DeepSpeed's first just-in-time compile left torch's build lock, and every later run hung on
+    it silently (reliability issue, part two, 5). Now the run stops at once, naming the lock and the fix."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"                      # TORCH_EXTENSIONS_DIR/<name>/lock
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    code = "from pipelines.training.distributed import init_distributed; init_distributed('gloo')"
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                           cwd=Path(__file__).resolve().parents[3])
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung on the stale lock")
+    assert r.returncode != 0 and f"{lock} is a stale build lock" in r.stderr and f"rm {lock}" in r.stderr
