@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 Message = dict[str, str]
@@ -16,10 +17,60 @@ Message = dict[str, str]
 ITEM_PROMPT_VERSION = "item-v1"
 USER_PROMPT_VERSION = "user-v1"
 
-ITEM_SYSTEM = ("You write short, factual product descriptions for an online shop. "
-               "Use only the facts given. Do not invent ingredients, sizes or prices.")
-USER_SYSTEM = ("You summarise a shopper's taste for a recommender system. "
-               "Use only the purchases given. Do not invent products.")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The words the prompts use for what is recommended, to whom and where (the config's ``domain``). The
+    defaults are a shop's and give the prompts their original text (so their cache keys stay). ``categories``:
+    ``path`` (a category path, broad to narrow: joined with ' > ', the last is the leaf) or ``tags`` (unordered
+    labels: joined with ', ', the first stands for the item)."""
+
+    item: str = "product"
+    items: str = "products"
+    user: str = "shopper"
+    catalogue: str = "an online shop"
+    shop: str = "a shop"
+    history: str = "purchases"
+    audience: str = "who would buy it"
+    user_traits: str = "taste, price level and favourite categories"
+    inventions: str = "ingredients, sizes or prices"
+    reason_inventions: str = "ingredients or prices"
+    categories: str = "path"
+
+    def __post_init__(self) -> None:
+        if self.categories not in ("path", "tags"):
+            raise ValueError(f"domain.categories must be 'path' or 'tags', got {self.categories!r}")
+
+
+SHOP = Domain()
+
+
+def item_system(d: Domain = SHOP) -> str:
+    return (f"You write short, factual {d.item} descriptions for {d.catalogue}. "
+            f"Use only the facts given. Do not invent {d.inventions}.")
+
+
+def user_system(d: Domain = SHOP) -> str:
+    return (f"You summarise a {d.user}'s taste for a recommender system. "
+            f"Use only the {d.history} given. Do not invent {d.items}.")
+
+
+ITEM_SYSTEM, USER_SYSTEM = item_system(), user_system()
+
+
+def categories(item: dict) -> list[str]:
+    """The item's categories without empty or 'unknown' ones, in the catalogue's order."""
+    return [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
+
+
+def category_text(cats: list[str], d: Domain = SHOP) -> str:
+    return (" > " if d.categories == "path" else ", ").join(cats)
+
+
+def leaf(cats: list[str], d: Domain = SHOP) -> str | None:
+    """The one category that stands for the item: a path's last, a tag list's first."""
+    return (cats[-1] if d.categories == "path" else cats[0]) if cats else None
 
 
 def _clip(text: str | None, words: int) -> str:
@@ -31,105 +82,117 @@ def _price(price: float | None) -> str | None:
     return None if price is None or price != price or price <= 0 else f"${price:,.2f}"
 
 
-def item_facts(item: dict, desc_words: int = 40) -> str:
+def item_facts(item: dict, desc_words: int = 40, d: Domain = SHOP) -> str:
     """The catalogue facts of one item as ``Field: value`` lines (missing fields left out).
 
     ``item`` has the ``items`` table's columns: title, brand, categories (list), description, price.
     """
-    cats = [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
     lines = [("Title", _clip(item.get("title"), 30)), ("Brand", item.get("brand")),
-             ("Category", " > ".join(cats)), ("Price", _price(item.get("price"))),
+             ("Category", category_text(categories(item), d)), ("Price", _price(item.get("price"))),
              ("Details", _clip(item.get("description"), desc_words))]
     return "\n".join(f"{k}: {v}" for k, v in lines if v)
 
 
-def item_messages(item: dict, desc_words: int = 40) -> list[Message]:
-    return [{"role": "system", "content": ITEM_SYSTEM},
-            {"role": "user", "content": item_facts(item, desc_words)
-             + "\nIn two sentences, describe this product and who would buy it."}]
+def item_messages(item: dict, desc_words: int = 40, d: Domain = SHOP) -> list[Message]:
+    return [{"role": "system", "content": item_system(d)},
+            {"role": "user", "content": item_facts(item, desc_words, d)
+             + f"\nIn two sentences, describe this {d.item} and {d.audience}."}]
 
 
-def history_line(item: dict, title_words: int = 12) -> str:
-    cats = [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
-    extra = ", ".join(x for x in (cats[-1] if cats else None, _price(item.get("price"))) if x)
+def history_line(item: dict, title_words: int = 12, d: Domain = SHOP) -> str:
+    extra = ", ".join(x for x in (leaf(categories(item), d), _price(item.get("price"))) if x)
     return _clip(item.get("title"), title_words) + (f" ({extra})" if extra else "")
 
 
-def user_facts(history: Sequence[dict], max_items: int = 8, title_words: int = 12) -> str:
+def _newest_first(d: Domain) -> str:
+    return f"{d.history[:1].upper()}{d.history[1:]}, newest first:\n"
+
+
+def user_facts(history: Sequence[dict], max_items: int = 8, title_words: int = 12, d: Domain = SHOP) -> str:
     """A user's purchases, newest first, at most ``max_items`` lines. ``history`` is oldest first."""
     recent = list(history)[::-1][:max_items]
-    return "Purchases, newest first:\n" + "\n".join(f"- {history_line(it, title_words)}" for it in recent)
+    return _newest_first(d) + "\n".join(f"- {history_line(it, title_words, d)}" for it in recent)
 
 
-def user_messages(history: Sequence[dict], max_items: int = 8, title_words: int = 12) -> list[Message]:
-    return [{"role": "system", "content": USER_SYSTEM},
-            {"role": "user", "content": user_facts(history, max_items, title_words)
-             + "\nIn two sentences, describe this shopper's taste, price level and favourite categories."}]
+def user_messages(history: Sequence[dict], max_items: int = 8, title_words: int = 12,
+                  d: Domain = SHOP) -> list[Message]:
+    return [{"role": "system", "content": user_system(d)},
+            {"role": "user", "content": user_facts(history, max_items, title_words, d)
+             + f"\nIn two sentences, describe this {d.user}'s {d.user_traits}."}]
 
 
-def item_metadata_text(item: dict) -> str:
+def item_metadata_text(item: dict, d: Domain = SHOP) -> str:
     """The no-LLM text of an item (title and attributes): the ``metadata`` text source."""
-    return item_facts(item, desc_words=40).replace("\n", ". ")
+    return item_facts(item, desc_words=40, d=d).replace("\n", ". ")
 
 
-def user_metadata_text(history: Sequence[dict], max_items: int = 5, title_words: int = 10) -> str:
+def user_metadata_text(history: Sequence[dict], max_items: int = 5, title_words: int = 10, d: Domain = SHOP) -> str:
     """The no-LLM text of a user: their recent purchases' titles and leaf categories, newest first.
 
     Shorter than the LLM prompt (5 items, 10-word titles, no prices) because the encoder truncates at 128 word
     pieces and its cost grows with length.
     """
     def line(it: dict) -> str:
-        cats = [c for c in (it.get("categories") or []) if c and c.lower() != "unknown"]
-        return _clip(it.get("title"), title_words) + (f" ({cats[-1]})" if cats else "")
+        c = leaf(categories(it), d)
+        return _clip(it.get("title"), title_words) + (f" ({c})" if c else "")
 
     return "; ".join(line(it) for it in list(history)[::-1][:max_items])
 
 
 RATIONALE_PROMPT_VERSION = "rationale-v1"
-RATIONALE_SYSTEM = ("You help a shop's search engine. Use only the purchases given. Do not invent brands or products.")
+def rationale_system(d: Domain = SHOP) -> str:
+    return f"You help {d.shop}'s search engine. Use only the {d.history} given. Do not invent brands or {d.items}."
 
 
-def rationale_messages(history: Sequence[dict], max_items: int = 5, title_words: int = 10) -> list[Message]:
+RATIONALE_SYSTEM = rationale_system()
+
+
+def rationale_messages(history: Sequence[dict], max_items: int = 5, title_words: int = 10,
+                       d: Domain = SHOP) -> list[Message]:
     """The web_queries stage's prompt: the user's last ``max_items`` purchases, newest first (title and leaf
     category), and the request for a short rationale of what the user needs next (WebRec's reasoning prompt).
     ``history`` is oldest first. Kept short: the prompt is read twice per user (generation and scoring)."""
     def line(it: dict) -> str:
-        cats = [c for c in (it.get("categories") or []) if c and c.lower() != "unknown"]
-        return _clip(it.get("title"), title_words) + (f" ({cats[-1]})" if cats else "")
+        c = leaf(categories(it), d)
+        return _clip(it.get("title"), title_words) + (f" ({c})" if c else "")
 
     recent = list(history)[::-1][:max_items]
-    return [{"role": "system", "content": RATIONALE_SYSTEM},
-            {"role": "user", "content": "Purchases, newest first:\n" + "\n".join(f"- {line(it)}" for it in recent)
-             + "\nIn one or two sentences, say what product this shopper is likely to need next and why."}]
+    return [{"role": "system", "content": rationale_system(d)},
+            {"role": "user", "content": _newest_first(d) + "\n".join(f"- {line(it)}" for it in recent)
+             + f"\nIn one or two sentences, say what {d.item} this {d.user} is likely to need next and why."}]
 
 
-def document_text(item: dict, description: str | None = None) -> str:
+def document_text(item: dict, description: str | None = None, d: Domain = SHOP) -> str:
     """An item's document in the local search corpus: its catalogue facts on one line, then the LLM description
     when there is one."""
-    facts = item_metadata_text(item)
+    facts = item_metadata_text(item, d)
     return f"{facts}. {' '.join(description.split())}" if description else facts
 
 
 REASON_PROMPT_VERSION = "reason-v1"
-REASON_SYSTEM = ("You explain a shop's recommendation to a shopper in one or two sentences. Use only the facts given. "
-                 "Do not invent brands, products, ingredients or prices.")
+def reason_system(d: Domain = SHOP) -> str:
+    return (f"You explain {d.shop}'s recommendation to a {d.user} in one or two sentences. Use only the facts given. "
+            f"Do not invent brands, {d.items}, {d.reason_inventions}.")
 
 
-def reason_facts(history: Sequence[dict], item: dict, max_items: int = 5, title_words: int = 12) -> str:
+REASON_SYSTEM = reason_system()
+
+
+def reason_facts(history: Sequence[dict], item: dict, max_items: int = 5, title_words: int = 12,
+                 d: Domain = SHOP) -> str:
     """The facts a reason may use: the user's recent purchases (titles, newest first) and the recommended item's
     title, brand, category and price. ``history`` is oldest first."""
     recent = list(history)[::-1][:max_items]
-    cats = [c for c in (item.get("categories") or []) if c and c.lower() != "unknown"]
-    rec = [("Title", _clip(item.get("title"), 30)), ("Brand", item.get("brand")), ("Category", " > ".join(cats)),
-           ("Price", _price(item.get("price")))]
-    return ("Recent purchases, newest first:\n" + "\n".join(f"- {_clip(it.get('title'), title_words)}" for it in recent)
+    rec = [("Title", _clip(item.get("title"), 30)), ("Brand", item.get("brand")),
+           ("Category", category_text(categories(item), d)), ("Price", _price(item.get("price")))]
+    return ("Recent " + d.history + ", newest first:\n" + "\n".join(f"- {_clip(it.get('title'), title_words)}" for it in recent)
             + "\nRecommended item:\n" + "\n".join(f"{k}: {v}" for k, v in rec if v))
 
 
-def reason_messages(history: Sequence[dict], item: dict) -> list[Message]:
-    return [{"role": "system", "content": REASON_SYSTEM},
-            {"role": "user", "content": reason_facts(history, item)
-             + "\nIn one or two sentences, tell the shopper why this item suits them."}]
+def reason_messages(history: Sequence[dict], item: dict, d: Domain = SHOP) -> list[Message]:
+    return [{"role": "system", "content": reason_system(d)},
+            {"role": "user", "content": reason_facts(history, item, d=d)
+             + f"\nIn one or two sentences, tell the {d.user} why this item suits them."}]
 
 
 STOPWORDS = frozenset("""a about after all also an and any are as at be because been but by can could did do does for

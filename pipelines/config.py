@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from features.text import Domain
 from models.configs import FieldError, GRASPConfig, LLMRecConfig, SASRecConfig
 from pipelines.graph import BY_NAME
 
@@ -408,7 +409,22 @@ class LLMRecStageConfig(LLMRecConfig):
 
 
 @dataclass(frozen=True)
+class DomainConfig(Domain):
+    """The words the LLM prompts use (``features.text.Domain``): what is recommended (``item``, ``items``), to whom
+    (``user``), where (``catalogue``, ``shop``), what a user's history is (``history``), who an item suits
+    (``audience``), what a user summary covers (``user_traits``), what a description must not invent
+    (``inventions``, ``reason_inventions``), and whether ``categories`` are a ``path`` or ``tags``. Defaults: a shop's.
+    """
+
+    def __post_init__(self) -> None:
+        _one_of("categories", self.categories, ("path", "tags"))
+
+
+@dataclass(frozen=True)
 class Config:
+    """``dataset``: the name runs are labelled with in MLflow and the summary; empty = the data folder's name (or the
+    source, for synthetic data)."""
+
     dataset: str = "synthetic"
     seed: int = 42
     data: DataConfig = DataConfig()
@@ -425,6 +441,7 @@ class Config:
     train_sequential: TrainSequentialConfig = TrainSequentialConfig()
     web: WebConfig = WebConfig()
     llmrec: LLMRecStageConfig = LLMRecStageConfig()
+    domain: DomainConfig = DomainConfig()
 
 
 # --------------------------------------------------------------------------- loading
@@ -543,9 +560,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         _apply_override(raw, item)
     try:
-        return _build(Config, raw)
+        cfg = _build(Config, raw)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if not cfg.dataset:  # a generic config (sequences.yaml): the data folder names the dataset
+        cfg = dataclasses.replace(cfg, dataset=Path(cfg.data.path).resolve().name if cfg.data.path else cfg.data.source)
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:

@@ -65,12 +65,12 @@ def entities(ctx: StageContext) -> tuple[list[Entity], dict]:
     if "items" in cfg.entities:
         idx = _chosen(cat.popularity, np.arange(1, len(cat.item_ids) + 1), cfg.max_items)
         skipped["items"] = len(cat.item_ids) - len(idx)
-        out += [Entity("item", cat.item_ids[i - 1], int(i), T.item_messages(cat.items[int(i)]), T.ITEM_PROMPT_VERSION)
+        out += [Entity("item", cat.item_ids[i - 1], int(i), T.item_messages(cat.items[int(i)], d=ctx.cfg.domain), T.ITEM_PROMPT_VERSION)
                 for i in idx]
     if "users" in cfg.entities:
         idx = _chosen(cat.activity, np.arange(len(cat.user_ids)), cfg.max_users)
         skipped["users"] = len(cat.user_ids) - len(idx)
-        out += [Entity("user", cat.user_ids[u], int(u), T.user_messages(cat.history_rows(int(u)), cfg.user_history),
+        out += [Entity("user", cat.user_ids[u], int(u), T.user_messages(cat.history_rows(int(u)), cfg.user_history, d=ctx.cfg.domain),
                        T.USER_PROMPT_VERSION) for u in idx]
     return out, skipped
 

@@ -39,12 +39,12 @@ def embed_texts(encoder: Encoder, texts: list[str], cache: Cache) -> tuple[np.nd
     return vec, len(miss)
 
 
-def metadata_rows(cat: Catalogue) -> list[dict]:
+def metadata_rows(cat: Catalogue, d: T.Domain = T.SHOP) -> list[dict]:
     """Rows ``{kind, id, idx, text, fallback}`` for every item and user of the catalogue with their metadata text."""
-    meta = [{"kind": "item", "id": iid, "idx": i, "text": T.item_metadata_text(cat.items[i]), "fallback": False}
+    meta = [{"kind": "item", "id": iid, "idx": i, "text": T.item_metadata_text(cat.items[i], d), "fallback": False}
             for i, iid in enumerate(cat.item_ids, start=1)]
     meta += [{"kind": "user", "id": uid, "idx": u, "fallback": False,
-              "text": T.user_metadata_text(cat.history_rows(u))}
+              "text": T.user_metadata_text(cat.history_rows(u), d=d)}
              for u, uid in enumerate(cat.user_ids)]
     return meta
 
@@ -72,7 +72,7 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg.embed
     encoder = Encoder(cfg.model_path, cfg.batch_size, cfg.threads, cfg.device, cfg.max_tokens, cfg.engine, ctx.home)
     parts, out = [], {"encoded": 0, "cached": 0, "fallback": {}, "model": encoder.key}
-    meta = metadata_rows(load_catalogue(ctx))  # read the catalogue once for every source
+    meta = metadata_rows(load_catalogue(ctx), ctx.cfg.domain)  # read the catalogue once for every source
     with Cache(ctx.home / "cache" / "embed.sqlite") as cache:
         for source in cfg.sources:
             rows = texts_for(ctx, source, meta)

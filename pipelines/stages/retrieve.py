@@ -44,7 +44,7 @@ def item_documents(ctx: StageContext) -> list[dict]:
             if kind == "item" and status == "ok":
                 desc[int(idx)] = text
     return [{"doc_id": f"item:{iid}", "url": "", "title": " ".join((cat.items[i].get("title") or "").split()),
-             "text": T.document_text(cat.items[i], desc.get(i))} for i, iid in enumerate(cat.item_ids, 1)]
+             "text": T.document_text(cat.items[i], desc.get(i), ctx.cfg.domain)} for i, iid in enumerate(cat.item_ids, 1)]
 
 
 def backend_for(ctx: StageContext):

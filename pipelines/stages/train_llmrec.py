@@ -268,8 +268,8 @@ def _reasons(ctx: StageContext, causal, tok, model_dir, module: LLMRec, vectors:
     s[hist.rows(users)] = -np.inf                                               # as served: no repeat of the history
     top = s.argmax(1)
     histories = [[cat.items[i] for i in hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] for u in users]
-    facts = [T.reason_facts(h, cat.items[int(i)]) for h, i in zip(histories, top, strict=True)]
-    messages = [T.reason_messages(h, cat.items[int(i)]) for h, i in zip(histories, top, strict=True)]
+    facts = [T.reason_facts(h, cat.items[int(i)], d=ctx.cfg.domain) for h, i in zip(histories, top, strict=True)]
+    messages = [T.reason_messages(h, cat.items[int(i)], ctx.cfg.domain) for h, i in zip(histories, top, strict=True)]
     backend = TransformersBackend.from_loaded(_reason_model(causal, model_dir, module, c), tok,
                                               f"llmrec:{model_key}", batch_size=8,
                                               max_new_tokens=c.reason_max_new_tokens, repetition_penalty=1.15,

@@ -7,6 +7,7 @@ rows fail and a few sample values. The full result is saved as ``runs/<ds>/valid
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import pandas as pd
@@ -81,6 +82,9 @@ def run(ctx: StageContext) -> StageResult:
     frames = {t: read_arrow(home, t, ds, zone="staging").to_pandas() for t in ("interactions", "items")}
     frames["items"] = frames["items"][["item_id", "title"]]  # list columns are not needed by the suites
     failures, report = validate_frames(ctx.cfg, frames)
+    report["warnings"] = warnings(frames["items"])
+    for w in report["warnings"]:
+        print(f"  warning: {w}", file=sys.stderr, flush=True)
     write_json(ctx.run_dir / "validation.json", report)
     if failures:
         raise DataError(f"validation of ds={ds} (warehouse/interactions, warehouse/items)",
@@ -89,4 +93,16 @@ def run(ctx: StageContext) -> StageResult:
                         f"{ctx.run_dir / 'validation.json'}.")
     published = {table: str(publish(home, table, ds)) for table in ("interactions", "items", "users")}
     return StageResult(int(sum(len(f) for f in frames.values())), published,
-                       details={"expectations": sum(r["evaluated"] for r in report.values())})
+                       details={"expectations": sum(r["evaluated"] for t, r in report.items() if t != "warnings"),
+                                "warnings": report["warnings"]})
+
+
+def warnings(items: pd.DataFrame) -> list[str]:
+    """What passes validation but a user should know: items without a title (prompts, reasons and the metadata
+    text then show them by their other facts only)."""
+    title = items["title"]
+    untitled = items["item_id"][title.isna() | (title.astype(str).str.strip() == "")].astype(str).tolist()
+    if not untitled:
+        return []
+    return [f"{len(untitled)} item(s) have no title, e.g. {untitled[:5]}: the LLM prompts and the metadata text "
+            "show them by their other facts only; fill the title column of the items file"]

@@ -62,7 +62,7 @@ def run(ctx: StageContext) -> StageResult:
     for phase, (users, prefixes) in phases.items():
         for u, p in zip(users, prefixes, strict=True):
             hist = [cat.items[int(i)] for i in p]
-            msgs = T.rationale_messages(hist)
+            msgs = T.rationale_messages(hist, d=ctx.cfg.domain)
             rows.append({"user_idx": int(u), "phase": phase, "history_len": len(p), "messages": msgs,
                          "last_title": " ".join((hist[-1].get("title") or "").split()),
                          "key": T.content_hash(T.RATIONALE_PROMPT_VERSION, model_key, msgs)})

@@ -52,3 +52,30 @@ def test_describe_switched_off_leaves_embed_on_metadata_text(synthetic_home):
     n = (common.read_arrow(synthetic_home, "item_map", "2026-01-01").num_rows
          + common.read_arrow(synthetic_home, "user_map", "2026-01-01").num_rows)
     assert emb["fallback"] == {"descriptions": n}
+
+
+def test_the_generic_config_names_the_dataset_by_its_folder_and_warns_of_untitled_items(tmp_path):
+    """A second dataset run with the Beauty config was labelled amazon-beauty and 22 untitled items passed without a
+    word (reliability issue, 7). ``sequences.yaml`` carries no Beauty values: the folder names the dataset, and
+    validation warns (without failing) about items that have no title."""
+    import json
+
+    from pipelines import cli
+
+    data = tmp_path / "tiny-music"
+    data.mkdir()
+    (data / "sequences.txt").write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 40) for k in range(6)) + "\n"
+                                                for u in range(1, 61)))
+    (data / "items.tsv").write_text("item_id\tasin\ttitle\tattributes\n" + "".join(
+        f"{i}\tA{i}\t{'' if i in (3, 9) else f'Artist {i}'}\tfolk|acoustic\n" for i in range(1, 41)))
+    home = tmp_path / "home"
+    conf = CONF.with_name("sequences.yaml")
+    rc = cli.main(["run", "--ds", "2026-01-01", "--home", str(home), "--until", "validate", "--config", str(conf),
+                   "--set", f"data.path={data}", "--set", "validate.min_interactions=10", "--set",
+                   "validate.min_items=5"])
+    assert rc == 0
+    summary = json.loads((home / "runs" / "2026-01-01" / "summary.json").read_text())
+    assert summary["dataset"] == "tiny-music"
+    warned = json.loads((home / "runs" / "2026-01-01" / "validation.json").read_text())["warnings"]
+    assert len(warned) == 1 and warned[0].startswith("2 item(s) have no title, e.g. ['3', '9']"), warned
+    assert "beauty" not in conf.read_text().lower()                               # no Beauty-chosen values

@@ -58,3 +58,29 @@ def test_degenerate_outputs_are_recognised():
 def test_clean_output_drops_an_unfinished_last_sentence():
     assert T.clean_output("  One sentence.  Two sentences are cut") == "One sentence."
     assert T.clean_output("No sentence end at all") == "No sentence end at all"
+
+
+def test_the_prompts_take_their_domain_words_and_category_style_from_the_config():
+    """A new user's music data came back described as 'a limited edition product' for 'a shopper', its tags joined
+    as a category path (reliability issue, 7). The config's ``domain`` sets the words and the category style; the
+    default keeps the shop prompts word for word (their cache keys too)."""
+    from pipelines.config import load_config
+
+    artist = {"title": "Nick Drake", "categories": ["folk", "singer-songwriter", "acoustic"], "price": None}
+    shop = T.item_messages(artist)
+    assert shop[0]["content"] == ("You write short, factual product descriptions for an online shop. Use only the "
+                                  "facts given. Do not invent ingredients, sizes or prices.")
+    assert "Category: folk > singer-songwriter > acoustic" in shop[1]["content"]
+    cfg = load_config(None, ["domain.item=artist", "domain.items=artists", "domain.user=listener",
+                             "domain.catalogue=a music service", "domain.history=plays",
+                             "domain.audience=who would enjoy it", "domain.user_traits=taste in music",
+                             "domain.inventions=albums or dates", "domain.categories=tags"])
+    d = cfg.domain
+    item, user = T.item_messages(artist, d=d), T.user_messages([artist], d=d)
+    text = " ".join(m["content"] for m in item + user)
+    assert "Category: folk, singer-songwriter, acoustic" in item[1]["content"]
+    assert "describe this artist and who would enjoy it" in text and "this listener's taste in music" in text
+    assert "Plays, newest first:\n- Nick Drake (folk)" in user[1]["content"]           # a tag list's first tag
+    assert not [w for w in ("product", "shopper", "purchase", " > ") if w in text]
+    assert "listener" in T.rationale_messages([artist], d=d)[1]["content"]
+    assert T.content_hash(T.item_messages(artist)) != T.content_hash(item)             # other words, other key
