@@ -121,13 +121,16 @@ def entry_key(e: Entity, model_key: str) -> str:
     return T.content_hash(e.prompt_version, model_key, e.messages)
 
 
+PROGRESS_EVERY_S = 10.0
+
+
 def _progress(total: int, desc: str, every: int = 1):
     from tqdm import tqdm
 
-    # rate and ETA on stderr, refreshed at most every 10 s (Airflow logs stay readable) and only once a whole batch
-    # has arrived, so the first ETA is the first batch's rate, not one entity's share of it
-    return tqdm(total=total, desc=desc, unit="entity", mininterval=10, miniters=max(1, every), file=sys.stderr,
-                dynamic_ncols=False)
+    # rate and ETA on stderr, refreshed at most every PROGRESS_EVERY_S (Airflow logs stay readable) and only once a
+    # whole batch has arrived, so the first ETA is the first batch's rate, not one entity's share of it
+    return tqdm(total=total, desc=desc, unit="entity", mininterval=PROGRESS_EVERY_S, miniters=max(1, every),
+                file=sys.stderr, dynamic_ncols=False)
 
 
 def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache, flush_every: int,
