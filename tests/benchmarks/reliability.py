@@ -1,0 +1,161 @@
+"""Every trial of the two reliability issues, re-run: each case is the test (or tests) in ``make test`` that
+reproduces it, run here through pytest, with what the case expects and what was observed.
+
+    python tests/benchmarks/reliability.py [--only NAME ...]
+
+Writes ``tests/benchmarks/results/reliability.{json,md}``: ``{"cases": {NAME: {"expected": .., "observed": ..,
+"ok": true|false, "tests": [...]}}}``. A case is ok when all its tests pass; observed holds each test's outcome and,
+for a failure, its first message line. About 10 minutes on 2 cores (Spark, the real SmolLM2, DeepSpeed).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
+
+BI, NU, LF = "tests/integration/test_bad_inputs.py", "tests/integration/test_new_user.py", \
+    "tests/integration/test_llm_faults.py"
+DL, FA, LS = "tests/integration/test_day_lock.py", "tests/integration/test_faults.py", \
+    "tests/integration/test_llm_stages.py"
+LB, LO = "tests/unit/pipelines/test_llm_backends.py", "tests/unit/pipelines/test_loop.py"
+
+# name: (expected behaviour, tests that show it); 22.n / 23.n: the finding's number in its issue
+CASES: dict[str, tuple[str, list[str]]] = {
+    "22.1_venv_binary_outside_the_checkout": (
+        "`.venv/bin/recpipe` from another folder without the venv on PATH runs Spark stages (workers use the "
+        "driver's Python)", [f"{NU}::test_the_venv_binary_runs_spark_stages_from_another_folder_without_the_venv_on_path"]),
+    "22.2_401_echoing_the_key": (
+        "a 401 whose body echoes the API key leaves it in no file, record or output ([REDACTED])",
+        [f"{LF}::test_a_401_that_echoes_the_key_leaves_it_nowhere",
+         "tests/unit/pipelines/test_secrets.py"]),
+    "22.2_secret_scan_full_run": (
+        "with the LLM and search keys set to markers, a full synthetic run leaves neither in any file under the home, "
+        "MLflow's store and artifacts, or its output",
+        ["tests/integration/test_end_to_end.py::test_no_secret_reaches_a_file_mlflow_or_a_log_line"]),
+    "22.3_answers_that_are_not_chat_completions": (
+        "invalid JSON and JSON without choices are failed calls (retried, counted), the message names the server "
+        "and what it returned", [f"{LF}::test_answers_that_are_not_chat_completions_are_failed_calls_naming_the_server"]),
+    "22.4_read_only_home": ("an unwritable --home: a one-paragraph message, exit 2, no traceback",
+                            [f"{DL}::test_an_unwritable_home_gets_a_message_not_a_traceback"]),
+    "22.4_timestamps_1e30_nan_inf": ("the rows and field named, no cast-overflow trace",
+                                     [f"{BI}::test_timestamps_no_calendar_holds_are_named_not_a_cast_overflow"]),
+    "22.4_ratings_not_numbers_nan_inf": ("a non-numeric, NaN or infinite rating is refused naming rows and field",
+                                         [f"{BI}::test_ratings_that_are_not_finite_numbers_are_refused"]),
+    "22.4_empty_folder_as_interactions": ("the folder named and the fix, no UNABLE_TO_INFER_SCHEMA trace",
+                                          [f"{BI}::test_an_empty_folder_as_the_interactions_file"]),
+    "22.5_rfc4180_quotes_and_csv_folder": (
+        "quoted ids with a comma, a doubled quote and a newline read as written; a folder of CSV parts read",
+        [f"{BI}::test_rfc4180_quoted_fields_and_a_folder_of_csv_parts_are_read_as_written"]),
+    "22.6_two_runs_of_one_day": (
+        "a second run of a day is refused naming the holder; runs started together: one exits 0 with its own "
+        "success record, the other exits 2", [f"{DL}::test_a_second_run_of_the_same_day_is_refused_naming_the_holder",
+                                              f"{FA}::test_two_runs_of_one_day_started_together"]),
+    "22.7_generic_config_and_untitled_items": (
+        "sequences.yaml has no Beauty values, names the dataset by its folder, warns about untitled items",
+        [f"{NU}::test_the_generic_config_names_the_dataset_by_its_folder_and_warns_of_untitled_items"]),
+    "22.7_prompt_words_and_tags": (
+        "the config's domain sets every prompt's words and joins tags with ', ' (defaults: the shop prompts as before)",
+        ["tests/unit/features/test_text.py::test_the_prompts_take_their_domain_words_and_category_style_from_the_config"]),
+    "22.7_describe_switched_off": ("describe.entities=[] loads no LLM; embed uses metadata text",
+                                   [f"{NU}::test_describe_switched_off_leaves_embed_on_metadata_text"]),
+    "22.7_describe_first_eta": ("the first ETA is the first batch's rate, not loading or one entity's share",
+                                ["tests/unit/pipelines/test_describe_progress.py"]),
+    "22.8_airflow_readme_sequence": ("the README's Airflow commands find and unpause the DAG",
+                                     ["tests/dags/test_dags.py::test_the_readme_airflow_sequence_finds_and_unpauses_the_dag"]),
+    "22.faults_kill_in_split_and_training": (
+        "SIGKILL in split and in train_sequential, then re-runs: tables equal an uninterrupted run's, training resumes "
+        "with the same epochs and valid metrics", [f"{FA}::test_runs_killed_in_split_and_in_training_then_rerun_equal_uninterrupted_ones"]),
+    "22.faults_kill_in_describe": ("a killed describe keeps every committed description; the re-run generates the rest",
+                                   [f"{LS}::test_killed_run_resumes_without_losing_finished_work"]),
+    "22.faults_429_503_hangs": ("429 with Retry-After, 503s and answers slower than the timeout are retried",
+                                [f"{LB}::test_openai_backend_retries_429_503_and_timeouts",
+                                 f"{LB}::test_retrying_honours_retry_after_backs_off_exponentially_and_gives_up"]),
+    "23.1_day_half_replaced": ("a re-run failing after validation leaves every table of the day as it was",
+                               [f"{BI}::test_a_rerun_that_fails_after_validation_leaves_the_day_as_it_was"]),
+    "23.2_bad_reply_keeps_finished_work": ("answers before a bad reply are cached, and the message's count is true",
+                                           [f"{LF}::test_answers_that_are_not_chat_completions_are_failed_calls_naming_the_server"]),
+    "23.3_early_stop": ("describe stops calling once describe.max_failed_fraction can no longer be met",
+                        [f"{LF}::test_stops_calling_once_the_failure_budget_is_spent"]),
+    "23.4_cache_key_without_the_url": ("the same model on another port reuses every cached description",
+                                       [f"{LF}::test_the_same_model_on_another_port_reuses_the_cache"]),
+    "23.5_stale_jit_lock": ("a stale torch extension build lock is named with the fix at once, not waited on",
+                            [f"{LO}::test_a_stale_build_lock_is_named_instead_of_hanging"]),
+    "23.6_concurrent_runs_records": (
+        "the winner's summary stays its own; a killed holder leaves no stale day lock",
+        [f"{FA}::test_two_runs_of_one_day_started_together", f"{DL}::test_a_killed_holder_leaves_no_stale_lock"]),
+    "23.7_promotion_records": ("every promotion decision is kept; a challenger is judged on its own day",
+                               ["tests/unit/pipelines/test_promotion.py::test_every_decision_is_kept_and_a_challenger_is_judged_on_its_own_day"]),
+    "23.8_relocatable_home": ("a copied home reads and writes its own MLflow artifacts; the original is untouched",
+                              ["tests/unit/pipelines/test_registry.py::test_a_copied_home_writes_and_reads_its_own_artifacts"]),
+    "23.9_negative_factors": ("wals.factors=-3 is refused when the config loads",
+                              ["tests/unit/pipelines/test_config.py::test_impossible_values_are_refused_when_the_config_loads"]),
+    "23.9_huge_header": ("a 5 MB header is not echoed whole; messages cap samples",
+                         [f"{BI}::test_a_huge_header_is_not_echoed_whole"]),
+    "23.9_doubled_quote": ('a CSV field "U""quote" is stored as U"quote',
+                           [f"{BI}::test_rfc4180_quoted_fields_and_a_folder_of_csv_parts_are_read_as_written"]),
+    "23.9_parquet_integer_ids": ("Parquet with integer user and item ids is ingested, the ids as text",
+                                 [f"{BI}::test_parquet_with_integer_ids_is_read_with_the_ids_as_text"]),
+    "extra_two_stage_zero2_engines": ("a ZeRO-2 engine leaves no gradient hooks for the next training stage",
+                                      [f"{LO}::test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage"]),
+}
+
+
+def _outcomes(xml: Path) -> dict[str, tuple[str, str, float]]:
+    """``{file::test[param]: (passed|failed|skipped, first message line, seconds)}`` from pytest's JUnit XML."""
+    out = {}
+    for tc in ET.parse(xml).getroot().iter("testcase"):
+        path = tc.get("classname", "").replace(".", "/") + ".py"
+        status, msg = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            el = tc.find(tag)
+            if el is not None:
+                status = "skipped" if tag == "skipped" else "failed"
+                msg = (el.get("message") or el.text or "").strip().splitlines()[0][:300] if (el.get("message") or
+                                                                                          el.text) else ""
+        out[f"{path}::{tc.get('name')}"] = (status, msg, float(tc.get("time", 0)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", default=[], help="run only these cases (repeatable)")
+    args = ap.parse_args(argv)
+    cases = {k: v for k, v in CASES.items() if not args.only or k in args.only}
+    nodes = sorted({t for _, tests in cases.values() for t in tests})
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *nodes]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT)
+        seconds = time.perf_counter() - t0
+        results = _outcomes(xml)
+    out = {}
+    for name, (expected, tests) in cases.items():
+        got = {k: v for k, v in results.items() for t in tests if k == t or k.startswith(t.rstrip("/") + "::")
+               or k.startswith(t + "[")}
+        ok = bool(got) and all(s == "passed" for s, _, _ in got.values())
+        observed = "; ".join(f"{k.split('::')[-1]}: {s}{(' - ' + m) if m else ''} ({sec:.1f} s)"
+                             for k, (s, m, sec) in sorted(got.items())) or "no test ran"
+        out[name] = {"expected": expected, "observed": observed, "ok": ok, "tests": tests}
+    payload = {"cases": out, "passed": sum(c["ok"] for c in out.values()), "total": len(out),
+               "seconds": round(seconds, 1),
+               "machine": {**machine(), "command": "python tests/benchmarks/reliability.py"}}
+    rows = [("case", "ok", "expected", "observed")]
+    rows += [(n, "yes" if c["ok"] else "NO", c["expected"], c["observed"]) for n, c in out.items()]
+    write_results("reliability", payload, rows,
+                  [f"{payload['passed']} of {payload['total']} cases ok, {seconds:.0f} s; each case is the named "
+                   "tests of make test, run by pytest (JUnit XML)"])
+    return 0 if payload["passed"] == payload["total"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
