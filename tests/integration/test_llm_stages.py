@@ -75,7 +75,9 @@ def test_describe_caches_and_regenerates_only_what_changed(synthetic_home, tiny_
     assert third["cached"] == 40 - third["generated"]
 
 
-def test_killed_run_resumes_without_losing_finished_work(synthetic_home, tiny_llm_dir):
+def test_killed_run_resumes_without_losing_finished_work(synthetic_home, tiny_llm_dir, _synthetic_split, tmp_path):
+    """SIGKILL in the middle of describe, then a re-run: every committed description is reused, the rest generated,
+    and the day's descriptions equal an uninterrupted run's (greedy decoding, batched equals one at a time)."""
     args = [sys.executable, "-m", "pipelines.cli", "stage", "describe", "--home", str(synthetic_home), "--ds", DS]
     for o in tiny(tiny_llm_dir, items=300, users=300) + ["describe.batch_size=2"]:
         args += ["--set", o]
@@ -106,6 +108,14 @@ def test_killed_run_resumes_without_losing_finished_work(synthetic_home, tiny_ll
     assert out["cached"] >= at_kill
     assert out["generated"] + out["shared_prompt"] == total - out["cached"]
     assert table(synthetic_home, "descriptions").num_rows == total
+    from tests.conftest import private_home
+
+    ref = private_home(_synthetic_split, tmp_path / "uninterrupted")
+    stage(ctx_for(ref, *tiny(tiny_llm_dir, items=300, users=300)), "describe")
+    cols = ["kind", "idx", "text", "status"]
+    a = table(ref, "descriptions").select(cols).sort_by([("kind", "ascending"), ("idx", "ascending")])
+    b = table(synthetic_home, "descriptions").select(cols).sort_by([("kind", "ascending"), ("idx", "ascending")])
+    assert a.equals(b)
 
 
 def test_openai_backend_through_the_stage(synthetic_home, monkeypatch, capsys):
