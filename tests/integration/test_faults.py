@@ -17,7 +17,8 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     it says success and exits 0 (before the per-day lock the loser's failure record overwrote the winner's summary,
     both trained into one checkpoint folder and one deleted the other's MLflow run: reliability issue, part two, 6)."""
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(tmp_path), "--ds", DS, "--until", "split"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+             for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], [o[1][-1500:] for o in outs]
@@ -28,7 +29,7 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     assert summary["status"] == "partial" and list(summary["stages"]) == ["ingest", "validate", "split"]
     assert all(s["status"] == "success" for s in summary["stages"].values())
     # the day is free again once the winner is done: a second run goes through
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
     assert again.returncode == 0, again.stderr[-1500:]
 
 
@@ -45,13 +46,23 @@ def _tables(home, ds) -> dict:
     return out
 
 
+def _env() -> dict:
+    """This environment without torch.distributed's variables: a test that set up a process group in pytest's own
+    process leaves MASTER_PORT pointing at a port that process still holds."""
+    import os
+
+    return {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+
+
 def _run_until(cmd, line: str, then_s: float = 0.0) -> int:
     """Start ``cmd``; once a stdout line contains ``line`` wait ``then_s`` and SIGKILL the whole process group (Spark's
     JVM too). Returns -9, or the exit code if the run ended first."""
     import os
     import signal
 
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                         env=_env())
     for out in p.stdout:
         if line in out:
             time.sleep(then_s)
@@ -72,7 +83,7 @@ def test_runs_killed_in_split_and_in_training_then_rerun_equal_uninterrupted_one
     victim = tmp_path / "victim"
     run = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(victim), "--ds", DS, "--until", "split"]
     assert _run_until(run, f"[{DS}] split ...", 4.0) == -9
-    again = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(run, capture_output=True, text=True, timeout=600, env=_env())
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = _tables(_synthetic_split, DS), _tables(victim, DS)
     assert sorted(a) == sorted(b)
@@ -83,10 +94,11 @@ def test_runs_killed_in_split_and_in_training_then_rerun_equal_uninterrupted_one
              "train_sequential.train.patience=10", "train_sequential.distributed.threads=1"]
     stage = [sys.executable, "-m", "pipelines.cli", "stage", "train_sequential", "--ds", DS,
              *[a for kv in train for a in ("--set", kv)]]
-    ref = subprocess.run([*stage, "--home", str(synthetic_home)], capture_output=True, text=True, timeout=600)
+    ref = subprocess.run([*stage, "--home", str(synthetic_home)], capture_output=True, text=True, timeout=600,
+                         env=_env())
     assert ref.returncode == 0, ref.stderr[-2000:]
     assert _run_until([*stage, "--home", str(victim)], "sasrec epoch 2:") == -9
-    last = subprocess.run([*stage, "--home", str(victim)], capture_output=True, text=True, timeout=600)
+    last = subprocess.run([*stage, "--home", str(victim)], capture_output=True, text=True, timeout=600, env=_env())
     assert last.returncode == 0, last.stderr[-2000:]
     rec = json.loads((victim / "runs" / DS / "stages" / "train_sequential.json").read_text())["models"]["sasrec"]
     ref_rec = json.loads((synthetic_home / "runs" / DS / "stages" / "train_sequential.json").read_text())

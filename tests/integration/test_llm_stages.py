@@ -149,7 +149,8 @@ def test_describe_fails_clearly_when_the_server_is_down_and_keeps_nothing_half_w
     with LocalLLMServer(Behaviour(status_always=503)) as server:
         ctx = ctx_for(synthetic_home, "describe.backend=openai", f"describe.openai.base_url={server.base_url}",
                       "describe.openai.model=m", "describe.openai.max_retries=1", "describe.openai.backoff_s=0.01",
-                      "describe.max_items=5", "describe.max_users=5")
+                      "describe.max_items=5", "describe.max_users=5",
+                      "describe.openai.concurrency=1")  # one call in flight: how many go out cannot depend on load
         with pytest.raises(runner.StageFailed) as err:
             stage(ctx, "describe")
     msg = str(err.value)
