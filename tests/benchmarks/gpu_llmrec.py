@@ -452,9 +452,9 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
                                       "the CPU machine by the pipeline's own stages, as in llmrec_beauty.md), scored "
                                       "here on the same users with the same protocol code; the GPU side's popularity "
                                       "agrees exactly (same data, same negatives)"},
-               "machine": {**raw["machine"], "command": "python3 tests/benchmarks/gpu_llmrec.py train .gpu/bundle "
-                           "--out $OUT --part .gpu/m0/gguf.part0; python tests/benchmarks/gpu_llmrec.py report "
-                           "llmrec_gpu_raw.json"},
+               "machine": {**raw["machine"], "command": raw.get("command") or "python3 tests/benchmarks/gpu_llmrec.py train .gpu/bundle "
+                           "--out $OUT --part /tmp/recpipe-gpu/gguf.part0 --total 420 (after a call that put the first "
+                           "GGUF part there); python tests/benchmarks/gpu_llmrec.py report llmrec_gpu_raw.json"},
                "gpu_seconds": raw.get("seconds")}
     order = ["popularity", "wals", "sasrec", "grasp", *names]
     rows = [("model", "HR@10", "NDCG@10", "short-history NDCG@10", "tail-item NDCG@10", "valid NDCG@10",
