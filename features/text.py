@@ -132,11 +132,13 @@ def user_metadata_text(history: Sequence[dict], max_items: int = 5, title_words:
     Shorter than the LLM prompt (5 items, 10-word titles, no prices) because the encoder truncates at 128 word
     pieces and its cost grows with length.
     """
-    def line(it: dict) -> str:
-        c = leaf(categories(it), d)
-        return _clip(it.get("title"), title_words) + (f" ({c})" if c else "")
+    return "; ".join(_title_and_leaf(it, title_words, d) for it in list(history)[::-1][:max_items])
 
-    return "; ".join(line(it) for it in list(history)[::-1][:max_items])
+
+def _title_and_leaf(item: dict, title_words: int, d: Domain) -> str:
+    """An item's clipped title and, in brackets, the category that stands for it."""
+    c = leaf(categories(item), d)
+    return _clip(item.get("title"), title_words) + (f" ({c})" if c else "")
 
 
 RATIONALE_PROMPT_VERSION = "rationale-v1"
@@ -152,13 +154,10 @@ def rationale_messages(history: Sequence[dict], max_items: int = 5, title_words:
     """The web_queries stage's prompt: the user's last ``max_items`` purchases, newest first (title and leaf
     category), and the request for a short rationale of what the user needs next (WebRec's reasoning prompt).
     ``history`` is oldest first. Kept short: the prompt is read twice per user (generation and scoring)."""
-    def line(it: dict) -> str:
-        c = leaf(categories(it), d)
-        return _clip(it.get("title"), title_words) + (f" ({c})" if c else "")
-
     recent = list(history)[::-1][:max_items]
     return [{"role": "system", "content": rationale_system(d)},
-            {"role": "user", "content": _newest_first(d) + "\n".join(f"- {line(it)}" for it in recent)
+            {"role": "user", "content": _newest_first(d) + "\n".join(f"- {_title_and_leaf(it, title_words, d)}"
+                                                                      for it in recent)
              + f"\nIn one or two sentences, say what {d.item} this {d.user} is likely to need next and why."}]
 
 
