@@ -67,6 +67,13 @@ def synthetic_home(_synthetic_split, tmp_path) -> Path:
     return private_home(_synthetic_split, tmp_path)
 
 
+def without_process_group() -> dict:
+    """This environment without torch.distributed's variables, for a child process: a test that set up a process
+    group in pytest's own process leaves MASTER_PORT naming a port that process still holds."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+
+
 def stage_cli(home: Path, stage: str, sets: list[str], procs: int = 1, timeout: int = 600):
     """``python -m pipelines.cli stage STAGE`` for ``DS`` in ``home`` as its own process, or under ``torchrun`` with
     ``procs`` CPU processes (gloo); fails the test with the output's tail when it fails."""
@@ -82,9 +89,7 @@ def stage_cli(home: Path, stage: str, sets: list[str], procs: int = 1, timeout: 
     cmd = [sys.executable, *args] if procs == 1 else [
         str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(procs), "--master_addr",
         "127.0.0.1", "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = {**without_process_group(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -29,6 +29,18 @@ def machine() -> dict:
             "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv])}
 
 
+def copy_partitions(home: Path, bundle: Path, tables: tuple[str, ...], made_by: str) -> None:
+    """Copy the ``BEAUTY_DS`` partitions of ``tables`` from ``home`` into ``bundle/home`` (what a GPU node gets);
+    exits naming the benchmark (``made_by``) that builds a missing one."""
+    for t in tables:
+        src = home / "warehouse" / t / f"ds={BEAUTY_DS}"
+        if not src.exists():
+            sys.exit(f"{src} is missing: run tests/benchmarks/{made_by} --home {home} first")
+        dst = bundle / "home" / "warehouse" / t / f"ds={BEAUTY_DS}"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+
+
 def prepare_beauty(data: str, home: str, overrides: list[str]):
     """Ingest, validate and split Amazon Beauty once (re-used when already there); return a StageContext."""
     from pipelines import runner

@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, ROOT, copy_partitions, machine, write_results  # noqa: E402
 
 TABLES = ("sequences", "user_map", "item_map", "items")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,6 +90,7 @@ def _ctx(home: Path, data: Path, sets: list[str]):
 # ----------------------------------------------------------------------------- pack (here)
 
 def pack(bundle: Path, home: Path, first_part: Path) -> None:
+    import dataclasses
     import importlib.util
 
     import numpy as np
@@ -99,18 +100,11 @@ def pack(bundle: Path, home: Path, first_part: Path) -> None:
     from pipelines.training.llmrec import held_out_factors, seeded_users
 
     ctx = _ctx(home, home, GPU_SETS)
-    for t in TABLES:
-        src = home / "warehouse" / t / f"ds={BEAUTY_DS}"
-        if not src.exists():
-            sys.exit(f"{src} is missing: run tests/benchmarks/bench_llmrec.py --home {home} first")
-        dst = bundle / "home" / "warehouse" / t / f"ds={BEAUTY_DS}"
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+    copy_partitions(home, bundle, TABLES, "bench_llmrec.py")
     data, _, _ = load_eval_data(ctx)
     c = ctx.cfg.llmrec
     text = item_text(ctx, data.n_items)
     train_users = seeded_users(np.flatnonzero(data.train.lengths() >= 2), c.train_users, ctx.cfg.seed)
-    import dataclasses
     factors = held_out_factors(data.train, data.n_items, train_users, c.examples_per_user,
                                dataclasses.replace(ctx.cfg.wals, engine="implicit"))
     grasp = np.load(home / "runs" / BEAUTY_DS / "train_sequential" / "grasp" / "vectors.npz")

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, machine, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, copy_partitions, machine, write_results  # noqa: E402
 
 TABLES = ("sequences", "user_map", "item_map")
 VARIANTS = {
@@ -48,13 +47,7 @@ def pack(bundle: Path, home: Path, source: str) -> None:
 
     cfg = load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={home}"])
     ctx = StageContext(cfg, BEAUTY_DS, home.resolve())
-    for t in TABLES:
-        src = home / "warehouse" / t / f"ds={BEAUTY_DS}"
-        if not src.exists():
-            sys.exit(f"{src} is missing: run tests/benchmarks/bench_sequential.py --home {home} first")
-        dst = bundle / "home" / "warehouse" / t / f"ds={BEAUTY_DS}"
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+    copy_partitions(home, bundle, TABLES, "bench_sequential.py")
     data, _, _ = load_eval_data(ctx)
     tables = feature_tables(ctx, source, data.n_items, data.n_users)
     np.savez_compressed(bundle / "tables.npz", **{k: v.astype(np.float16) for k, v in tables.items()})

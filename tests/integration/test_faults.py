@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.conftest import without_process_group
+
 pytestmark = pytest.mark.slow
 DS = "2026-01-01"
 
@@ -17,7 +19,7 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     it says success and exits 0 (before the per-day lock the loser's failure record overwrote the winner's summary,
     both trained into one checkpoint folder and one deleted the other's MLflow run: reliability issue, part two, 6)."""
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(tmp_path), "--ds", DS, "--until", "split"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=without_process_group())
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
@@ -29,7 +31,7 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     assert summary["status"] == "partial" and list(summary["stages"]) == ["ingest", "validate", "split"]
     assert all(s["status"] == "success" for s in summary["stages"].values())
     # the day is free again once the winner is done: a second run goes through
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=without_process_group())
     assert again.returncode == 0, again.stderr[-1500:]
 
 
@@ -46,15 +48,6 @@ def _tables(home, ds) -> dict:
     return out
 
 
-def _env() -> dict:
-    """This environment without torch.distributed's variables: a test that set up a process group in pytest's own
-    process leaves MASTER_PORT pointing at a port that process still holds."""
-    import os
-
-    return {k: v for k, v in os.environ.items()
-            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-
-
 def _run_until(cmd, line: str, then_s: float = 0.0) -> int:
     """Start ``cmd``; once a stdout line contains ``line`` wait ``then_s`` and SIGKILL the whole process group (Spark's
     JVM too). Returns -9, or the exit code if the run ended first."""
@@ -62,7 +55,7 @@ def _run_until(cmd, line: str, then_s: float = 0.0) -> int:
     import signal
 
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                         env=_env())
+                         env=without_process_group())
     for out in p.stdout:
         if line in out:
             time.sleep(then_s)
@@ -83,7 +76,7 @@ def test_runs_killed_in_split_and_in_training_then_rerun_equal_uninterrupted_one
     victim = tmp_path / "victim"
     run = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(victim), "--ds", DS, "--until", "split"]
     assert _run_until(run, f"[{DS}] split ...", 4.0) == -9
-    again = subprocess.run(run, capture_output=True, text=True, timeout=600, env=_env())
+    again = subprocess.run(run, capture_output=True, text=True, timeout=600, env=without_process_group())
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = _tables(_synthetic_split, DS), _tables(victim, DS)
     assert sorted(a) == sorted(b)
@@ -95,10 +88,10 @@ def test_runs_killed_in_split_and_in_training_then_rerun_equal_uninterrupted_one
     stage = [sys.executable, "-m", "pipelines.cli", "stage", "train_sequential", "--ds", DS,
              *[a for kv in train for a in ("--set", kv)]]
     ref = subprocess.run([*stage, "--home", str(synthetic_home)], capture_output=True, text=True, timeout=600,
-                         env=_env())
+                         env=without_process_group())
     assert ref.returncode == 0, ref.stderr[-2000:]
     assert _run_until([*stage, "--home", str(victim)], "sasrec epoch 2:") == -9
-    last = subprocess.run([*stage, "--home", str(victim)], capture_output=True, text=True, timeout=600, env=_env())
+    last = subprocess.run([*stage, "--home", str(victim)], capture_output=True, text=True, timeout=600, env=without_process_group())
     assert last.returncode == 0, last.stderr[-2000:]
     rec = json.loads((victim / "runs" / DS / "stages" / "train_sequential.json").read_text())["models"]["sasrec"]
     ref_rec = json.loads((synthetic_home / "runs" / DS / "stages" / "train_sequential.json").read_text())

@@ -16,6 +16,16 @@ CONF = Path(__file__).resolve().parents[2] / "pipelines" / "conf" / "amazon_beau
 pytestmark = pytest.mark.slow
 
 
+def sequence_dataset(folder: Path, title, attributes) -> Path:
+    """60 users x 6 items over 40 items in the sequence-file layout; ``title(i)``, ``attributes(i)`` per item."""
+    folder.mkdir()
+    (folder / "sequences.txt").write_text("".join(
+        f"{u} " + " ".join(str(1 + (u * 7 + k) % 40) for k in range(6)) + "\n" for u in range(1, 61)))
+    (folder / "items.tsv").write_text("item_id\tasin\ttitle\tattributes\n" + "".join(
+        f"{i}\tA{i}\t{title(i)}\t{attributes(i)}\n" for i in range(1, 41)))
+    return folder
+
+
 def test_the_venv_binary_runs_spark_stages_from_another_folder_without_the_venv_on_path(tmp_path):
     binary = Path(sys.executable).parent / "recpipe"
     if not binary.exists():
@@ -24,12 +34,7 @@ def test_the_venv_binary_runs_spark_stages_from_another_folder_without_the_venv_
                                                             "PYSPARK_DRIVER_PYTHON")}
     env["PATH"] = "/usr/bin:/bin"  # the first python3 there does not have recpipe's packages
     # a small dataset in the sequence-file layout: its parser runs in Spark's Python workers
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "sequences.txt").write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 40) for k in range(6)) + "\n"
-                                                for u in range(1, 61)))
-    (data / "items.tsv").write_text("item_id\tasin\ttitle\tattributes\n" + "".join(
-        f"{i}\tA{i}\tItem {i}\tBrand|Cat{i % 4}\n" for i in range(1, 41)))
+    data = sequence_dataset(tmp_path / "data", lambda i: f"Item {i}", lambda i: f"Brand|Cat{i % 4}")
     home = tmp_path / "home"
     proc = subprocess.run([str(binary), "run", "--ds", "2026-01-01", "--home", str(home), "--stages",
                            "ingest", "--config", str(CONF), "--set", f"data.path={data}"],
@@ -62,12 +67,8 @@ def test_the_generic_config_names_the_dataset_by_its_folder_and_warns_of_untitle
 
     from pipelines import cli
 
-    data = tmp_path / "tiny-music"
-    data.mkdir()
-    (data / "sequences.txt").write_text("".join(f"{u} " + " ".join(str(1 + (u * 7 + k) % 40) for k in range(6)) + "\n"
-                                                for u in range(1, 61)))
-    (data / "items.tsv").write_text("item_id\tasin\ttitle\tattributes\n" + "".join(
-        f"{i}\tA{i}\t{'' if i in (3, 9) else f'Artist {i}'}\tfolk|acoustic\n" for i in range(1, 41)))
+    data = sequence_dataset(tmp_path / "tiny-music", lambda i: "" if i in (3, 9) else f"Artist {i}",
+                            lambda i: "folk|acoustic")
     home = tmp_path / "home"
     conf = CONF.with_name("sequences.yaml")
     rc = cli.main(["run", "--ds", "2026-01-01", "--home", str(home), "--until", "validate", "--config", str(conf),
