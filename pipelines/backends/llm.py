@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -378,15 +378,31 @@ class OpenAIBackend:
             return Generation("", 0, error=f"{self.url}: gave up after {self.max_retries + 1} attempts; last: {exc}")
 
     def stream(self, prompts: Sequence[list[Message]], retry: bool = False) -> Iterator[tuple[int, Generation]]:
+        """Answers as they complete. At most ``concurrency`` prompts are in flight, and a new one is sent only when
+        the caller has taken an answer: a caller that stops (too many failures) leaves at most that many requests
+        behind, however far ahead the server could have run."""
         t0 = time.perf_counter()
         pool = ThreadPoolExecutor(self.concurrency)
+        queue = iter(enumerate(prompts))
+        running: dict = {}
+
+        def send() -> None:
+            for i, m in queue:
+                running[pool.submit(self._one, m, retry)] = i
+                return
+
         try:
-            futures = {pool.submit(self._one, m, retry): i for i, m in enumerate(prompts)}
-            for fut in as_completed(futures):
-                gen = fut.result()
-                self.stats.calls += 1
-                self.stats.generated_tokens += gen.tokens
-                self.stats.seconds = time.perf_counter() - t0
-                yield futures[fut], gen
-        finally:  # a caller that stops early (too many failures) cancels every request not yet sent
+            for _ in range(self.concurrency):
+                send()
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    gen = fut.result()
+                    self.stats.calls += 1
+                    self.stats.generated_tokens += gen.tokens
+                    self.stats.seconds = time.perf_counter() - t0
+                    yield i, gen
+                    send()
+        finally:  # a caller that stops early finds nothing queued: only the requests in flight finish
             pool.shutdown(wait=True, cancel_futures=True)

@@ -84,3 +84,22 @@ def test_the_same_model_on_another_port_reuses_the_cache(synthetic_home):
         again = runner.run_stage("describe", ctx_for(synthetic_home, b, "describe.max_items=8"))
         assert b.behaviour.requests == 0
     assert first["generated"] == 8 and again["generated"] == 0 and again["cached"] == 8
+
+
+def test_a_slow_caller_that_stops_leaves_only_the_requests_in_flight():
+    """The server may answer far faster than the caller consumes (a loaded CI machine): prompts are sent only as
+    answers are taken, so stopping after three answers leaves at most ``concurrency`` more requests behind."""
+    import time
+
+    from pipelines.backends.llm import OpenAIBackend
+
+    with LocalLLMServer(Behaviour(status_always=500)) as server:
+        backend = OpenAIBackend(server.base_url, "m", concurrency=2, max_retries=0, backoff_s=0.01)
+        stream = backend.stream([[{"role": "user", "content": f"p{i}"}] for i in range(40)])
+        for n, (_, gen) in enumerate(stream, 1):
+            assert gen.error
+            time.sleep(0.3)  # the server has long answered everything it was sent
+            if n == 3:
+                break
+        stream.close()
+        assert server.behaviour.requests <= 3 + 2, server.behaviour.requests
