@@ -4,6 +4,8 @@
   recpipe stage    NAME [same options]
   recpipe backfill --from YYYY-MM-DD --to YYYY-MM-DD [--force] [same options]
   recpipe promote  --model NAME [--ds YYYY-MM-DD] [same options]
+  recpipe promote  --model NAME --history [same options]
+  recpipe rollback --model NAME [--to-version N] [--reason TEXT] [same options]
   recpipe tune     wals [same options]
 """
 from __future__ import annotations
@@ -59,18 +61,26 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="move 'champion' to the challenger if it wins on the same evaluation")
     pr.add_argument("--model", required=True, help="registered model name, e.g. popularity or wals")
     pr.add_argument("--ds", type=_date, default=None, help="evaluation day (default: latest successful run)")
+    pr.add_argument("--history", action="store_true",
+                    help="print every recorded promotion and rollback decision of the model instead; change nothing")
     _common(pr, ds=False)
+    rb = sub.add_parser("rollback", help="move 'champion' back to the previous champion (or --to-version)")
+    rb.add_argument("--model", required=True, help="registered model name, e.g. wals")
+    rb.add_argument("--to-version", default=None, help="registered version to make champion (default: the champion "
+                    "the current one replaced)")
+    rb.add_argument("--reason", default=None, help="why; kept with the decision")
+    _common(rb, ds=False)
     t = sub.add_parser("tune", help="grid search on valid only, then evaluate the chosen model once on test")
     t.add_argument("model", choices=["wals"])  # pipelines.tuning.TUNERS (not imported here: it loads the pipeline)
     _common(t)
     return p
 
 
-def _fail(stage: str, ds: str | None, exc: BaseException, message: str | None = None) -> int:
+def _fail(stage: str, ds: str | None, exc: BaseException, message: str | None = None, fix: str | None = None) -> int:
     from pipelines.secrets import redact
 
     kind = type(exc).__name__
-    fix = next((v for k, v in FIXES.items() if k in {c.__name__ for c in type(exc).__mro__}),
+    fix = fix or next((v for k, v in FIXES.items() if k in {c.__name__ for c in type(exc).__mro__}),
                "see the stage's record in runs/<ds>/stages/ for the traceback")
     where = f" for ds={ds}" if ds else ""
     text = message if message is not None else redact(str(exc))
@@ -102,9 +112,13 @@ def _run_days(cfg, home: Path, days: list[str], stages: list[str], force: bool =
     return 0
 
 
-def _promote(cfg, home: Path, model: str, ds: str | None) -> int:
+def _promote(cfg, home: Path, model: str, ds: str | None, history: bool = False) -> int:
     from pipelines import promotion
 
+    if history:
+        lines = promotion.history_lines(cfg, home, model)
+        print("\n".join(lines) if lines else f"no promotion decisions recorded for '{model}'")
+        return 0
     out = promotion.promote(cfg, home, model, ds)
     print(("PROMOTED: " if out["promoted"] else "NOT PROMOTED: ") + out["reason"])
     print(json.dumps({k: v for k, v in out.items() if k != "reason"}, indent=2))
@@ -134,7 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             days = [(start + dt.timedelta(d)).isoformat() for d in range((end - start).days + 1)]
             return _run_days(cfg, home, days, select(), force=args.force)
         if args.cmd == "promote":
-            return _promote(cfg, home, args.model, args.ds)
+            return _promote(cfg, home, args.model, args.ds, args.history)
+        if args.cmd == "rollback":
+            from pipelines import promotion
+
+            out = promotion.rollback(cfg, home, args.model, args.to_version, args.reason)
+            print(f"ROLLED BACK: {out['reason']}")
+            return 0
         if args.cmd == "tune":
             from pipelines.tuning import TUNERS
 
@@ -142,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(out["chosen"], indent=2))
             return 0
     except (ValueError, LookupError, OSError) as exc:
-        return _fail(args.cmd, getattr(args, "ds", None), exc)
+        fix = (f"see `recpipe promote --history --model {args.model}` for the versions and pass --to-version N"
+               if args.cmd == "rollback" and not isinstance(exc, OSError) else None)
+        return _fail(args.cmd, getattr(args, "ds", None), exc, fix=fix)
     return 1
 
 

@@ -165,6 +165,8 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> 
     for key in ("NDCG@10", "HR@10"):
         if key in metrics.get("full", {}):
             tags[f"eval.full.{key.replace('@', '_')}"] = f"{metrics['full'][key]:.6f}"
+    # what promotion checks before champion may move here: the evaluate stage's figures are on record
+    tags["eval.status"] = "ok" if "NDCG@10" in metrics.get("full", {}) else "missing"
     for k, v in tags.items():
         c.set_model_version_tag(registered, version, k, v)
     c.set_registered_model_alias(registered, CHALLENGER, version)

@@ -148,7 +148,7 @@ def test_promote_dag_shape(bag):
     assert d["schedule"] is None
     assert d["tags"] == ["promotion", "recpipe"]
     assert list(d["tasks"]) == ["promote"]
-    assert d["params"] == ["config", "ds", "home", "model", "overrides"]
+    assert d["params"] == ["action", "config", "ds", "home", "model", "overrides", "reason", "to_version"]
 
 
 def test_parsing_dags_imports_nothing_heavy(bag):
@@ -258,3 +258,30 @@ def test_the_readme_airflow_sequence_finds_and_unpauses_the_dag(airflow_db):
     out = subprocess.run([str(airflow), "dags", "list", "-o", "plain"], cwd=REPO, env=airflow_db,
                          capture_output=True, text=True, timeout=300).stdout
     assert re.search(r"\bnightly_refresh\b", out) and re.search(r"\bpromote_model\b", out), out[-2000:]
+
+
+@pytest.mark.slow
+def test_promote_dag_rolls_back(airflow_db, tmp_path):
+    """The promote DAG's rollback action on a real registry (its promote action: the test above): promote v1,
+    promote v2, rollback through the DAG; champion ends on v1 and the registry holds the three decisions, the last
+    with its reason and the DAG run that made it."""
+    from pipelines import promotion, registry
+    from pipelines.config import load_config
+    from tests.registry_home import BETTER, DS, WORSE, register, write_day
+
+    home = write_day(tmp_path / "home")
+    cfg = load_config(None, [])
+    v1 = register(home, DS, WORSE)
+    promotion.promote(cfg, home, "wals", None)
+    v2 = register(home, DS, BETTER)
+    promotion.promote(cfg, home, "wals", None)
+    conf = {"action": "rollback", "model": "wals", "ds": "", "home": str(home), "config": "", "overrides": [],
+            "to_version": "", "reason": "v2 misbehaves in serving"}
+    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "promote_model.py"), "promote_model", "", json.dumps(conf)],
+                        airflow_db, timeout=300)
+    assert result["state"] == "success", result["tasks"]
+    log = promotion.decisions(cfg, home, "wals")
+    assert [(d["action"], d["decision"], d["champion_after"]) for d in log] == [
+        ("promote", "promoted", v1), ("promote", "promoted", v2), ("rollback", "rolled_back", v1)]
+    assert log[2]["trigger"].startswith("airflow:promote_model/") and "v2 misbehaves in serving" in log[2]["reason"]
+    assert str(registry.client(cfg, home).get_model_version_by_alias("wals", "champion").version) == v1

@@ -5,32 +5,18 @@ import json
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from jobs import common
+from pipelines import cli
 from pipelines.config import load_config
 from pipelines.promotion import eval_set, latest_successful_ds, score_topk
 from pipelines.serving import TopKModel, save_scorer
-
-DS = "2026-01-01"
-ITEMS = ["i1", "i2", "i3", "i4", "i5", "i6"]       # item_idx 1..6
-# u0: train i1 i2, valid i3, test i4;  u1: train i5, valid i2, test i5 (a repeat);  u2: train i1 only (no test)
-SEQ = [(0, 1, 0, "train"), (0, 2, 1, "train"), (0, 3, 2, "valid"), (0, 4, 3, "test"),
-       (1, 5, 0, "train"), (1, 2, 1, "valid"), (1, 5, 2, "test"), (2, 1, 0, "train")]
+from tests.registry_home import BETTER, DS, ITEMS, WORSE, register, write_day
 
 
 @pytest.fixture
 def home(tmp_path):
-    u, i, p, s = zip(*SEQ, strict=True)
-    common.write_arrow(pa.table({"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()),
-                                 "position": pa.array(p, pa.int32()), "split": pa.array(s, pa.string())}),
-                       tmp_path, "sequences", DS)
-    common.write_arrow(pa.table({"user_idx": pa.array([0, 1, 2], pa.int32()),
-                                 "user_id": pa.array(["u0", "u1", "u2"], pa.string())}), tmp_path, "user_map", DS)
-    common.write_arrow(pa.table({"item_idx": pa.array(range(1, 7), pa.int32()),
-                                 "item_id": pa.array(ITEMS, pa.string())}), tmp_path, "item_map", DS)
-    return tmp_path
+    return write_day(tmp_path)
 
 
 def test_eval_set_holds_every_test_user_with_their_earlier_items(home):
@@ -69,40 +55,86 @@ def test_latest_successful_ds_names_the_folder_when_there_is_none(tmp_path):
         latest_successful_ds(tmp_path)
 
 
-def test_every_decision_is_kept_and_a_challenger_is_judged_on_its_own_day(home, tmp_path):
+def test_every_decision_is_kept_and_a_challenger_is_judged_on_its_own_day(home):
     """Two days, two versions: v1 (day 1) becomes champion, v2 (day 2) is judged on day 2 without --ds, and both
     decisions stay on record (the second used to overwrite the first, judged on whichever day had a summary)."""
-    import shutil
-
-    import mlflow
-
     from pipelines import promotion, registry
 
     ds2 = "2026-01-02"
-    for table in ("sequences", "user_map", "item_map"):
-        shutil.copytree(common.partition_path(home, table, DS), common.partition_path(home, table, ds2))
+    write_day(home, ds2)
     cfg = load_config(None, [])
     c = registry.client(cfg, home)
-
-    def register(ds: str, item_scores: list[float]) -> str:
-        mdir = save_scorer(tmp_path / f"m-{ds}", "test", ["u0", "u1", "u2"], ["", *ITEMS],
-                           user_emb=np.ones((3, 1), np.float32),
-                           item_emb=np.array([[0.0], *([s] for s in item_scores)], np.float32),
-                           item_bias=np.zeros(7, np.float32), hist_indptr=np.zeros(4, np.int64),
-                           hist_indices=np.zeros(0, np.int32), top_k=5)
-        with mlflow.start_run():
-            return registry._register(c, cfg, ds, "wals", mdir, {})["version"]
-
-    v1 = register(DS, [6, 5, 4, 3, 2, 1])
+    v1 = register(home, DS, WORSE)
     first = promotion.promote(cfg, home, "wals", None)
     assert first["promoted"] and first["ds"] == DS and str(first["challenger"]["version"]) == v1
-    v2 = register(ds2, [1, 2, 3, 6, 5, 4])  # ranks both test targets first: better
+    v2 = register(home, ds2, BETTER)
     second = promotion.promote(cfg, home, "wals", None)
     assert second["ds"] == ds2 and second["promoted"], second
     log = promotion.decisions(cfg, home, "wals")
     assert [(d["version"], d["ds"], d["decision"]) for d in log] == [(v1, DS, "promoted"), (v2, ds2, "promoted")]
-    assert all(d["reason"] and d["trigger"] == "cli" and d["time"] for d in log)
+    assert all(d["reason"] and d["trigger"].startswith("cli") and d["time"] for d in log)
     assert str(log[1]["champion"]["version"]) == v1 and "NDCG@10" in log[1]["challenger"]
     tags = c.get_model_version("wals", v1).tags
     assert json.loads(tags["promotion.00001"])["decision"] == "promoted"  # v1's own record is untouched
     assert str(c.get_model_version_by_alias("wals", "champion").version) == v2
+
+
+def test_promote_promote_rollback_through_the_cli_and_the_history_tells_it(home, capsys):
+    """promote v1, promote v2, rollback: champion is back on v1 and the history shows three events with reasons,
+    versions, metric values and who asked."""
+    from pipelines import registry
+
+    args = ["--home", str(home), "--model", "wals"]
+    v1 = register(home, DS, WORSE)
+    assert cli.main(["promote", *args]) == 0
+    v2 = register(home, DS, BETTER)
+    assert cli.main(["promote", *args]) == 0
+    assert "PROMOTED: challenger v2 beats champion v1" in capsys.readouterr().out
+    assert cli.main(["rollback", *args, "--reason", "v2 broke the shop's front page"]) == 0
+    assert f"champion v{v2} -> v{v1}" in capsys.readouterr().out
+    c = registry.client(load_config(None, []), home)
+    assert str(c.get_model_version_by_alias("wals", "champion").version) == v1
+    assert str(c.get_model_version_by_alias("wals", "challenger").version) == v2
+    assert cli.main(["promote", *args, "--history"]) == 0
+    out = capsys.readouterr().out
+    events = [ln for ln in out.splitlines() if not ln.startswith("    reason:")]
+    reasons = [ln for ln in out.splitlines() if ln.startswith("    reason:")]
+    assert len(events) == 3 and len(reasons) == 3, out
+    assert "promote  promoted" in events[0] and "champion none" in events[0] and "champion now v1" in events[0]
+    assert "promote  promoted" in events[1] and "challenger v2 NDCG@10=" in events[1] and "delta +" in events[1]
+    assert "rollback rolled_back" in events[2] and "champion now v1" in events[2] and "by cli" in events[2]
+    assert "no champion yet" in reasons[0] and "beats champion v1" in reasons[1]
+    assert "v2 broke the shop's front page" in reasons[2]
+    # with nothing earlier on record than v1, a second rollback says what to do instead of guessing
+    assert cli.main(["rollback", *args]) == 2
+    err = capsys.readouterr().err
+    assert "no earlier champion" in err and "--to-version" in err
+    # a named version works both ways
+    assert cli.main(["rollback", *args, "--to-version", v2]) == 0
+    assert str(c.get_model_version_by_alias("wals", "champion").version) == v2
+    assert cli.main(["rollback", *args, "--to-version", "99"]) == 2
+    assert "has no version 99" in capsys.readouterr().err
+
+
+def test_a_version_without_its_evaluation_never_becomes_champion(home):
+    from pipelines import promotion, registry
+
+    cfg = load_config(None, [])
+    c = registry.client(cfg, home)
+    v1 = register(home, DS, WORSE)
+    promotion.promote(cfg, home, "wals", None)
+    v2 = register(home, DS, BETTER, evaluated=False)  # better on the eval set, but its evaluation is missing
+    out = promotion.promote(cfg, home, "wals", None)
+    assert not out["promoted"] and out["decision"] == "refused" and "no evaluation on record" in out["reason"]
+    assert str(c.get_model_version_by_alias("wals", "champion").version) == v1
+    with pytest.raises(ValueError, match="no evaluation on record"):
+        promotion.rollback(cfg, home, "wals", v2)
+    assert [d["decision"] for d in promotion.decisions(cfg, home, "wals")] == ["promoted", "refused"]
+    # nor one that no longer loads: its artifacts are gone
+    v3 = register(home, DS, BETTER)
+    import shutil
+
+    shutil.rmtree(home / "mlflow" / "artifacts")
+    out = promotion.promote(cfg, home, "wals", None)
+    assert out["decision"] == "refused" and "failed to load or score" in out["reason"], out
+    assert str(c.get_model_version_by_alias("wals", "champion").version) == v1 != v3
