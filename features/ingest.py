@@ -144,7 +144,7 @@ def cast_timestamps(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame
     # NaN, infinities and values no calendar holds (1e30 would overflow int64) are bad rows, not a crash
     secs = F.when(secs.between(TS_MIN, TS_MAX) & ~F.isnan(secs.cast("double")), secs)
     out = df.withColumn("_ts", secs.cast("long"))
-    _refuse_rows(out, F.col("_ts").isNull(), "timestamp", source, sample,
+    refuse_rows(out, F.col("_ts").isNull(), "timestamp", source, sample,
                  "a timestamp that is neither a number nor ISO-8601 between 1900 and 2200",
                  "fix or drop those rows (timestamps are epoch seconds or milliseconds, or ISO dates).")
     return out.drop("timestamp").withColumnRenamed("_ts", "timestamp")
@@ -160,7 +160,7 @@ def check_ratings(df: "DataFrame", source: str, sample: int = 5) -> "DataFrame":
     num = _as_double("rating")
     empty = raw.isNull() | (raw == "")
     finite = num.isNotNull() & ~F.isnan(num) & (F.abs(num) < float("inf"))
-    _refuse_rows(df, ~(empty | finite), "rating", source, sample, "a rating that is not a finite number",
+    refuse_rows(df, ~(empty | finite), "rating", source, sample, "a rating that is not a finite number",
                  "fix or drop those rows, or leave the rating empty (an interaction without a rating).")
     return df.withColumn("rating", F.when(empty, F.lit(None)).otherwise(num))
 
@@ -172,7 +172,7 @@ def _as_double(column: str):
     return F.expr(f"try_cast(trim(cast(`{column}` as string)) as double)")
 
 
-def _refuse_rows(df: "DataFrame", bad, column: str, source: str, sample: int, problem: str, fix: str) -> None:
+def refuse_rows(df: "DataFrame", bad, column: str, source: str, sample: int, problem: str, fix: str) -> None:
     """Raise ``DataError`` counting the rows where ``bad`` holds, with up to ``sample`` of their ``column`` values."""
     rows = df.filter(bad)
     n_bad = rows.count()

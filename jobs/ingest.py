@@ -5,7 +5,10 @@ Partitions land in ``<home>/staging/``; the validate stage publishes them to ``<
 Sources (``--params '{"source": ...}'``):
   ``sequences``  a folder with ``sequences.txt`` (``user item item ...``, oldest first), ``items.tsv``
                  (``item_id, asin, title, attributes``) and optionally ``users.tsv``; no timestamps, so the
-                 position in the line is the timestamp.
+                 position in the line is the timestamp. With ``interactions.tsv`` (``user_id, item_id, date``,
+                 YYYY-MM-DD) the dated file replaces ``sequences.txt``: a day ``ds`` holds every interaction dated
+                 on or before it, ties within a day in the file's order. With ``items_meta.tsv`` (``item_id,
+                 price, brand, category_path``) those fill the items' price, brand and categories.
   ``amazon``     review dumps: 2014 ``reviews_<Cat>_5.json.gz`` + ``meta_<Cat>.json.gz`` (Python-literal
                  lines), 2018 and 2023 JSON lines; gzip or plain.
   ``table``      CSV or Parquet interactions (``user_id, item_id, timestamp[, rating]``) + an items file.
@@ -68,23 +71,77 @@ def _parse_lines(spark, path: Path, parser, what: str, sample: int = 5):
 
 # ----------------------------------------------------------------------------- sources
 
+def _dated_interactions(spark, path: Path, ds: str | None):
+    """``interactions.tsv`` -> ``user_id, item_id, timestamp, event_order`` dated on or before ``ds``; the file's
+    order is the order within a day."""
+    from pyspark.sql import functions as F
+
+    check_file(path, "dated interactions")
+    raw = spark.read.csv(str(path), sep="\t", header=True, quote="\u0000")
+    T.require_columns(raw, ("user_id", "item_id", "date"), str(path))
+    raw = raw.withColumn("event_order", F.monotonically_increasing_id())  # increasing in file order
+    day = F.try_to_timestamp(F.trim(F.col("date")), F.lit("yyyy-MM-dd"))
+    raw = raw.withColumn("_day", day)
+    T.refuse_rows(raw, F.col("_day").isNull(), "date", str(path), 5, "a date that is not YYYY-MM-DD",
+                  "fix those rows: every interaction needs its day, e.g. 2014-07-01.")
+    if ds:
+        raw = raw.filter(F.col("_day") <= F.to_timestamp(F.lit(ds), "yyyy-MM-dd"))
+        if raw.isEmpty():
+            raise DataError(str(path), f"no interaction is dated on or before ds={ds}.",
+                            "run a later day (--ds), or check the file's dates.")
+    return raw.select(F.col("user_id").cast("string"), F.col("item_id").cast("string"),
+                      F.unix_timestamp(F.col("_day")).alias("timestamp"), "event_order")
+
+
+def _with_meta(spark, items, path: Path):
+    """Price, brand and category path from ``items_meta.tsv`` (an item without a row keeps what it had)."""
+    from pyspark.sql import functions as F
+
+    check_file(path, "item metadata")
+    meta = spark.read.csv(str(path), sep="\t", header=True, quote="\u0000")
+    T.require_columns(meta, ("item_id",), str(path))
+    meta = meta.select(F.col("item_id").cast("string"),
+                       *[F.col(c).alias(f"_m_{c}") for c in ("price", "brand", "category_path") if c in meta.columns])
+    out = items.join(meta, "item_id", "left")
+    if "_m_price" in out.columns:
+        price = F.expr("try_cast(trim(`_m_price`) as double)")
+        T.refuse_rows(out, F.col("_m_price").isNotNull() & (F.trim(F.col("_m_price")) != "") & price.isNull(),
+                      "_m_price", str(path), 5, "a price that is not a number",
+                      "write prices as plain numbers (12.50) or leave the field empty.")
+        out = out.withColumn("price", price)
+    if "_m_brand" in out.columns:
+        brand = F.when(F.trim(F.col("_m_brand")) != "", F.trim(F.col("_m_brand")))
+        out = out.withColumn("brand", F.coalesce(brand, F.col("brand")) if "brand" in items.columns else brand)
+    if "_m_category_path" in out.columns:
+        path_cats = F.when(F.trim(F.col("_m_category_path")) != "", F.split(F.col("_m_category_path"), r"\|"))
+        out = out.withColumn("categories", F.coalesce(path_cats, F.col("categories")))
+    return out.drop(*[c for c in out.columns if c.startswith("_m_")])
+
+
 def ingest_sequences(spark, p: dict):
     from pyspark.sql import functions as F
     from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 
     root = Path(p["path"])
-    seq_path, items_path = root / "sequences.txt", root / "items.tsv"
-    check_file(seq_path, "sequences")
+    seq_path, items_path, dated = root / "sequences.txt", root / "items.tsv", root / "interactions.tsv"
     check_file(items_path, "items")
-    rows = _parse_lines(spark, seq_path, T.parse_sequence_line, "sequence").flatMap(lambda r: r)
-    schema = StructType([StructField("user_id", StringType()), StructField("item_id", StringType()),
-                         StructField("position", IntegerType())])
-    inter = (spark.createDataFrame(rows, schema)
-             .withColumn("timestamp", F.col("position").cast("long"))
-             .withColumn("event_order", F.col("position").cast("long")))
+    if dated.exists():
+        inter = _dated_interactions(spark, dated, p.get("ds"))
+    else:
+        check_file(seq_path, "sequences")
+        rows = _parse_lines(spark, seq_path, T.parse_sequence_line, "sequence").flatMap(lambda r: r)
+        schema = StructType([StructField("user_id", StringType()), StructField("item_id", StringType()),
+                             StructField("position", IntegerType())])
+        inter = (spark.createDataFrame(rows, schema)
+                 .withColumn("timestamp", F.col("position").cast("long"))
+                 .withColumn("event_order", F.col("position").cast("long")))
     items = spark.read.csv(str(items_path), sep="\t", header=True, quote="\u0000")
     T.require_columns(items, ("item_id", "title", "attributes"), str(items_path))
     items = items.withColumn("categories", F.split(F.coalesce(F.col("attributes"), F.lit("")), r"\|"))
+    if (root / "items_meta.tsv").exists():
+        items = _with_meta(spark, items, root / "items_meta.tsv")
+    if dated.exists():  # the catalogue of day ds: items with an interaction by then (as the review dumps)
+        items = items.join(inter.select("item_id").distinct(), "item_id", "left_semi")
     users_path = root / "users.tsv"
     if users_path.exists():
         check_file(users_path, "users")
@@ -94,6 +151,8 @@ def ingest_sequences(spark, p: dict):
         users = users.select(F.col("user_id").cast("string"),
                              (F.col(ext) if ext else F.lit(None)).cast("string").alias("external_id"),
                              F.lit(None).cast("long").alias("first_seen"))
+        if dated.exists():  # only the users with an interaction by ds
+            users = users.join(inter.select("user_id").distinct(), "user_id", "left_semi")
     else:
         users = T.users_from_interactions(inter)
     return T.to_interactions(inter), T.to_items(items), users
@@ -195,7 +254,7 @@ def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf:
         raise DataError("config data.source", f"unknown source '{source}'.",
                         f"use one of synthetic, {', '.join(SOURCES)}.")
     spark = spark_session("recpipe-ingest", master, spark_conf)
-    inter, items, users = SOURCES[source](spark, params)
+    inter, items, users = SOURCES[source](spark, {**params, "ds": ds})
     # Every table is materialised and checked before the first swap, so a failing source writes nothing.
     inter, items, users = inter.cache(), items.cache(), users.cache()
     counts = {"interactions": inter.count(), "items": items.count(), "users": users.count()}
