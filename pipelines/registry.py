@@ -2,7 +2,8 @@
 ``champion`` is ``pipelines.promotion``).
 
 Tracking and registry default to SQLite at ``<home>/mlflow/mlflow.db`` with artifacts under
-``<home>/mlflow/artifacts``; ``mlflow.tracking_uri`` points elsewhere (a tracking server) without code changes.
+``<home>/mlflow/artifacts``; ``mlflow.tracking_uri`` (or ``$RECPIPE_MLFLOW_TRACKING_URI``) points elsewhere (a
+tracking server, a PostgreSQL database) without code changes.
 """
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ SERVING_CODE = Path(__file__).with_name("serving.py")
 SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
+def configured_uri(cfg: Config) -> str:
+    """``mlflow.tracking_uri``, else ``$RECPIPE_MLFLOW_TRACKING_URI`` (a deployment's tracking server or database,
+    set once for every task), else empty: SQLite under the home."""
+    return cfg.mlflow.tracking_uri or os.environ.get("RECPIPE_MLFLOW_TRACKING_URI", "")
+
+
 def tracking_uri(cfg: Config, home: Path) -> str:
-    return cfg.mlflow.tracking_uri or f"sqlite:///{(home / 'mlflow' / 'mlflow.db').resolve()}"
+    return configured_uri(cfg) or f"sqlite:///{(home / 'mlflow' / 'mlflow.db').resolve()}"
 
 
 def client(cfg: Config, home: Path):
@@ -41,7 +48,7 @@ def client(cfg: Config, home: Path):
     exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is None:
         mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
-    elif not cfg.mlflow.tracking_uri and exp.artifact_location != artifacts and \
+    elif not configured_uri(cfg) and exp.artifact_location != artifacts and \
             exp.artifact_location.endswith("/mlflow/artifacts"):
         relocate(home / "mlflow" / "mlflow.db", exp.artifact_location, artifacts)
     mlflow.set_experiment(cfg.mlflow.experiment)

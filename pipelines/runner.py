@@ -108,12 +108,52 @@ def _put_back(ctx: StageContext, generation: Generation, exc: StageFailed) -> No
                     "still agree with each other.")
 
 
+DISTRIBUTED_SECTIONS = {"train_sequential": "train_sequential", "train_llmrec": "llmrec"}
+PROCESS_GROUP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launcher_of(cfg: Config, stage: str) -> str:
+    """The launcher command line configured for a distributed stage (``<section>.distributed.launcher``), or ''."""
+    section = DISTRIBUTED_SECTIONS.get(stage)
+    return getattr(getattr(cfg, section).distributed, "launcher", "") if section else ""
+
+
 def run_task(stage: str, ds: str, config: str | None = None, overrides: list[str] | None = None,
              home: str | None = None) -> dict:
-    """Airflow's entry point: one stage, returns the paths it wrote (small, XCom-safe)."""
+    """Airflow's entry point: one stage, returns the paths it wrote (small, XCom-safe). A distributed stage with a
+    ``launcher`` runs under it (every rank in ``pipelines.launched``) while this task holds the day's locks."""
     cfg = load_config(config or None, list(overrides or []))
     ctx = StageContext(cfg, ds, resolve_home(home))
     what = f"task {stage} of ds={ds}"
     with hold(ctx.run_dir, "day", exclusive=False, what=what), hold(ctx.run_dir, stage, exclusive=True, what=what):
         (ctx.run_dir / "config.yaml").write_text(dump_yaml(cfg))
-        return {"stage": stage, "ds": ds, "outputs": run_stage(stage, ctx).get("outputs", {})}
+        launcher = launcher_of(cfg, stage)
+        rec = launch(stage, ctx, launcher, config, overrides) if launcher else run_stage(stage, ctx)
+        return {"stage": stage, "ds": ds, "outputs": rec.get("outputs", {})}
+
+
+def launch(stage: str, ctx: StageContext, launcher: str, config: str | None, overrides: list[str] | None) -> dict:
+    """Run ``stage`` under ``launcher`` (e.g. ``deepspeed --hostfile H --num_gpus 8``) and return rank 0's record;
+    a launcher that fails is ``StageFailed`` with rank 0's error when it recorded one."""
+    import shlex
+    import subprocess
+    import sys
+
+    cmd = [*shlex.split(launcher), "--module", "pipelines.launched", stage, "--ds", ctx.ds, "--home", str(ctx.home),
+           *(["--config", config] if config else []), *[a for o in (overrides or []) for a in ("--set", o)]]
+    if "/" not in cmd[0] and Path(sys.executable).with_name(cmd[0]).exists():
+        cmd[0] = str(Path(sys.executable).with_name(cmd[0]))  # this venv's torchrun/deepspeed, whatever PATH holds
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARS}
+    rec_path = stage_record_path(ctx.run_dir, stage)
+    print(f"[{ctx.ds}] {stage}: launching {launcher!r}", flush=True)
+    try:
+        code = subprocess.run(cmd, env=env).returncode
+    except FileNotFoundError as exc:
+        code, failure = None, f"the launcher {cmd[0]!r} was not found ({exc}); check {stage}'s distributed.launcher"
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+    if code == 0 and rec.get("status") == "success":
+        return rec
+    if code is not None:
+        failure = (rec.get("error") if rec.get("status") == "failed" else None) or \
+            f"the launcher {launcher!r} exited with {code} and rank 0 recorded no result"
+    raise StageFailed(stage, ctx.ds, RuntimeError(failure), secret_envs(ctx.cfg))

@@ -1,4 +1,5 @@
-"""DAG integrity (fast) and a real ``dag.test()`` run of both DAGs on the synthetic default (slow).
+"""DAG integrity (fast) and ``dag.test()`` runs of the promote DAG (slow); the nightly DAG runs on a real scheduler in
+``test_scheduler.py``.
 
 Airflow reads its settings (``AIRFLOW_HOME``, the metadata DB, the DAGs folder) once, at import; so everything
 that needs a particular Airflow environment runs in a subprocess with that environment, never in the test
@@ -172,68 +173,6 @@ def airflow_db(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def nightly(airflow_db, tmp_path_factory, smollm2_dir, tiny_llm_dir) -> dict:
-    from tests.conftest import small_llmrec
-
-    home = tmp_path_factory.mktemp("recpipe_home")
-    llm = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3",
-           "train_sequential.train.epochs=2", *small_llmrec(tiny_llm_dir)]
-    conf = {"home": str(home), "config": "", "overrides": llm}
-    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "nightly_refresh.py"), "nightly_refresh",
-                                          "2026-01-02T00:00:00+00:00", json.dumps(conf)], airflow_db, timeout=600)
-    return {**result, "home": home, "overrides": llm}
-
-
-@pytest.mark.slow
-def test_nightly_dag_runs_end_to_end(nightly):
-    from pipelines.graph import ORDER
-
-    assert nightly["state"] == "success", nightly["tasks"]
-    assert nightly["tasks"] == {s: "success" for s in ORDER}
-    summary = json.loads((nightly["home"] / "runs" / "2026-01-02" / "summary.json").read_text())
-    assert summary["ds"] == "2026-01-02" and summary["status"] == "success"
-    assert list(summary["stages"]) == list(ORDER)
-    assert summary["stages"]["describe"]["generated"] == 6
-    assert summary["stages"]["neighbours"]["rows_out"] > 0
-    assert summary["stages"]["train_sequential"]["models"]["grasp"]["epochs_run"] == 2
-    assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp", "llmrec"}
-    # the figures the Airflow tasks reported are the protocol's figures for what they wrote, recomputed here
-    from pipelines.config import load_config
-    from pipelines.context import StageContext
-    from pipelines.evaluation.data import eval_kwargs, load_eval_data, negatives_for
-    from pipelines.evaluation.protocol import evaluate
-    from pipelines.evaluation.scorers import model_zoo
-
-    ctx = StageContext(load_config(None, nightly["overrides"]), "2026-01-02", nightly["home"])
-    data, _, _ = load_eval_data(ctx)
-    neg = negatives_for(ctx, data)
-    zoo = model_zoo(ctx)
-    assert list(zoo) == ["popularity", "wals", "sasrec", "grasp", "llmrec"]
-    for name, factory in zoo.items():
-        got = evaluate(factory(data)[0], data, neg, "test", **eval_kwargs(ctx.cfg))
-        for protocol in ("full", "sampled100"):
-            assert summary["metrics"][name][protocol] == pytest.approx(got[protocol], abs=1e-12), (name, protocol)
-    assert summary["metrics"]["wals"]["full"]["NDCG@10"] > 1.5 * summary["metrics"]["popularity"]["full"]["NDCG@10"]
-
-
-@pytest.mark.slow
-def test_promote_dag_sets_champion(nightly, airflow_db):
-    home = nightly["home"]
-    conf = {"model": "popularity", "ds": "", "home": str(home), "config": "", "overrides": []}
-    result = run_script(DAG_TEST_SCRIPT, [str(DAGS / "promote_model.py"), "promote_model", "", json.dumps(conf)],
-                        airflow_db, timeout=300)
-    assert result["state"] == "success", result["tasks"]
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("popularity", "champion")
-    challenger = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias("popularity", "challenger")
-    assert champion.version == challenger.version
-    assert champion.tags["promotion.decision"] == "promoted"
-    assert "no champion yet" in champion.tags["promotion.reason"]
-
-
 def test_the_readme_airflow_sequence_finds_and_unpauses_the_dag(airflow_db):
     """The README's commands, in its order, up to unpausing (the backfill needs a running scheduler): after them
     `airflow dags list` shows the DAG and unpause finds it (without `dags reserialize` both found nothing)."""
@@ -262,7 +201,7 @@ def test_the_readme_airflow_sequence_finds_and_unpauses_the_dag(airflow_db):
 
 @pytest.mark.slow
 def test_promote_dag_rolls_back(airflow_db, tmp_path):
-    """The promote DAG's rollback action on a real registry (its promote action: the test above): promote v1,
+    """The promote DAG's rollback action on a real registry (its promote action: test_scheduler.py): promote v1,
     promote v2, rollback through the DAG; champion ends on v1 and the registry holds the three decisions, the last
     with its reason and the DAG run that made it."""
     from pipelines import promotion, registry

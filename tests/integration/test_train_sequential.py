@@ -89,13 +89,21 @@ def test_one_epoch_trains_evaluates_registers_and_serves(text_home):
     assert served["grasp"]["known"] == [True, False] and len(served["sasrec"]["items"][1]) == 5
 
 
-def test_two_processes_match_one_process(text_home, tmp_path):
+def test_two_processes_match_one_process(text_home, tmp_path, monkeypatch):
+    """One process, and two started by the Airflow task's launcher (``distributed.launcher``: torchrun here,
+    ``deepspeed --hostfile ...`` on GPU nodes), train the same models."""
+    from pipelines import runner
+    from pipelines.training.distributed import free_port
+
     other = tmp_path / "two"
     shutil.copytree(text_home / "warehouse", other / "warehouse")
     sets = ["train_sequential.train.epochs=1", "train_sequential.sasrec.dropout=0.0"]
     _stage(text_home, *sets)
-    proc = _stage(other, *sets, procs=2)
-    assert "2 process(es)" in proc.stdout
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    launcher = (f"torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port {free_port()}")
+    out = runner.run_task(STAGE, DS, None, [*FAST, *sets, f"train_sequential.distributed.launcher={launcher}"],
+                          str(other))
+    assert out["outputs"] and (other / "runs" / DS / "stages" / f"{STAGE}.json").exists()
     for model in ("sasrec", "grasp"):
         one, two = _vectors(text_home, model), _vectors(other, model)
         assert _result(other, model)["world_size"] == 2

@@ -247,3 +247,17 @@ def test_web_and_retrieval_settings_are_checked_naming_the_key():
                      ("llmrec.mp_head.layer=0", "llmrec.mp_head.layer"), ("eval.candidates=[x]", "eval.candidates")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(None, [bad])
+
+
+def test_the_cluster_run_conf_in_infra_is_a_valid_config():
+    """infra/airflow/cluster.conf.json (the documented run conf of a cluster deployment) loads: every key exists and
+    every value has the right type, so a deployment copying it fails on its host names, not on a typo."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    conf = json.loads((repo / "infra" / "airflow" / "cluster.conf.json").read_text())
+    cfg = load_config(str(repo / conf["config"]), conf["overrides"])
+    assert cfg.spark.master.startswith("spark://") and cfg.describe.backend == "openai"
+    assert cfg.train_sequential.distributed.launcher.startswith("deepspeed ")
+    assert cfg.llmrec.distributed.device == "cuda"

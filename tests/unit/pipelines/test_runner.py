@@ -52,3 +52,20 @@ def test_a_failing_stage_is_recorded_and_raised_with_its_name(tmp_path):
     assert (summary["status"], summary["failed_stage"]) == ("failed", "neighbours")
     with pytest.raises(ValueError, match="unknown stage 'nope'"):
         runner.run_stage("nope", ctx)
+
+
+def test_a_launcher_that_cannot_start_fails_the_task_naming_the_setting(tmp_path):
+    from pipelines import runner
+
+    with pytest.raises(runner.StageFailed, match=r"launcher 'no-such-launcher-5e1' was not found.*"
+                                                 r"train_sequential's distributed.launcher"):
+        runner.run_task("train_sequential", "2026-01-01", None,
+                        ["train_sequential.distributed.launcher=no-such-launcher-5e1 --num_gpus 8"], str(tmp_path))
+
+
+def test_a_launcher_that_exits_without_a_record_fails_the_task(tmp_path):
+    """``/bin/false`` stands for a launcher whose ranks died before rank 0 recorded anything."""
+    from pipelines import runner
+
+    with pytest.raises(runner.StageFailed, match=r"the launcher ./bin/false. exited with 1 and rank 0 recorded no result"):
+        runner.run_task("train_llmrec", "2026-01-01", None, ["llmrec.distributed.launcher=/bin/false"], str(tmp_path))
