@@ -98,6 +98,7 @@ class EvalConfig:
     users: int = 0       # a seeded subset of this many test users scores every model (0 = all users)
     users_seed: int = 7
     candidates: tuple[int, ...] = (20,)  # extra n-candidate protocols (cand20: WebRec's), from the stored negatives
+    report_days: int = 7  # the report's day-over-day view: this day and the successful days before it
 
 
 @dataclass(frozen=True)
@@ -425,6 +426,26 @@ class DomainConfig(Domain):
 
 
 @dataclass(frozen=True)
+class RefreshConfig:
+    """How a day builds on the one before (``pipelines.refresh``). ``mode``: ``full`` (every day from scratch) or
+    ``incremental``: WALS starts from the previous successful day's factors (new users and items folded in) for
+    ``wals_iterations`` sweeps, SASRec and GRASP fine-tune from that day's best weights (rows added for new items) for
+    at most ``finetune_epochs`` epochs; a full day every ``full_every_days`` days (counted from the last full day),
+    and whenever there is no earlier day to build on. Describe and embed skip unchanged entities in either mode."""
+
+    mode: str = "full"
+    full_every_days: int = 7
+    wals_iterations: int = 3
+    finetune_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        _one_of("mode", self.mode, ("full", "incremental"))
+        for name in ("full_every_days", "wals_iterations", "finetune_epochs"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Config:
     """``dataset``: the name runs are labelled with in MLflow and the summary; empty = the data folder's name (or the
     source, for synthetic data)."""
@@ -446,6 +467,7 @@ class Config:
     web: WebConfig = WebConfig()
     llmrec: LLMRecStageConfig = LLMRecStageConfig()
     domain: DomainConfig = DomainConfig()
+    refresh: RefreshConfig = RefreshConfig()
 
 
 # --------------------------------------------------------------------------- loading

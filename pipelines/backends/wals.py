@@ -27,8 +27,10 @@ from pipelines.context import StageContext
 SCRATCH = "scratch"  # zone of the train-only fit used for valid metrics and tuning
 
 
-def fit_implicit(m, p: WalsConfig) -> tuple[np.ndarray, np.ndarray, float]:
-    """(U, F) user and (N + 1, F) item factors from a (U, N + 1) count matrix; returns fit seconds too."""
+def fit_implicit(m, p: WalsConfig, init: tuple[np.ndarray, np.ndarray] | None = None,
+                 iterations: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U, F) user and (N + 1, F) item factors from a (U, N + 1) count matrix; returns fit seconds too. ``init``:
+    starting factors (a warm start), swept ``iterations`` times instead of ``p.iterations``."""
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
@@ -36,8 +38,10 @@ def fit_implicit(m, p: WalsConfig) -> tuple[np.ndarray, np.ndarray, float]:
     conf.data = 1.0 + p.alpha * conf.data                                 # c_ui = 1 + alpha * count
     with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed, so build it inside
         model = AlternatingLeastSquares(factors=p.factors, regularization=p.regularization, alpha=1.0,
-                                        iterations=p.iterations, random_state=p.seed, num_threads=p.threads,
-                                        calculate_training_loss=False)
+                                        iterations=iterations or p.iterations, random_state=p.seed,
+                                        num_threads=p.threads, calculate_training_loss=False)
+        if init is not None:  # implicit starts from factors already set
+            model.user_factors, model.item_factors = (np.ascontiguousarray(a, np.float32) for a in init)
         t0 = time.perf_counter()
         model.fit(conf.tocsr(), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors), time.perf_counter() - t0
@@ -59,27 +63,60 @@ def spark_regularization(ctx: StageContext, reg: float, splits: tuple[str, ...])
     return reg / max(n / n_users, 1.0)
 
 
-def fit(ctx: StageContext, p: WalsConfig, splits: tuple[str, ...], zone: str) -> dict:
-    """Fit on ``splits`` with engine ``p.engine``; write ``user_factors``/``item_factors`` to ``zone``."""
+def warm_init(ctx: StageContext, base: str, zone: str, users: list[str], items: list[str],
+              p: WalsConfig) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict]:
+    """Starting factors from day ``base``'s fit in ``zone``, matched by id; users and items that are new start as
+    implicit's cold start does (uniform * 0.01, seeded). None when that day has no such fit or another size."""
+    from pipelines.refresh import rows_by_id
+
+    try:
+        prev = {t: common.read_arrow(ctx.home, t, base, zone=zone) for t in ("user_factors", "item_factors")}
+    except FileNotFoundError:
+        return None, {"warm": False, "reason": f"no {zone} factors of {base}"}
+    dims = {len(prev[t].column("factors")[0]) for t in prev if prev[t].num_rows}
+    if dims != {p.factors}:
+        return None, {"warm": False, "reason": f"{base}'s factors have {sorted(dims)} dimensions, not {p.factors}"}
+    rng = np.random.default_rng(p.seed)
+    out, info = [], {"warm": True, "base": base}
+    for table, ids, id_col in (("user_factors", users, "user_id"), ("item_factors", items, "item_id")):
+        t = prev[table]
+        rows = np.asarray(t.column("factors").combine_chunks().values, np.float32).reshape(-1, p.factors)
+        fresh = (rng.random((len(ids), p.factors)) * 0.01).astype(np.float32)
+        warm, carried = rows_by_id(t.column(id_col).to_pylist(), rows, ids, fresh)
+        out.append(warm)
+        kind = table.split("_")[0] + "s"
+        info[f"{kind}_carried"], info[f"{kind}_new"] = carried, len(ids) - carried - (kind == "items")
+    return (out[0], out[1]), info
+
+
+def fit(ctx: StageContext, p: WalsConfig, splits: tuple[str, ...], zone: str, base: str | None = None,
+        warm_iterations: int | None = None) -> dict:
+    """Fit on ``splits`` with engine ``p.engine``; write ``user_factors``/``item_factors`` to ``zone``. ``base``: a
+    day whose factors (same zone) start the fit, swept ``warm_iterations`` times (implicit engine; Spark's ALS
+    takes no starting factors, so it always fits cold)."""
     if p.engine == "spark":
         from jobs import wals as job
 
         reg = spark_regularization(ctx, p.regularization, splits)
         params = {**dataclasses.asdict(p), "regularization": reg, "splits": list(splits), "zone": zone}
         params.pop("grid")
-        return job.run(str(ctx.home), ctx.ds, params, *ctx.spark_args())
+        res = job.run(str(ctx.home), ctx.ds, params, *ctx.spark_args())
+        return {**res, "refresh": {"warm": False, "reason": "Spark's ALS takes no starting factors: a full fit"}
+                if base else {"warm": False}}
     if p.engine != "implicit":
         raise ValueError(f"wals.engine must be 'implicit' or 'spark', got '{p.engine}'")
     umap = common.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
     imap = common.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
     m = count_matrix(common.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows, splits)
-    uf, itf, secs = fit_implicit(m, p)
     users, items = umap.column("user_id").to_pylist(), [""] + imap.column("item_id").to_pylist()
+    init, warm = warm_init(ctx, base, zone, users, items, p) if base else (None, {"warm": False})
+    uf, itf, secs = fit_implicit(m, p, init, warm_iterations if init is not None else None)
+    warm["iterations"] = warm_iterations if init is not None else p.iterations
     return {"user_factors": common.write_arrow(_factor_table(users, uf, "user_id", "user_idx", 0), ctx.home,
                                                "user_factors", ctx.ds, zone),
             "item_factors": common.write_arrow(_factor_table(items, itf, "item_id", "item_idx", 1), ctx.home,
                                                "item_factors", ctx.ds, zone),
-            "fit_seconds": round(secs, 3)}
+            "fit_seconds": round(secs, 3), "refresh": warm}
 
 
 def load_factors(ctx: StageContext, zone: str, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:

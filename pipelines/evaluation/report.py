@@ -5,6 +5,7 @@ import numpy as np
 
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import EvalData, random_baseline
+from pipelines.summary import read_json, successful_days
 
 
 def _plots(ctx: StageContext, metrics: dict, data: EvalData) -> list[str]:
@@ -62,4 +63,82 @@ def write(ctx: StageContext, metrics: dict, data: EvalData) -> None:
                 lines.append(f"| {m} | {s} | {v['users']} | " + " | ".join(f"{v[c]:.4f}" for c in cols) + " |")
         lines.append("")
     lines += [f"![NDCG@10 by slice]({plots[0]})", "", f"![history lengths]({plots[1]})", ""]
+    lines += day_over_day(ctx, metrics)
     (ctx.run_dir / "report.md").write_text("\n".join(lines))
+
+
+def _recomputed(stages: dict) -> str:
+    """One cell: what the refresh of a day recomputed and reused, from its stage records."""
+    out = []
+    w = (stages.get("wals") or {}).get("refresh", {}).get("final_fit")
+    if w:
+        out.append(f"wals warm from {w['base']}: {w['users_carried']} users and {w['items_carried']} items carried, "
+                   f"{w['users_new']} and {w['items_new']} new, {w['iterations']} sweeps" if w.get("warm")
+                   else f"wals cold ({w.get('iterations', '?')} sweeps)")
+    d = (stages.get("describe") or {}).get("refresh")
+    if d:
+        out.append(f"describe: {d['recomputed'].get('item', 0)} items and {d['recomputed'].get('user', 0)} users "
+                   f"regenerated, {d['reused']} reused")
+    t = (stages.get("train_sequential") or {}).get("refresh")
+    if t:
+        out.append("; ".join(f"{m} {'fine-tuned' if r.get('warm') else 'trained'} ({r.get('epochs')} epochs max)"
+                             for m, r in t.items() if isinstance(r, dict)))
+    q = (stages.get("train_llmrec") or {}).get("refresh")
+    if q:
+        out.append("llmrec " + ("fine-tuned" if q.get("warm") else "trained"))
+    return "; ".join(out) or "-"
+
+
+def _decisions(ctx: StageContext, models: list[str], days: list[str]) -> list[dict]:
+    """Promotion decisions of the window's days, from the registry (none when it cannot be read)."""
+    from pipelines.registry import configured_uri
+
+    if not configured_uri(ctx.cfg) and not (ctx.home / "mlflow" / "mlflow.db").exists():
+        return []  # nothing registered in this home yet
+    try:
+        from pipelines.promotion import decisions
+
+        found = []
+        for m in models:
+            found += [{**d, "model": m} for d in decisions(ctx.cfg, ctx.home, m) if d.get("ds") in days]
+        return sorted(found, key=lambda d: d.get("time", ""))
+    except Exception:  # noqa: BLE001 - a report must not fail on a registry it cannot read (first day, offline)
+        return []
+
+
+def day_over_day(ctx: StageContext, metrics: dict, n: int | None = None) -> list[str]:
+    """The report's day-over-day view: this day and the successful days before it (``eval.report_days`` in all):
+    test NDCG@10 per model, stage seconds, what each refresh recomputed, the promotion decisions."""
+    n = n or ctx.cfg.eval.report_days
+    earlier = [d for d in successful_days(ctx.home) if d < ctx.ds][-(n - 1):] if n > 1 else []
+    days = [*earlier, ctx.ds]
+    sums = {d: read_json(ctx.home / "runs" / d / "summary.json") for d in earlier}
+    sums[ctx.ds] = {**read_json(ctx.run_dir / "summary.json"), "metrics": metrics}
+    models = sorted({m for s in sums.values() for m in (s.get("metrics") or {})})
+    stages = list(dict.fromkeys(st for d in days for st in (sums[d].get("stages") or {})))
+    lines = [f"## Day over day (the last {len(days)} days)", "", "Test NDCG@10 (full ranking):", "",
+             "| day | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for d in days:
+        m = sums[d].get("metrics") or {}
+        lines.append(f"| {d} | " + " | ".join(f"{m[x]['full']['NDCG@10']:.4f}" if x in m else "-" for x in models)
+                     + " |")
+    lines += ["", "Stage seconds (this day: the stages before evaluate):", "",
+              "| day | " + " | ".join(stages) + " | total |", "|---|" + "---|" * (len(stages) + 1)]
+    for d in days:
+        st = sums[d].get("stages") or {}
+        secs = [st[x]["seconds"] if x in st and st[x].get("seconds") is not None else None for x in stages]
+        lines.append(f"| {d} | " + " | ".join("-" if v is None else f"{v:.1f}" for v in secs)
+                     + f" | {sum(v for v in secs if v is not None):.1f} |")
+    lines += ["", "What was recomputed:", "", "| day | refresh | recomputed and reused |", "|---|---|---|"]
+    for d in days:
+        plan = read_json(ctx.home / "runs" / d / "refresh.json")
+        lines.append(f"| {d} | {plan.get('mode', 'full')} | {_recomputed(sums[d].get('stages') or {})} |")
+    found = _decisions(ctx, models, days)
+    lines += ["", "Promotion decisions on these days:", ""]
+    if found:
+        lines += ["| time | model | action | decision | champion now | reason |", "|---|---|---|---|---|---|"]
+        lines += [f"| {d.get('time')} | {d['model']} | {d.get('action', 'promote')} | {d['decision']} | "
+                  f"v{d.get('champion_after', d.get('version'))} | {d['reason']} |" for d in found]
+    else:
+        lines.append("none recorded")
+    return [*lines, ""]

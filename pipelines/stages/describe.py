@@ -236,12 +236,17 @@ def run(ctx: StageContext) -> StageResult:
     }, schema=schemas.DESCRIPTIONS)
     common.write_arrow(tbl, ctx.home, "descriptions", ctx.ds)
     degenerate = sum(r["status"] != "ok" for _, _, r in keep)
+    regenerated = {kind: sorted(todo_all[i].id for i in miss if todo_all[i].kind == kind) for kind in ("item", "user")}
     out = {"generated": counts["generated"] + counts["degenerate"], "cached": cached_before,
            "shared_prompt": len(todo_all) - cached_before - len(miss),  # same prompt as another entity: generated once
            "failed": failed + degenerate, "degenerate": degenerate,
            "transport_errors": failed, "retried": counts["retried"], "skipped": skipped,
            "llm_calls": stats.calls if stats else 0, "generated_tokens": stats.generated_tokens if stats else 0,
-           "tokens_per_s": round(stats.tokens_per_s, 1) if stats else None, "model": model_key}
+           "tokens_per_s": round(stats.tokens_per_s, 1) if stats else None, "model": model_key,
+           # in either refresh mode: an entity is described again only when its prompt changed (new, or a history
+           # that gained items); how many of each kind were regenerated, and the first 50 ids of each
+           "refresh": {"recomputed": {k: len(v) for k, v in regenerated.items()},
+                       "recomputed_ids": {k: v[:50] for k, v in regenerated.items()}, "reused": cached_before}}
     print(f"  describe: generated {out['generated']}, cached {out['cached']}, failed {out['failed']} "
           f"({degenerate} degenerate, {failed} transport errors), {out['llm_calls']} LLM calls, "
           f"{out['tokens_per_s']} tokens/s, {time.perf_counter() - t0:.1f} s", flush=True)

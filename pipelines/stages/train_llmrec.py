@@ -30,6 +30,7 @@ from features import text as T
 from features.embeddings import vectors_of
 from jobs import common
 from models.llmrec import LLMRec, add_lora
+from pipelines import refresh
 from pipelines.backends.llm import TransformersBackend
 from pipelines.backends.weights import default_model_dir
 from pipelines.catalogue import Catalogue, load_catalogue
@@ -151,7 +152,36 @@ def _fit_stage(ctx: StageContext, module: LLMRec, task: LLMRecTask, stage: int, 
                f"llmrec stage {stage}", "llmrec")
 
 
+def warm_context(ctx: StageContext) -> tuple[StageContext, dict]:
+    """An incremental day: the context with ``llmrec.init_from`` set to the base day's final weights (projectors,
+    head, LoRA) and each stage's epochs capped at ``refresh.finetune_epochs``; otherwise ``ctx`` as it is. The
+    recommender has no item-indexed weights (items are scored through their WALS factors and texts), so new items
+    need no rows. Returns the record of what was done."""
+    plan, c = refresh.plan(ctx), ctx.cfg.llmrec
+    rec = {"mode": plan.mode, "reason": plan.reason, "warm": False}
+    if not plan.incremental:
+        return ctx, rec
+    if c.init_from:
+        return ctx, {**rec, "why_not": "llmrec.init_from is set: it decides where training starts"}
+    prev_path = ctx.home / "runs" / plan.base / STAGE / MODEL / "result.json"
+    if not prev_path.exists():
+        return ctx, {**rec, "why_not": f"{plan.base} trained no {MODEL}"}
+    prev = json.loads(prev_path.read_text())
+    last = 2 if "stage2" in prev.get("stages", {}) else 1
+    best = ctx.home / "checkpoints" / STAGE / plan.base / f"stage{last}-{prev['model_key']}" / "best.pt"
+    if not best.exists():
+        return ctx, {**rec, "why_not": f"{best} is gone"}
+    e = ctx.cfg.refresh.finetune_epochs
+    warm = dataclasses.replace(c, init_from=str(best),
+                               stage1=dataclasses.replace(c.stage1, epochs=min(c.stage1.epochs, e)),
+                               stage2=dataclasses.replace(c.stage2, epochs=min(c.stage2.epochs, e)))
+    return (dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, llmrec=warm)),
+            {**rec, "warm": True, "base": plan.base, "from": str(best),
+             "epochs": {"stage1": warm.stage1.epochs, "stage2": warm.stage2.epochs}})
+
+
 def run(ctx: StageContext) -> StageResult:
+    ctx, warm = warm_context(ctx)
     c = ctx.cfg.llmrec
     if c.distributed.threads:
         torch.set_num_threads(c.distributed.threads)
@@ -194,7 +224,7 @@ def run(ctx: StageContext) -> StageResult:
         results["stage2"] = _fit_stage(ctx, module, task, 2, key, world).summary()
     out: dict = {"stages": {s: {k: v for k, v in r.items() if k != "history"} for s, r in results.items()},
                  "backbone": ident, "train_examples": len(train), "valid_users": len(valid),
-                 "model_key": key, "start_scale": scale}
+                 "model_key": key, "start_scale": scale, "refresh": warm}
     outputs = {}
     if rank == 0:
         d = ctx.model_dir(STAGE, MODEL)

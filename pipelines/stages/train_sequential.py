@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from jobs import common
+from pipelines import refresh
 from pipelines.context import StageContext, StageResult
 from pipelines.evaluation.data import load_eval_data
+from pipelines.refresh import carry_item_rows
 from pipelines.training.distributed import init_distributed
 from pipelines.training.loop import fit
 from pipelines.training.sequential import SequentialTask, build_model, code_version, feature_tables, user_vectors
@@ -55,26 +57,55 @@ def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
     return settings
 
 
+def warm_start(ctx: StageContext, base: str, name: str, model, items: list[str]) -> tuple[dict | None, str]:
+    """Load day ``base``'s best weights of ``name`` into ``model`` (rows re-indexed by item id, new items fresh);
+    returns what was done (None: nothing to start from) and the base model's key."""
+    rec = ctx.home / "runs" / base / STAGE / name / "result.json"
+    if not rec.exists():
+        return None, ""
+    prev = json.loads(rec.read_text())
+    best = ctx.home / "checkpoints" / STAGE / base / prev.get("model_key", "?") / "best.pt"  # in this home, moved or not
+    if not best.exists():
+        return None, ""
+    imap = common.read_arrow(ctx.home, "item_map", base).sort_by("item_idx")
+    state, info = carry_item_rows(torch.load(best, map_location="cpu"), [""] + imap.column("item_id").to_pylist(),
+                                  items, model)
+    if info["tensors_skipped"]:  # another architecture or size: a fine-tune would start half cold
+        return None, ""
+    model.load_state_dict(state, strict=False)
+    return {"warm": True, "base": base, "base_model": prev.get("model_key"), **info}, prev.get("model_key", "")
+
+
 def run(ctx: StageContext) -> StageResult:
     t = ctx.cfg.train_sequential
     if t.distributed.threads:
         torch.set_num_threads(t.distributed.threads)
-    data, _, _ = load_eval_data(ctx)
+    data, _, item_ids = load_eval_data(ctx)
     tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if "grasp" in t.models else None
     task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss)
     rank, world = init_distributed(t.distributed.dist_backend)
-    out, outputs = {}, {}
+    plan = refresh.plan(ctx)
+    out, outputs, warm_log = {}, {}, {}
     for name in t.models:
         t0 = time.perf_counter()
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
+        warm, base_key = warm_start(ctx, plan.base, name, model, list(item_ids)) if plan.incremental else (None, "")
+        train = dataclasses.replace(t.train, epochs=min(t.train.epochs, ctx.cfg.refresh.finetune_epochs)) \
+            if warm else t.train
+        warm_log[name] = warm or {"warm": False, "epochs": train.epochs}
+        if warm:
+            warm_log[name]["epochs"] = train.epochs
         key = _fingerprint(checkpoint_settings(ctx, name, world), data.train.indptr, data.train.indices, data.valid,
-                           *(tables.values() if name == "grasp" else ()))
+                           *(tables.values() if name == "grasp" else ()),
+                           *([{"warm_from": base_key}] if base_key else []))  # full runs keep their keys
         ckpt = ctx.home / "checkpoints" / STAGE / ctx.ds / f"{name}-{key}"
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if rank == 0:
-            print(f"  {name}: {n_params:,} trainable parameters, {world} process(es), checkpoints in {ckpt}",
+            how = (f", fine-tuned from {plan.base} ({warm['items_carried']} items carried, {warm['new_items']} new)"
+                   if warm else "")
+            print(f"  {name}: {n_params:,} trainable parameters, {world} process(es){how}, checkpoints in {ckpt}",
                   flush=True)
-        res = fit(model, task, t.train, t.distributed, ctx.cfg.seed, ckpt, name, STAGE)
+        res = fit(model, task, train, t.distributed, ctx.cfg.seed, ckpt, name, STAGE)
         dev = "cpu" if t.distributed.device == "cpu" else next(model.parameters()).device
         summary = {**res.summary(), "parameters": n_params, "seconds": round(time.perf_counter() - t0, 2),
                    "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt),
@@ -92,4 +123,5 @@ def run(ctx: StageContext) -> StageResult:
             outputs[name] = str(d)
             print(f"  {name}: best valid NDCG@10 {res.best_valid_ndcg10:.4f} at epoch {res.best_epoch} of "
                   f"{res.epochs_run}, {summary['epoch_seconds']} s/epoch", flush=True)
-    return StageResult(len(out), outputs, details={"models": out, "world_size": world})
+    return StageResult(len(out), outputs, details={"models": out, "world_size": world,
+                                                   "refresh": {"mode": plan.mode, "reason": plan.reason, **warm_log}})

@@ -1,0 +1,131 @@
+"""A week replayed as nightly runs, twice: ``refresh.mode=incremental`` and ``full``, same seeds, same settings.
+
+    python tests/benchmarks/nightly_replay.py --config pipelines/conf/amazon_beauty.yaml \
+        --set data.path=../shared/datasets/amazon-beauty --from 2014-07-01 --to 2014-07-07 --work /tmp/replay
+
+Each day is one ``recpipe run --ds DAY`` (its own process) in a home per mode. Before the first day both homes get
+the same describe and embed caches, filled by one run of the day before ``--from`` (``--warm-day``, default: that
+day), so the first day's descriptions are cached in both modes, as in a pipeline that has been running for a while.
+Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
+NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
+``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
+day's test NDCG@10 per model and mode; named for the week this was made for) and the per-day, per-stage detail.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
+
+MODES = ("incremental", "full")
+CACHES = ("describe.sqlite", "embed.sqlite", "web_queries.sqlite", "search.sqlite")
+
+
+def days(start: str, end: str) -> list[str]:
+    a, b = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    return [(a + dt.timedelta(i)).isoformat() for i in range((b - a).days + 1)]
+
+
+def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path) -> float:
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(home), "--ds", ds,
+           *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)]]
+    t0 = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        code = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if code:
+        sys.exit(f"{ds} failed in {home} (exit {code}); see {log}")
+    return time.perf_counter() - t0
+
+
+def seed_caches(src: Path, dst: Path) -> None:
+    """The content-hash caches of the LLM and encoder stages (SQLite, with their WAL files when present)."""
+    (dst / "cache").mkdir(parents=True, exist_ok=True)
+    for name in CACHES:
+        for f in (src / "cache").glob(name + "*"):
+            shutil.copy2(f, dst / "cache" / f.name)
+
+
+def day_record(home: Path, ds: str, wall: float) -> dict:
+    s = json.loads((home / "runs" / ds / "summary.json").read_text())
+    stages = {}
+    for name, rec in s["stages"].items():
+        r = {"seconds": rec.get("seconds"), "rows_out": rec.get("rows_out")}
+        for k in ("refresh", "generated", "cached", "encoded"):
+            if k in rec:
+                r[k] = rec[k]
+        if name == "train_sequential":
+            r["epochs_run"] = {m: v.get("epochs_run") for m, v in rec.get("models", {}).items()}
+        stages[name] = r
+    ndcg = {m: v["full"]["NDCG@10"] for m, v in s.get("metrics", {}).items()}
+    return {"wall_seconds": round(wall, 1), "stage_seconds": round(sum(v["seconds"] or 0 for v in stages.values()), 1),
+            "tables": s.get("tables", {}), "stages": stages, "test_NDCG@10": ndcg,
+            "refresh": json.loads((home / "runs" / ds / "refresh.json").read_text())
+            if (home / "runs" / ds / "refresh.json").exists() else None}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None)
+    p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument("--from", dest="start", required=True)
+    p.add_argument("--to", dest="end", required=True)
+    p.add_argument("--warm-day", default=None, help="the day whose run fills the shared caches (default: --from - 1)")
+    p.add_argument("--work", default="/tmp/recpipe-replay")
+    p.add_argument("--suffix", default="", help="results/nightly_replay<suffix>.{json,md}")
+    p.add_argument("--full-every-days", type=int, default=7)
+    args = p.parse_args()
+    work = Path(args.work)
+    week = days(args.start, args.end)
+    warm_day = args.warm_day or (dt.date.fromisoformat(args.start) - dt.timedelta(1)).isoformat()
+    log = work / "replay.log"
+    work.mkdir(parents=True, exist_ok=True)
+    seed = work / "seed"
+    if not (seed / "runs" / warm_day / "summary.json").exists():
+        print(f"filling the caches with a full run of {warm_day} ...", flush=True)
+        run_day(seed, warm_day, args.config, [*args.sets, "refresh.mode=full"], log)
+    out: dict = {mode: {} for mode in MODES}
+    for mode in MODES:
+        home = work / mode
+        shutil.rmtree(home, ignore_errors=True)
+        seed_caches(seed, home)
+        sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
+        for ds in week:
+            wall = run_day(home, ds, args.config, sets, log)
+            out[mode][ds] = day_record(home, ds, wall)
+            print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
+    ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in week[1:]]
+    last = week[-1]
+    models = sorted(out["full"][last]["test_NDCG@10"])
+    payload = {
+        "days": week, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
+        "full_every_days": args.full_every_days,
+        "incremental_over_full_seconds": round(sum(ratios) / max(len(ratios), 1), 4),
+        "per_day_ratio": dict(zip(week[1:], [round(r, 4) for r in ratios], strict=True)),
+        "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
+        "detail": out, "machine": machine(),
+    }
+    rows = [("day", "mode", "wall s", *[f"{m} NDCG@10" for m in models])]
+    for ds in week:
+        for mode in MODES:
+            r = out[mode][ds]
+            rows.append((ds, mode, f"{r['wall_seconds']:.0f}", *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}"
+                                                                   for m in models]))
+    notes = [f"incremental / full wall time, mean over days 2..{len(week)}: {payload['incremental_over_full_seconds']}",
+             f"caches (describe, embed) filled by one full run of {warm_day}, copied into both homes",
+             "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
+    write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
