@@ -4,22 +4,31 @@ processes; ``airflow backfill create`` queues three synthetic days and the sched
 ``airflow dags trigger promote_model`` promotes through the same scheduler. The deployment is
 ``infra/airflow/local_stack.py`` (``make airflow``), the one the README documents.
 
-This is the suite's one run of the nightly DAG (``test_dags.py`` checks its shape and runs the promote DAG with
-``dag.test()``).
+This is the suite's one run of the whole nightly pipeline: the end-to-end checks (summary and report shape, no
+secret anywhere, the CLI's backfill, promotion and serving from the registry) read what it wrote. ``test_dags.py``
+checks the DAGs' shape and runs the promote DAG's rollback with ``dag.test()``. The LLM behind ``describe`` is an
+OpenAI-compatible server on 127.0.0.1 (``tests/llm_server.py``; the real SmolLM2 describes in
+``test_llm_stages.py``), reached with an API key that must never be written anywhere.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from pipelines import cli
+from tests.llm_server import LocalLLMServer
+
 REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
+LLM_KEY, SEARCH_KEY = "sk-e2e-llm-marker-51d0", "tvly-e2e-search-marker-8c2e"
+MODELS = ("popularity", "wals", "sasrec", "grasp", "llmrec")
 pytestmark = pytest.mark.slow
 
 
@@ -62,34 +71,50 @@ def _logs_tail(stack) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, smollm2_dir, tiny_llm_dir):
+def deployment(tmp_path_factory, tiny_llm_dir):
     from tests.conftest import small_llmrec
 
     root = tmp_path_factory.mktemp("airflow_deployment")
-    # backfills and triggers only: no scheduled run of today competes with them on 2 cores
-    stack = _stack_module().LocalStack(root / "stack", parallelism=2,
-                                       extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
+    # backfills and triggers only: no scheduled run of today competes with them on 2 cores; both API keys set to
+    # markers (the secret scan below)
+    stack = _stack_module().LocalStack(root / "stack", parallelism=2, extra_env={
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False", "RECPIPE_LLM_API_KEY": LLM_KEY,
+        "RECPIPE_SEARCH_API_KEY": SEARCH_KEY})
     home = root / "home"
-    overrides = [f"describe.model_path={smollm2_dir}", "describe.max_items=3", "describe.max_users=3",
-                 "train_sequential.train.epochs=2", *small_llmrec(tiny_llm_dir)]
     t0 = time.perf_counter()
-    try:
-        stack.up()
-        up_s = time.perf_counter() - t0
-        stack.airflow("dags", "reserialize")
-        stack.airflow("dags", "unpause", "nightly_refresh")
-        stack.airflow("backfill", "create", "--dag-id", "nightly_refresh", "--from-date", DAYS[0], "--to-date",
-                      DAYS[-1], "--dag-run-conf", json.dumps({"home": str(home), "config": "", "overrides": overrides}))
-        states = _wait_runs(stack, "nightly_refresh", len(DAYS), timeout_s=1200)
-        print(f"\nscheduler: stack up in {up_s:.0f} s, three days in {time.perf_counter() - t0 - up_s:.0f} s")
-        yield {"stack": stack, "home": home, "states": states, "overrides": overrides}
-    finally:
-        pids = dict(stack.pids)
-        stack.down(remove_data=True)
-        assert pids and not any(stack._alive(p) for p in pids.values())   # every process it started has stopped
-        with socket.socket() as s, pytest.raises(OSError):
-            s.settimeout(2)
-            s.connect(("127.0.0.1", stack.pg_port))                        # and the database server too
+    with LocalLLMServer() as llm:
+        overrides = ["describe.backend=openai", f"describe.openai.base_url={llm.base_url}", "describe.openai.model=m",
+                     "describe.max_items=4", "describe.max_users=4", "train_sequential.train.epochs=2",
+                     *small_llmrec(tiny_llm_dir)]
+        try:
+            stack.up()
+            up_s = time.perf_counter() - t0
+            stack.airflow("dags", "reserialize")
+            stack.airflow("dags", "unpause", "nightly_refresh")
+            stack.airflow("backfill", "create", "--dag-id", "nightly_refresh", "--from-date", DAYS[0], "--to-date",
+                          DAYS[-1], "--dag-run-conf",
+                          json.dumps({"home": str(home), "config": "", "overrides": overrides}))
+            states = _wait_runs(stack, "nightly_refresh", len(DAYS), timeout_s=1200)
+            print(f"\nscheduler: stack up in {up_s:.0f} s, three days in {time.perf_counter() - t0 - up_s:.0f} s")
+            yield {"stack": stack, "home": home, "states": states, "overrides": overrides, "llm": llm}
+        finally:
+            pids = dict(stack.pids)
+            stack.down(remove_data=True)
+    assert pids and not any(stack._alive(p) for p in pids.values())   # every process it started has stopped
+    with socket.socket() as s, pytest.raises(OSError):
+        s.settimeout(2)
+        s.connect(("127.0.0.1", stack.pg_port))                        # and the database server too
+
+
+@pytest.fixture
+def tracking(deployment, monkeypatch):
+    """This process talks to the deployment's MLflow store, as its tasks do."""
+    monkeypatch.setenv("RECPIPE_MLFLOW_TRACKING_URI", deployment["stack"].db_url("mlflow"))
+    return deployment["stack"].db_url("mlflow")
+
+
+def _summary(home: Path, ds: str) -> dict:
+    return json.loads((home / "runs" / ds / "summary.json").read_text())
 
 
 def test_the_scheduler_ran_three_backfilled_days_on_postgres(deployment):
@@ -121,7 +146,7 @@ def test_every_task_of_a_day_succeeded_and_reported_the_protocols_figures(deploy
     assert tasks == {s: "success" for s in ORDER}
     summary = json.loads((home / "runs" / ds / "summary.json").read_text())
     assert list(summary["stages"]) == list(ORDER)
-    assert summary["stages"]["describe"]["generated"] + summary["stages"]["describe"]["cached"] == 6
+    assert summary["stages"]["describe"]["generated"] + summary["stages"]["describe"]["cached"] == 8
     assert summary["stages"]["neighbours"]["rows_out"] > 0
     assert summary["stages"]["train_sequential"]["models"]["grasp"]["epochs_run"] == 2
     assert {m["name"] for m in summary["mlflow"]["models"]} == {"popularity", "wals", "sasrec", "grasp", "llmrec"}
@@ -161,3 +186,94 @@ def test_the_promote_dag_triggered_on_the_scheduler_sets_champion(deployment):
     assert "no champion yet" in champion.tags["promotion.reason"]
     decision = json.loads(champion.tags["promotion.00001"])
     assert decision["trigger"].startswith("airflow:promote_model/manual__")
+
+
+def test_no_secret_reaches_a_file_the_database_or_a_log_line(deployment):
+    """Both keys were set for every task and the LLM key was sent to the server; nothing the deployment wrote holds
+    either: the home (tables, records, caches, MLflow artifacts), Airflow's task and process logs, and PostgreSQL's
+    own files (Airflow's metadata and MLflow's store)."""
+    stack, home = deployment["stack"], deployment["home"]
+    assert f"Bearer {LLM_KEY}" in deployment["llm"].behaviour.auth                # it was used
+    places = [home, stack.root, stack.pgdata]
+    for key in (LLM_KEY, SEARCH_KEY):
+        leaked = [str(p) for root in places for p in root.rglob("*") if p.is_file() and key.encode() in p.read_bytes()]
+        assert not leaked, (key, leaked)
+
+
+def test_summary_has_documented_shape(deployment):
+    from pipelines.graph import ORDER
+
+    s = _summary(deployment["home"], DAYS[0])
+    assert set(s) >= {"ds", "dataset", "status", "stages", "tables", "metrics", "mlflow"}
+    assert s["status"] == "success" and s["ds"] == DAYS[0] and s["dataset"] == "synthetic"
+    assert list(s["stages"]) == list(ORDER)
+    assert {"generated", "cached", "failed"} <= set(s["stages"]["describe"])
+    assert s["stages"]["describe"]["generated"] == 8 and s["stages"]["describe"]["cached"] == 0
+    assert all({"seconds", "rows_out"} <= set(v) for v in s["stages"].values())
+    t = s["tables"]
+    assert t["train"] + t["valid"] + t["test"] == t["interactions"] - s["stages"]["split"].get("interactions_dropped", 0)
+    assert t["valid"] == t["test"] == t["user_map"]
+    for model in MODELS:
+        m = s["metrics"][model]
+        assert {"HR@10", "NDCG@10", "MRR", "HR@5", "NDCG@20"} <= set(m["full"]) and "NDCG@10" in m["sampled100"]
+        assert set(m["slices"]) == {"short_history", "tail_items"}
+    # the synthetic shop is learnable: WALS and the sequential models (its category-following sessions) beat
+    # popularity clearly
+    for model in ("wals", "sasrec", "grasp"):
+        assert s["metrics"][model]["full"]["NDCG@10"] > 1.5 * s["metrics"]["popularity"]["full"]["NDCG@10"], model
+    assert s["stages"]["train_sequential"]["models"]["grasp"]["text_source"] == "descriptions"
+    assert {m["name"] for m in s["mlflow"]["models"]} == set(MODELS)
+    assert all("challenger" in m["aliases"] for m in s["mlflow"]["models"])
+    assert (deployment["home"] / "runs" / DAYS[0] / "ndcg_by_slice.png").exists()
+
+
+def test_report_shows_every_models_figures_and_the_days_side_by_side(deployment):
+    home, ds = deployment["home"], DAYS[-1]
+    s = _summary(home, ds)
+    report = (home / "runs" / ds / "report.md").read_text()
+    assert report.startswith(f"# recpipe report: synthetic, ds={ds}")
+    full = report.split("## Full ranking (user history excluded)")[1].split("## 100 sampled negatives")[0]
+    sampled = report.split("## 100 sampled negatives")[1]
+    for model in MODELS:
+        for section, proto in ((full, "full"), (sampled, "sampled100")):
+            m = s["metrics"][model][proto]
+            row = f"| {model} | all | {m['users']} | {m['HR@5']:.4f} | {m['HR@10']:.4f} | {m['HR@20']:.4f} | "
+            assert row in section, (model, proto)
+            assert f"| {m['NDCG@10']:.4f} |" in section.split(row)[1].splitlines()[0]
+            tail = s["metrics"][model]["slices"]["tail_items"][proto]
+            assert f"| {model} | tail_items | {tail['users']} | {tail['HR@5']:.4f} |" in section
+    assert "![NDCG@10 by slice](ndcg_by_slice.png)" in report
+    # the day-over-day view (the days ran side by side: earlier days appear once they had finished)
+    view = report.split("## Day over day")[1]
+    w = s["metrics"]["wals"]["full"]["NDCG@10"]
+    assert f"| {ds} |" in view and f"{w:.4f}" in view.split(f"| {ds} |")[1].splitlines()[0]
+    assert "What was recomputed:" in view and "Promotion decisions on these days:" in view
+
+
+def test_cli_backfill_skips_done_days(deployment, capsys):
+    home = deployment["home"]
+    before = (home / "runs" / DAYS[0] / "summary.json").stat().st_mtime_ns
+    assert cli.main(["backfill", "--home", str(home), "--from", DAYS[0], "--to", DAYS[0]]) == 0
+    assert "already successful; skipping" in capsys.readouterr().out
+    assert (home / "runs" / DAYS[0] / "summary.json").stat().st_mtime_ns == before
+
+
+def test_cli_promote_then_serve_from_registry_in_fresh_process(deployment, tracking, capsys):
+    home = deployment["home"]
+    assert cli.main(["promote", "--home", str(home), "--model", "wals"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("PROMOTED: no champion yet")
+    served = json.loads(out.split("\n", 1)[1])["challenger"]["NDCG@10"]  # via models:/wals@challenger
+    assert served == pytest.approx(_summary(home, DAYS[-1])["metrics"]["wals"]["full"]["NDCG@10"], abs=1e-6)
+    assert cli.main(["promote", "--home", str(home), "--model", "wals"]) == 0
+    assert "already is the champion" in capsys.readouterr().out
+    code = (
+        "import mlflow, pandas as pd, json, sys\n"
+        f"mlflow.set_tracking_uri({tracking!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/wals@champion')\n"
+        "out = m.predict(pd.DataFrame({'user_id': ['U000001', 'nobody']}), params={'k': 5})\n"
+        "print(json.dumps({'lens': [len(x) for x in out['item_ids']], 'known': out['known'].tolist()}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res == {"lens": [5, 5], "known": [True, False]}
