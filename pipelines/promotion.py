@@ -27,7 +27,7 @@ from pipelines.config import Config, load_config
 from pipelines.context import StageContext, resolve_home
 from pipelines.evaluation.data import load_eval_data
 from pipelines.evaluation.protocol import metrics_from_ranks
-from pipelines.registry import CHALLENGER, CHAMPION, client, model_name
+from pipelines.registry import CHALLENGER, CHAMPION, client, decisions, model_name
 from pipelines.summary import successful_days
 
 
@@ -162,11 +162,6 @@ def record_decision(c, name: str, version: str, decision: dict) -> None:
     c.set_model_version_tag(name, version, "promotion.reason", decision["reason"])
 
 
-def decisions(cfg: Config, home: Path, model: str) -> list[dict]:
-    """Every recorded promotion decision of ``model``, oldest first."""
-    c = client(cfg, home)
-    tags = c.get_registered_model(model_name(cfg, model)).tags or {}
-    return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("promotion.") and k.split(".")[1].isdigit()]
 
 
 def _moves(d: dict) -> tuple[str | None, str | None]:

@@ -110,6 +110,13 @@ def model_name(cfg: Config, model: str) -> str:
     return f"{cfg.mlflow.model_prefix}{model}"
 
 
+def decisions(cfg: Config, home: Path, model: str) -> list[dict]:
+    """Every recorded promotion decision of ``model`` (``pipelines.promotion`` writes them), oldest first."""
+    c = client(cfg, home)
+    tags = c.get_registered_model(model_name(cfg, model)).tags or {}
+    return [json.loads(v) for k, v in sorted(tags.items()) if k.startswith("promotion.") and k.split(".")[1].isdigit()]
+
+
 def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, model_dirs: dict[str, Path]) -> dict:
     """Create the run for ``ds`` (replacing an earlier run of the same day), register every model."""
     import mlflow

@@ -96,7 +96,7 @@ def _decisions(ctx: StageContext, models: list[str], days: list[str]) -> list[di
     if not configured_uri(ctx.cfg) and not (ctx.home / "mlflow" / "mlflow.db").exists():
         return []  # nothing registered in this home yet
     try:
-        from pipelines.promotion import decisions
+        from pipelines.registry import decisions
 
         found = []
         for m in models:
