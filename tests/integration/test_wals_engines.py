@@ -15,28 +15,25 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import runner
 from pipelines.backends import wals
 from pipelines.config import load_config
 from pipelines.context import StageContext
 from pipelines.evaluation.data import load_eval_data, negatives_for
 from pipelines.evaluation.protocol import evaluate
 from pipelines.evaluation.scorers import FactorScorer
+from tests.conftest import DS, private_home
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-DS = "2026-01-01"
 PARAMS = {"factors": 16, "regularization": 0.05, "alpha": 10.0, "iterations": 10, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
+def ctx(_synthetic_split, tmp_path_factory):
+    """A copy of the session's synthetic split (the WALS settings do not change the split)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    home = tmp_path_factory.mktemp("wals_home")
-    cfg = load_config(None, [f"wals.{k}={v}" for k, v in PARAMS.items()])
-    runner.run(cfg, DS, home, ["ingest", "validate", "split"])
-    return StageContext(cfg, DS, home)
+    home = private_home(_synthetic_split, tmp_path_factory.mktemp("wals_home"))
+    return StageContext(load_config(None, [f"wals.{k}={v}" for k, v in PARAMS.items()]), DS, home)
 
 
 def _spark_job(ctx, master: str, zone: str) -> dict:

@@ -36,7 +36,9 @@ def test_run_stage_records_outputs_and_rebuilds_the_summary(tmp_path):
     assert json.loads((ctx.run_dir / "stages" / "neighbours.json").read_text()) == rec
     summary = json.loads((ctx.run_dir / "summary.json").read_text())
     assert summary["status"] == "partial" and summary["tables"] == {"neighbours": 8}
-    assert set(summary["stages"]["neighbours"]) == {"status", "seconds", "rows_out", "k", "engine", "seconds_by_block"}
+    assert set(summary["stages"]["neighbours"]) == {"status", "seconds", "rows_out", "k", "engine", "seconds_by_block",
+                                                  "refresh"}
+    assert summary["stages"]["neighbours"]["refresh"]["recomputed"] == "all"
 
 
 def test_a_failing_stage_is_recorded_and_raised_with_its_name(tmp_path):
