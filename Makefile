@@ -28,7 +28,7 @@ run: $(STAMP)
 
 # A local deployment: PostgreSQL (Airflow metadata + MLflow store), Airflow API server, scheduler, DAG processor.
 airflow: $(STAMP)
-	$(BIN)/python infra/airflow/local_stack.py up --dir .recpipe/airflow-local
+	$(BIN)/python infra/airflow/local_stack.py up --dir .recpipe/airflow-local $(ARGS)
 
 airflow-down:
 	$(BIN)/python infra/airflow/local_stack.py down --dir .recpipe/airflow-local

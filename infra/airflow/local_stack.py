@@ -2,6 +2,7 @@
 an Airflow API server, scheduler (LocalExecutor) and DAG processor, all under one folder, all on 127.0.0.1.
 
     python infra/airflow/local_stack.py up   [--dir .recpipe/airflow-local] [--pg-port 5433] [--api-port 8793]
+                                             [--backfills-only]
     python infra/airflow/local_stack.py env  [--dir ...]     # `export ...` lines for airflow / recpipe commands
     python infra/airflow/local_stack.py down [--dir ...]     # stops everything `up` started
 
@@ -268,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pg-port", type=int, default=None)
     p.add_argument("--api-port", type=int, default=None)
     p.add_argument("--parallelism", type=int, default=2, help="tasks at once (LocalExecutor)")
+    p.add_argument("--backfills-only", action="store_true",
+                   help="the scheduler runs backfills and triggered runs only, no scheduled days (no catch-up of "
+                        "nightly_refresh from its start date when it is unpaused): for trying the stack out")
     args = p.parse_args(argv)
-    stack = LocalStack(Path(args.dir), args.pg_port, args.api_port, args.parallelism)
+    extra = {"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"} if args.backfills_only else {}
+    stack = LocalStack(Path(args.dir), args.pg_port, args.api_port, args.parallelism, extra)
     if args.action == "env":
         print("\n".join(f"export {k}='{v}'" for k, v in stack.env().items()))
         return 0
