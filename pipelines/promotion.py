@@ -174,8 +174,8 @@ def _moves(d: dict) -> tuple[str | None, str | None]:
 def rollback(cfg: Config, home: Path, model: str, to_version: str | int | None = None,
              reason: str | None = None) -> dict:
     """Move ``champion`` back: to ``to_version``, or to the champion the current one replaced when it was promoted
-    (from the decisions on record). The target must be another registered version with its evaluation on record. Recorded like a promotion.
-    """
+    (from the decisions on record). The target must be another registered version with its evaluation on record.
+    Recorded like a promotion."""
     import mlflow
 
     c = client(cfg, home)
@@ -234,8 +234,8 @@ def history_lines(cfg: Config, home: Path, model: str) -> list[str]:
             return f"v{m.get('version')}" + (f" {metric}={m[metric]:.5f}" if metric in m else "")
 
         delta = d.get("delta")
-        if delta is None and metric in chal and metric in champ:
-            delta = chal[metric] - champ[metric]
+        if delta is None and d.get("action", "promote") == "promote" and metric in chal and metric in champ:
+            delta = chal[metric] - champ[metric]  # a record from before ``delta`` was kept (same users, same day)
         out.append(f"{d.get('time', '?')}  {d.get('action', 'promote'):8s} {d['decision']:11s} "
                    f"{'target' if d.get('action') == 'rollback' else 'challenger'} {fmt(chal)}  "
                    f"champion {fmt(champ) if champ else 'none'}  delta {'-' if delta is None else f'{delta:+.5f}'}  "
