@@ -145,6 +145,7 @@ def launch(stage: str, ctx: StageContext, launcher: str, config: str | None, ove
         cmd[0] = str(Path(sys.executable).with_name(cmd[0]))  # this venv's torchrun/deepspeed, whatever PATH holds
     env = {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARS}
     rec_path = stage_record_path(ctx.run_dir, stage)
+    rec_path.unlink(missing_ok=True)  # what is read back is this launch's record, never an earlier run's
     print(f"[{ctx.ds}] {stage}: launching {launcher!r}", flush=True)
     try:
         code = subprocess.run(cmd, env=env).returncode
