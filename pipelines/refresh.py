@@ -10,7 +10,6 @@ that day is missing (it did not run then) runs as on a full day and says so. Eac
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,8 +32,7 @@ class Plan:
 
 
 def _recorded(home: Path, ds: str) -> dict:
-    path = home / "runs" / ds / "refresh.json"
-    return json.loads(path.read_text()) if path.exists() else {"mode": "full"}  # days before refresh: full
+    return read_json(home / "runs" / ds / "refresh.json") or {"mode": "full"}  # days before refresh: full
 
 
 def base_days(home: Path) -> list[str]:
