@@ -3,9 +3,11 @@
     python tests/benchmarks/nightly_replay.py --config pipelines/conf/amazon_beauty.yaml \
         --set data.path=../shared/datasets/amazon-beauty --from 2014-07-01 --to 2014-07-07 --work /tmp/replay
 
-Each day is one ``recpipe run --ds DAY`` (its own process) in a home per mode. Before the first day both homes get
-the same describe and embed caches, filled by one run of the day before ``--from`` (``--warm-day``, default: that
-day), so the first day's descriptions are cached in both modes, as in a pipeline that has been running for a while.
+Each day is one ``recpipe run --ds DAY`` (its own process) in a home per mode; the two modes alternate day by day
+(incremental, then full), and the results files are rewritten after every day, so a replay cut short still leaves
+the days it finished (``days_done``). Before the first day both homes get the same describe and embed caches, filled
+by one run of the day before ``--from`` up to ``embed`` (``--warm-day``, default: that day), so the first day's
+descriptions are cached in both modes, as in a pipeline that has been running for a while.
 Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
 ``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
@@ -34,9 +36,10 @@ def days(start: str, end: str) -> list[str]:
     return [(a + dt.timedelta(i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path) -> float:
+def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path, until: str | None = None) -> float:
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(home), "--ds", ds,
-           *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)]]
+           *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)],
+           *(["--until", until] if until else [])]
     t0 = time.perf_counter()
     with log.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
@@ -73,6 +76,35 @@ def day_record(home: Path, ds: str, wall: float) -> dict:
             if (home / "runs" / ds / "refresh.json").exists() else None}
 
 
+def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -> None:
+    done = [d for d in week if all(d in out[m] for m in MODES)]
+    ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]]
+    last = done[-1]
+    models = sorted(out["full"][last]["test_NDCG@10"])
+    payload = {
+        "days": week, "days_done": done, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
+        "full_every_days": args.full_every_days,
+        "incremental_over_full_seconds": round(sum(ratios) / len(ratios), 4) if ratios else None,
+        "per_day_ratio": dict(zip(done[1:], [round(r, 4) for r in ratios], strict=True)),
+        "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
+        "day7_is": last,
+        "detail": out, "machine": machine(),
+    }
+    stages = sorted({s for m in MODES for d in done for s in out[m][d]["stages"]})
+    rows = [("day", "mode", "wall s", *[f"{m} NDCG@10" for m in models], *[f"{s} s" for s in stages])]
+    for ds in done:
+        for mode in MODES:
+            r = out[mode][ds]
+            rows.append((ds, mode, f"{r['wall_seconds']:.0f}",
+                         *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}" for m in models],
+                         *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
+    notes = [f"days done: {len(done)} of {len(week)}",
+             f"incremental / full wall time, mean over days 2..{len(done)}: {payload['incremental_over_full_seconds']}",
+             f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
+             "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
+    write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None)
@@ -91,39 +123,19 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     seed = work / "seed"
     if not (seed / "runs" / warm_day / "summary.json").exists():
-        print(f"filling the caches with a full run of {warm_day} ...", flush=True)
-        run_day(seed, warm_day, args.config, [*args.sets, "refresh.mode=full"], log)
+        print(f"filling the caches with a run of {warm_day} up to embed ...", flush=True)
+        run_day(seed, warm_day, args.config, [*args.sets, "refresh.mode=full"], log, until="embed")
     out: dict = {mode: {} for mode in MODES}
     for mode in MODES:
-        home = work / mode
-        shutil.rmtree(home, ignore_errors=True)
-        seed_caches(seed, home)
-        sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
-        for ds in week:
-            wall = run_day(home, ds, args.config, sets, log)
-            out[mode][ds] = day_record(home, ds, wall)
-            print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
-    ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in week[1:]]
-    last = week[-1]
-    models = sorted(out["full"][last]["test_NDCG@10"])
-    payload = {
-        "days": week, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
-        "full_every_days": args.full_every_days,
-        "incremental_over_full_seconds": round(sum(ratios) / max(len(ratios), 1), 4),
-        "per_day_ratio": dict(zip(week[1:], [round(r, 4) for r in ratios], strict=True)),
-        "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
-        "detail": out, "machine": machine(),
-    }
-    rows = [("day", "mode", "wall s", *[f"{m} NDCG@10" for m in models])]
+        shutil.rmtree(work / mode, ignore_errors=True)
+        seed_caches(seed, work / mode)
     for ds in week:
         for mode in MODES:
-            r = out[mode][ds]
-            rows.append((ds, mode, f"{r['wall_seconds']:.0f}", *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}"
-                                                                   for m in models]))
-    notes = [f"incremental / full wall time, mean over days 2..{len(week)}: {payload['incremental_over_full_seconds']}",
-             f"caches (describe, embed) filled by one full run of {warm_day}, copied into both homes",
-             "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
-    write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
+            sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
+            wall = run_day(work / mode, ds, args.config, sets, log)
+            out[mode][ds] = day_record(work / mode, ds, wall)
+            print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
+        write(args, week, warm_day, out)
     return 0
 
 
