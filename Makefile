@@ -34,7 +34,7 @@ airflow-down:
 	$(BIN)/python infra/airflow/local_stack.py down --dir .recpipe/airflow-local
 
 test: lint
-	$(BIN)/python -m pytest -q tests --ignore=tests/benchmarks $(ARGS)
+	$(BIN)/python -m pytest -q --durations=20 tests --ignore=tests/benchmarks $(ARGS)
 
 # Architecture (import-linter contracts in setup.cfg) and ruff (pyproject.toml); part of `make test`.
 lint: $(STAMP)

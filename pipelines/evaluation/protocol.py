@@ -10,7 +10,7 @@
 * HR@k = 1[rank < k]; NDCG@k = 1[rank < k] / log2(rank + 2); MRR = mean 1 / (rank + 1) (untruncated).
 * Slices: ``short_history`` users (history length at or below the ``short_quantile`` quantile) and
   ``tail_items`` (users whose target is outside the most popular ``1 - tail_fraction`` of items by train
-  popularity).
+  popularity; items tied with the last head item are head too, so no tie is broken by item id).
 
 A model is anything with ``score(users, phase) -> (B, N + 1) float32`` scores (column 0 is padding).
 """
@@ -188,7 +188,11 @@ def slice_masks(data: EvalData, phase: str, short_quantile: float, tail_fraction
     pop = data.popularity("valid")[1:]                                   # train popularity of items 1..N
     n_head = int(np.ceil(round((1.0 - tail_fraction) * data.n_items, 9)))  # round: 1 - 0.7 = 0.30000000000000004
     head = np.zeros(data.n_items + 1, bool)
-    head[1:][np.argsort(-pop, kind="stable")[:n_head]] = True
+    if n_head > 0:
+        # items as popular as the n_head-th most popular one are all head: no tie is broken by item id, so the
+        # slice does not depend on how ids were assigned; an item never bought is never head
+        bar = np.sort(pop)[::-1][min(n_head, data.n_items) - 1]
+        head[1:] = (pop >= bar) & (pop > 0)
     tail = ~head[data.targets(phase)]
     return {"short_history": short & has, "tail_items": tail & has}
 
