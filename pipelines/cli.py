@@ -6,7 +6,7 @@
   recpipe promote  --model NAME [--ds YYYY-MM-DD] [same options]
   recpipe promote  --model NAME --history [same options]
   recpipe rollback --model NAME [--to-version N] [--reason TEXT] [same options]
-  recpipe tune     wals [same options]
+  recpipe tune     wals|sasrec|grasp [same options]
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--reason", default=None, help="why; kept with the decision")
     _common(rb, ds=False)
     t = sub.add_parser("tune", help="grid search on valid only, then evaluate the chosen model once on test")
-    t.add_argument("model", choices=["wals"])  # pipelines.tuning.TUNERS (not imported here: it loads the pipeline)
+    t.add_argument("model", choices=["wals", "sasrec", "grasp"])  # pipelines.tuning.TUNERS (not imported here: it loads the pipeline)
     _common(t)
     return p
 

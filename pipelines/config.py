@@ -292,6 +292,9 @@ class TrainSequentialConfig:
     grasp: GRASPConfig = GRASPConfig()
     train: TrainConfig = TrainConfig()
     distributed: DistributedConfig = DistributedConfig()
+    # ``recpipe tune sasrec|grasp``: keys relative to this section (``sasrec.dropout``, ``train.lr``,
+    # ``grasp.text_init``) -> values to try; empty = ``pipelines.tuning.SEQUENTIAL_GRIDS``
+    grid: dict[str, list] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _one_of("models", self.models, BY_NAME["train_sequential"].models)
