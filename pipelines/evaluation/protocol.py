@@ -199,12 +199,16 @@ def slice_masks(data: EvalData, phase: str, short_quantile: float, tail_fraction
 
 def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = "test",
              ks: tuple[int, ...] = (5, 10, 20), batch: int = 2048, short_quantile: float = 0.2,
-             tail_fraction: float = 0.8, users: np.ndarray | None = None, candidates: tuple[int, ...] = ()) -> dict:
+             tail_fraction: float = 0.8, users: np.ndarray | None = None, candidates: tuple[int, ...] = (),
+             keep: dict | None = None) -> dict:
     """``{"full": {...}, "sampled100": {...}, "cand20": {...}, "slices": {slice: {"full": {...}, ...}}}``.
 
     ``users``: score only these users (those of them with a target in ``phase``); default all. Slices are defined
     on all users either way. ``candidates``: sizes ``n`` of extra candidate protocols (``cand<n>``: the target and
     the first ``n - 1`` of the stored negatives, so as frozen as they are); each must be at most the negatives + 1.
+    ``keep``: a dict that receives the per-user detail the figures were computed from: ``users``, the 0-based
+    rank of each protocol (``full``, ...) and each slice's membership, aligned with ``users`` (what paired
+    comparisons between models need).
     """
     bad = [n for n in candidates if not 2 <= n <= negatives.shape[1] + 1]
     if bad:
@@ -216,9 +220,13 @@ def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = 
              **{f"cand{n}": r for n, r in zip(candidates, subsets, strict=True)}}
     out = {name: metrics_from_ranks(r, ks) for name, r in ranks.items()}
     out["slices"] = {}
+    if keep is not None:
+        keep.update(users=users, **ranks)
     for name, mask in slice_masks(data, phase, short_quantile, tail_fraction).items():
         m = mask[users]
         out["slices"][name] = {proto: metrics_from_ranks(r[m], ks) for proto, r in ranks.items()}
+        if keep is not None:
+            keep[name] = m
     return out
 
 

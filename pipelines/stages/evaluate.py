@@ -1,12 +1,17 @@
 """The ``evaluate`` stage: every model of the day scored with the one protocol, serving artifacts, the report.
 
 Writes ``runs/<ds>/metrics.json`` (per model: test ``full``, ``sampled100``, ``slices``; ``valid`` without slices),
+``runs/<ds>/ranks/<model>.npz`` (test phase, per evaluated user: ``users``, the target's 0-based rank under each
+protocol, slice membership; what paired comparisons and bootstrap intervals are computed from),
 ``runs/<ds>/models.json`` (the serving artifact directory of each model), ``report.md`` with plots, and on first
 use the ``negatives`` partition.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import numpy as np
 
 from jobs import common
 from pipelines import serving
@@ -15,6 +20,13 @@ from pipelines.evaluation import report
 from pipelines.evaluation.data import eval_kwargs, evaluation_users, load_eval_data, negatives_for
 from pipelines.evaluation.protocol import evaluate
 from pipelines.evaluation.scorers import model_zoo
+
+
+def save_ranks(path: Path, kept: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **kept)
+    tmp.replace(path)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -27,8 +39,10 @@ def run(ctx: StageContext) -> StageResult:
     for name, factory in model_zoo(ctx).items():
         model, arrays = factory(data)
         t0 = time.perf_counter()
-        metrics[name] = evaluate(model, data, neg, "test", users=users, **kw)
+        kept: dict = {}
+        metrics[name] = evaluate(model, data, neg, "test", users=users, keep=kept, **kw)
         seconds[name] = round(time.perf_counter() - t0, 3)
+        save_ranks(ctx.run_dir / "ranks" / f"{name}.npz", kept)
         valid = evaluate(model, data, neg, "valid", users=users, **kw)
         metrics[name]["valid"] = {k: v for k, v in valid.items() if k != "slices"}
         metrics[name]["eval_seconds"] = seconds[name]

@@ -1,0 +1,203 @@
+"""Baselines over seeds with paired bootstrap intervals: SASRec and GRASP (both text sources), every choice on valid.
+
+    python tests/benchmarks/baselines.py --config pipelines/conf/amazon_beauty.yaml \
+        --set data.path=../shared/datasets/amazon-beauty [--seeds 42,43,44] [--variants sasrec,grasp,grasp[metadata]]
+
+The day is prepared once (``recpipe run --until neighbours``: split, WALS, descriptions, embeddings, neighbours);
+then for every seed and variant ``recpipe stage train_sequential`` and ``recpipe stage evaluate`` run with
+``--set seed=S`` (the protocol's negatives keep their own seed), and the evaluate stage's per-user ranks
+(``runs/<ds>/ranks/<model>.npz``) are kept. Reported per variant: mean and standard deviation over seeds of every
+headline metric (test, full ranking; sampled 100; the short-history and tail-item slices; valid NDCG@10), epoch
+time and time to the best epoch; for every variant but SASRec the paired bootstrap 95% interval, over users, of its
+NDCG@10 difference to SASRec (seed i paired with seed i, the difference averaged over seeds per user), overall and
+per slice, and a verdict that says "better" or "worse" only where the interval excludes 0. Each setting of the
+config is listed with the split that chose it (``PROVENANCE``). Results: ``results/baselines<suffix>.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipelines.config import load_config  # noqa: E402
+from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
+from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
+
+# label -> (overrides of train_sequential, the model name the stage writes)
+VARIANTS = {
+    "sasrec": (["train_sequential.models=[sasrec]"], "sasrec"),
+    "grasp": (["train_sequential.models=[grasp]", "train_sequential.text_source=descriptions"], "grasp"),
+    "grasp[metadata]": (["train_sequential.models=[grasp]", "train_sequential.text_source=metadata"], "grasp"),
+}
+HEADLINE = [("full", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@20"), ("full", "HR@20"), ("full", "MRR"),
+            ("sampled100", "NDCG@10"), ("short_history", "NDCG@10"), ("tail_items", "NDCG@10"), ("valid", "NDCG@10")]
+SLICES = ("short_history", "tail_items")
+# The split each setting of the shipped configs was chosen on, and where the figures are. "default": the
+# method's paper value, not searched. Keep in step with pipelines/conf/amazon_beauty.yaml.
+PROVENANCE = {
+    "wals.factors / regularization / alpha": ("valid", "results/wals_tuning.md"),
+    "train_sequential.sasrec.dropout": ("valid", "results/sasrec_tuning.md"),
+    "train_sequential.train.lr": ("valid", "results/sasrec_tuning.md"),
+    "train_sequential.train.patience": ("valid", "results/sasrec_tuning.md"),
+    "train_sequential.sasrec.hidden": ("valid", "results/sasrec_tuning.md (64 vs 128)"),
+    "train_sequential.sasrec.n_layers / n_heads / max_len": ("default", "SASRec paper"),
+    "train_sequential.grasp.text_init": ("valid", "results/grasp_tuning.md"),
+    "train_sequential.grasp.item_adapter_ids": ("valid", "results/grasp_tuning.md"),
+    "train_sequential.grasp.user_neighbours": ("test", "results/beauty_sequential_gpu*.md; to be re-chosen on valid"),
+    "web.keywords": ("valid", "results/webrec_beauty.md"),
+    "llmrec.rerank_mix": ("valid", "chosen per run on valid (evaluate stage)"),
+}
+
+
+def cli(home: Path, ds: str, config: str | None, sets: list[str], *args: str, log: Path) -> float:
+    cmd = [sys.executable, "-m", "pipelines.cli", *args, "--home", str(home), "--ds", ds,
+           *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)]]
+    t0 = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+            sys.exit(f"failed: {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - t0
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def metric(m: dict, where: str, name: str) -> float:
+    if where in SLICES:
+        return m["slices"][where]["full"][name]
+    if where == "valid":
+        return m["valid"]["full"][name]
+    return m[where][name]
+
+
+def verdict(ci: tuple[float, float]) -> str:
+    return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "not distinguishable"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=None)
+    p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument("--seeds", default="42,43,44")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--ds", default="2026-11-24")
+    p.add_argument("--home", default="/tmp/recpipe-baselines")
+    p.add_argument("--skip-prepare", action="store_true", help="the day's upstream stages already ran in --home")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--suffix", default="")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    labels = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in labels if v not in VARIANTS]
+    if unknown or "sasrec" not in labels:
+        sys.exit(f"--variants: {unknown or 'sasrec is required (the reference)'}; known: {', '.join(VARIANTS)}")
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    keep = home / "baselines"
+    log = home / "baselines.log"
+    cfg = load_config(args.config, args.sets)  # the config is checked before anything runs
+    if not args.skip_prepare:
+        print("preparing the day (recpipe run --until neighbours) ...", flush=True)
+        cli(home, args.ds, args.config, args.sets, "run", "--until", "neighbours", log=log)
+    runs: dict[str, list[dict]] = {v: [] for v in labels}
+    metrics: dict[str, list[dict]] = {v: [] for v in labels}
+    training: dict[str, list[dict]] = {v: [] for v in labels}
+    reference: dict[str, dict] = {}
+    for seed in seeds:
+        for label in labels:
+            sets, name = VARIANTS[label]
+            sets = [*args.sets, *sets, f"seed={seed}", "refresh.mode=full"]
+            wall = cli(home, args.ds, args.config, sets, "stage", "train_sequential", log=log)
+            cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
+            run = home / "runs" / args.ds
+            out = keep / f"seed{seed}"
+            out.mkdir(parents=True, exist_ok=True)
+            safe = label.replace("[", "_").replace("]", "")
+            shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
+            with np.load(out / f"{safe}.npz") as z:
+                runs[label].append({k: z[k] for k in z.files})
+            m = json.loads((run / "metrics.json").read_text())
+            metrics[label].append(m[name])
+            result = json.loads((run / "train_sequential" / name / "result.json").read_text())
+            training[label].append({k: result.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds",
+                                                                 "seconds_to_best", "train_seconds",
+                                                                 "best_valid_NDCG@10")} | {"wall_seconds": wall})
+            for ref in ("popularity", "wals"):  # seed-independent references (WALS is fitted once, with --set seed)
+                if ref in m and ref not in reference:
+                    reference[ref] = {f"{w}:{n}": metric(m[ref], w, n) for w, n in HEADLINE}
+            print(f"seed {seed} {label}: test NDCG@10 {m[name]['full']['NDCG@10']:.4f}, "
+                  f"valid {m[name]['valid']['full']['NDCG@10']:.4f}, {wall:.0f} s", flush=True)
+    models: dict[str, dict] = {}
+    for label in labels:
+        r: dict = {}
+        for where, name in HEADLINE:
+            key = name if where == "full" else f"{where}_{name}"
+            r[f"{key}_mean"], r[f"{key}_std"] = stats([metric(m, where, name) for m in metrics[label]])
+            r[f"{key}_per_seed"] = [metric(m, where, name) for m in metrics[label]]
+        for k in ("epoch_seconds", "seconds_to_best", "best_epoch"):
+            r[f"{k}_mean"] = stats([t[k] for t in training[label] if t[k] is not None])[0]
+        r["training"] = training[label]
+        if label != "sasrec":
+            d = paired_difference(runs[label], runs["sasrec"])
+            ci = paired_bootstrap(d, n_boot=args.bootstrap, seed=0)
+            r.update({"delta_vs_sasrec": float(d.mean()), "delta_vs_sasrec_ci95": list(ci),
+                      "relative_vs_sasrec": float(d.mean() / models["sasrec"]["NDCG@10_mean"]),
+                      "verdict": verdict(ci), "paired_users": int(d.size)})
+            for s in SLICES:
+                ds_ = paired_difference(runs[label], runs["sasrec"], mask=s)
+                cs = paired_bootstrap(ds_, n_boot=args.bootstrap, seed=0)
+                r[f"{s}_delta_vs_sasrec"] = float(ds_.mean())
+                r[f"{s}_delta_vs_sasrec_ci95"] = list(cs)
+                r[f"{s}_verdict"] = verdict(cs)
+        models[label] = r
+    payload = {"seeds": seeds, "ds": args.ds, "config": args.config, "overrides": args.sets,
+               "dataset": cfg.dataset, "protocol": "leave-one-out; test phase; full ranking over all items with the "
+               "user's train + valid items excluded, ties counted against the target; sampled100: the stored "
+               f"negatives (seed {cfg.eval.negatives_seed}); users: "
+               f"{'all' if not cfg.eval.users else f'{cfg.eval.users} seeded (eval.users_seed={cfg.eval.users_seed})'}",
+               "bootstrap": {"resamples": args.bootstrap, "level": 0.95, "over": "users",
+                             "pairing": "seed i of each model with seed i of SASRec; per-user difference averaged "
+                                        "over seeds"},
+               "models": models, "references": reference,
+               "settings": {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()},
+               "machine": machine()}
+    rows = [("model", "NDCG@10", "HR@10", "sampled100 NDCG@10", "short-history NDCG@10", "tail-items NDCG@10",
+             "valid NDCG@10", "delta NDCG@10 vs SASRec [95% CI]", "verdict", "s/epoch", "s to best")]
+    for label, r in models.items():
+        ci = (f"{r['delta_vs_sasrec']:+.4f} [{r['delta_vs_sasrec_ci95'][0]:+.4f}, {r['delta_vs_sasrec_ci95'][1]:+.4f}]"
+              if label != "sasrec" else "-")
+        rows.append((label, *[f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}" for k in
+                              ("NDCG@10", "HR@10", "sampled100_NDCG@10", "short_history_NDCG@10",
+                               "tail_items_NDCG@10", "valid_NDCG@10")],
+                     ci, r.get("verdict", "-"), f"{r['epoch_seconds_mean']:.1f}", f"{r['seconds_to_best_mean']:.0f}"))
+    for ref, v in reference.items():
+        rows.append((ref, f"{v['full:NDCG@10']:.4f}", f"{v['full:HR@10']:.4f}", f"{v['sampled100:NDCG@10']:.4f}",
+                     f"{v['short_history:NDCG@10']:.4f}", f"{v['tail_items:NDCG@10']:.4f}",
+                     f"{v['valid:NDCG@10']:.4f}", "-", "-", "-", "-"))
+    notes = [f"dataset {cfg.dataset}, ds {args.ds}, seeds {seeds} (mean ± std over seeds); {payload['protocol']}",
+             "delta: paired bootstrap over users (2,000 resamples unless --bootstrap), seed i paired with seed i; "
+             "'better'/'worse' only where the 95% interval excludes 0"]
+    for label, r in models.items():
+        if label != "sasrec":
+            notes.append(f"{label} vs SASRec by slice: " + "; ".join(
+                f"{s} {r[f'{s}_delta_vs_sasrec']:+.4f} [{r[f'{s}_delta_vs_sasrec_ci95'][0]:+.4f}, "
+                f"{r[f'{s}_delta_vs_sasrec_ci95'][1]:+.4f}] ({r[f'{s}_verdict']})" for s in SLICES))
+    notes.append("settings and the split that chose them: " + "; ".join(
+        f"{k}: {v[0]} ({v[1]})" for k, v in PROVENANCE.items()))
+    write_results(f"baselines{args.suffix}", payload, rows, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
