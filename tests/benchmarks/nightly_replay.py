@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipelines.graph import STAGES  # noqa: E402
 from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
 
 MODES = ("incremental", "full")
@@ -36,10 +37,11 @@ def days(start: str, end: str) -> list[str]:
     return [(a + dt.timedelta(i)).isoformat() for i in range((b - a).days + 1)]
 
 
-def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path, until: str | None = None) -> float:
+def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path, until: str | None = None,
+            stages: str | None = None) -> float:
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(home), "--ds", ds,
            *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)],
-           *(["--until", until] if until else [])]
+           *(["--until", until] if until else ["--stages", stages] if stages else [])]
     t0 = time.perf_counter()
     with log.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
@@ -83,7 +85,7 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
     models = sorted(out["full"][last]["test_NDCG@10"])
     payload = {
         "days": week, "days_done": done, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
-        "full_every_days": args.full_every_days,
+        "full_every_days": args.full_every_days, "skipped_stages": args.skip_stages,
         "incremental_over_full_seconds": round(sum(ratios) / len(ratios), 4) if ratios else None,
         "per_day_ratio": dict(zip(done[1:], [round(r, 4) for r in ratios], strict=True)),
         "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
@@ -98,7 +100,7 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
             rows.append((ds, mode, f"{r['wall_seconds']:.0f}",
                          *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}" for m in models],
                          *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
-    notes = [f"days done: {len(done)} of {len(week)}",
+    notes = [f"days done: {len(done)} of {len(week)}; stages left out: {args.skip_stages or 'none'}",
              f"incremental / full wall time, mean over days 2..{len(done)}: {payload['incremental_over_full_seconds']}",
              f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
              "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
@@ -115,6 +117,8 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/recpipe-replay")
     p.add_argument("--suffix", default="", help="results/nightly_replay<suffix>.{json,md}")
     p.add_argument("--full-every-days", type=int, default=7)
+    p.add_argument("--skip-stages", default="", help="comma-separated stages left out of every day (say why in "
+                   "the results), e.g. train_llmrec on a CPU budget")
     args = p.parse_args()
     work = Path(args.work)
     week = days(args.start, args.end)
@@ -129,10 +133,12 @@ def main() -> int:
     for mode in MODES:
         shutil.rmtree(work / mode, ignore_errors=True)
         seed_caches(seed, work / mode)
+    skip = {x.strip() for x in args.skip_stages.split(",") if x.strip()}
+    stages = ",".join(s.name for s in STAGES if s.name not in skip) if skip else None
     for ds in week:
         for mode in MODES:
             sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
-            wall = run_day(work / mode, ds, args.config, sets, log)
+            wall = run_day(work / mode, ds, args.config, sets, log, stages=stages)
             out[mode][ds] = day_record(work / mode, ds, wall)
             print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
         write(args, week, warm_day, out)
