@@ -241,12 +241,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: int = 200
     patience: int = 5  # epochs without a better valid NDCG@10 before stopping
+    # no early stop before this epoch (capped at ``epochs``): a model whose first epochs ride on a head start (text
+    # initialisation) and then dip while it learns the ids is not stopped in the dip
+    min_epochs: int = 0
     validate_at_start: bool = False  # the untrained model is a candidate too (epoch 0): training can only improve it
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "patience"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.min_epochs < 0:
+            raise FieldError("min_epochs", f"must not be negative, got {self.min_epochs}")
         if self.lr <= 0:
             raise FieldError("lr", f"must be positive, got {self.lr}")
         if self.weight_decay < 0:

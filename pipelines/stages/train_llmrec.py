@@ -138,7 +138,7 @@ def stage_settings(ctx: StageContext, ident: str, world: int, stage: int) -> dic
 
 
 def _loop_settings(t) -> dict:
-    return {k: v for k, v in dataclasses.asdict(t).items() if k not in ("epochs", "patience")}
+    return {k: v for k, v in dataclasses.asdict(t).items() if k not in ("epochs", "patience", "min_epochs")}
 
 
 def _fit_stage(ctx: StageContext, module: LLMRec, task: LLMRecTask, stage: int, key: str, world: int) -> FitResult:

@@ -43,10 +43,10 @@ def _fingerprint(*parts) -> str:
 
 
 def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
-    """Everything that changes what ``name`` learns; more epochs or patience resume instead, threads change nothing,
-    and SASRec does not read GRASP's settings or the text."""
+    """Everything that changes what ``name`` learns; more epochs, patience or min_epochs resume instead, threads
+    change nothing, and SASRec does not read GRASP's settings or the text."""
     t = ctx.cfg.train_sequential
-    train = {k: v for k, v in dataclasses.asdict(t.train).items() if k not in ("epochs", "patience")}
+    train = {k: v for k, v in dataclasses.asdict(t.train).items() if k not in ("epochs", "patience", "min_epochs")}
     dist = {k: v for k, v in dataclasses.asdict(t.distributed).items() if k != "threads"}
     settings = {"model": name, "sasrec": dataclasses.asdict(t.sasrec), "train": train, "distributed": dist,
                 "loss": t.loss, "seed": ctx.cfg.seed, "code": code_version(name)}

@@ -129,10 +129,15 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
             log(f"  {name} before training: valid NDCG@10 {ndcg:.4f}")
         res.history.append({"epoch": 0, "loss": None, "valid_NDCG@10": round(ndcg, 6), "valid_HR@10": round(hr, 6),
                             "seconds": 0.0})
-    if bad >= train.patience:
+    min_epochs = min(train.min_epochs, train.epochs)
+
+    def stopped() -> bool:
+        return bad >= train.patience and res.epochs_run >= min_epochs
+
+    if stopped():
         log(f"  {name}: already stopped early at epoch {res.epochs_run}; loading the best epoch")
     for epoch in range(res.epochs_run + 1, train.epochs + 1):
-        if bad >= train.patience:
+        if stopped():
             break
         epoch_seed = seed * 100_003 + epoch
         torch.manual_seed(epoch_seed + 7_919 * rank)                           # dropout repeats on resume

@@ -64,6 +64,18 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["best.pt", "epoch4", "latest"]
 
 
+def test_min_epochs_carries_training_through_a_dip_after_a_head_start(tmp_path):
+    # a head start (0.3 at epoch 2), a dip longer than the patience, then the real gain at epoch 5
+    m, task = model(), Scripted([0.1, 0.3, 0.2, 0.25, 0.9, 0.8, 0.7])
+    cfg = TrainConfig(batch_size=16, lr=0.05, epochs=10, patience=2, min_epochs=5)
+    res = fit(m, task, cfg, CPU, seed=1, ckpt=tmp_path / "ck")
+    assert (res.epochs_run, res.best_epoch, res.best_valid_ndcg10) == (7, 5, 0.9)   # without min_epochs: (4, 2)
+    assert _equal(m.state_dict(), task.snapshots[5])
+    short = fit(model(), Scripted(SCRIPT), TrainConfig(batch_size=16, lr=0.05, epochs=3, patience=1, min_epochs=50),
+                CPU, seed=1, ckpt=tmp_path / "short")
+    assert short.epochs_run == 3                                                      # capped at epochs
+
+
 def test_a_resumed_run_repeats_the_uninterrupted_one(tmp_path):
     straight = model()
     fit(straight, Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=tmp_path / "a")
