@@ -48,8 +48,9 @@ PROVENANCE = {
     "train_sequential.train.patience": ("valid", "results/sasrec_tuning.md"),
     "train_sequential.sasrec.hidden": ("valid", "results/sasrec_tuning.md (64 vs 128)"),
     "train_sequential.sasrec.n_layers / n_heads / max_len": ("default", "SASRec paper"),
-    "train_sequential.grasp.text_init": ("valid", "results/grasp_tuning.md"),
-    "train_sequential.grasp.item_adapter_ids": ("valid", "results/grasp_tuning.md"),
+    "train_sequential.grasp.text_init": ("valid", "worst case over Beauty (results/grasp_tuning.md) and "
+                                                  "MovieLens-100k (results/heldout_ml100k.md)"),
+    "train_sequential.grasp.item_adapter_ids": ("valid", "as text_init"),
     "train_sequential.grasp.user_neighbours": ("test", "results/beauty_sequential_gpu*.md; to be re-chosen on valid"),
     "web.keywords": ("valid", "results/webrec_beauty.md"),
     "llmrec.rerank_mix": ("valid", "chosen per run on valid (evaluate stage)"),

@@ -74,6 +74,9 @@ def main() -> int:
     p.add_argument("--describe-cap", type=int, default=300,
                    help="describe the N most popular items and N most active users (0: all; about 1 s a user on "
                         "2 cores); the rest get their metadata text, as the laptop default does")
+    p.add_argument("--grasp-variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+                   help="after the configs: retrain GRASP alone in the first config's home with these overrides "
+                        "(e.g. 'no text_init=train_sequential.grasp.text_init=0.0') and evaluate it")
     p.add_argument("--suffix", default="")
     args = p.parse_args()
     work = Path(args.work)
@@ -84,7 +87,7 @@ def main() -> int:
     sets = [f"data.path={data}", *MOVIE_WORDS, f"describe.max_items={args.describe_cap}",
             f"describe.max_users={args.describe_cap}", *args.sets]
     results: dict[str, dict] = {}
-    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
+    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:  # each as a new user runs it
         home = work / Path(config).stem
         cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", config, "--home", str(home), "--ds", args.ds,
                "--stages", "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate",
@@ -104,6 +107,30 @@ def main() -> int:
         results[config]["wall_seconds"] = round(time.perf_counter() - t0, 1)
         print(f"{config}: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in results[config].items()
                                         if isinstance(v, dict)), flush=True)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for spec in args.grasp_variant:
+        label, _, overrides = spec.partition("=")
+        extra = [*sets, "train_sequential.models=[grasp]", *[o for o in overrides.split(",") if o]]
+        home = work / Path(configs[0]).stem
+        for stage in ("train_sequential", "evaluate"):
+            cmd = [sys.executable, "-m", "pipelines.cli", "stage", stage, "--config", configs[0], "--home", str(home),
+                   "--ds", args.ds, *[a for s in extra for a in ("--set", s)]]
+            with (work / "heldout.log").open("a") as fh:
+                fh.write(f"\n$ {' '.join(cmd)}\n")
+                fh.flush()
+                if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+                    sys.exit(f"failed: {' '.join(cmd)}; see {work / 'heldout.log'}")
+        v = json.loads((home / "runs" / args.ds / "metrics.json").read_text())["grasp"]
+        res = json.loads((home / "runs" / args.ds / "train_sequential" / "grasp" / "result.json").read_text())
+        results[f"{configs[0]} + {label}"] = {
+            "sasrec": results[configs[0]]["sasrec"],
+            "grasp": {"NDCG@10": v["full"]["NDCG@10"], "HR@10": v["full"]["HR@10"],
+                      "short_history_NDCG@10": v["slices"]["short_history"]["full"]["NDCG@10"],
+                      "tail_items_NDCG@10": v["slices"]["tail_items"]["full"]["NDCG@10"],
+                      "valid_NDCG@10": v["valid"]["full"]["NDCG@10"]},
+            "overrides": overrides, "grasp_best_epoch": res["best_epoch"], "grasp_epochs_run": res["epochs_run"]}
+        print(f"{label}: grasp test NDCG@10 {v['full']['NDCG@10']:.4f}, valid {v['valid']['full']['NDCG@10']:.4f}",
+              flush=True)
     rows = [("config", "model", "NDCG@10", "HR@10", "short-history NDCG@10", "tail-items NDCG@10", "valid NDCG@10",
              "vs SASRec")]
     for config, r in results.items():
