@@ -88,6 +88,12 @@ def replace_path(obj: Any, dotted: str, value: Any, section: str = "train_sequen
     return dataclasses.replace(obj, **{head: float(value) if isinstance(cur, float) else value})
 
 
+def with_point(section: Any, point: dict[str, Any]) -> Any:
+    for k, v in point.items():
+        section = replace_path(section, k, v)
+    return section
+
+
 def write_config(ctx: StageContext, model: str, cfg: Config) -> Path:
     path = ctx.run_dir / "tuning" / f"{model}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,9 +118,7 @@ def tune_sequential(model: str, cfg: Config, ds: str, home: Path) -> dict:
     results = []
     for n, values in enumerate(points, 1):
         point = dict(zip(keys, values, strict=True))
-        ts = base.train_sequential
-        for k, v in point.items():
-            ts = replace_path(ts, k, v)
+        ts = with_point(base.train_sequential, point)
         print(f"  tune {model} [{n}/{len(points)}] {point} ...", flush=True)
         runner.run(dataclasses.replace(base, train_sequential=ts), ds, home, ["train_sequential"])
         res = json.loads((ctx.model_dir("train_sequential", model) / "result.json").read_text())
@@ -124,9 +128,7 @@ def tune_sequential(model: str, cfg: Config, ds: str, home: Path) -> dict:
               flush=True)
     best = max(results, key=lambda r: r["valid_NDCG@10"])
     chosen = {k: best[k] for k in keys}
-    ts = t
-    for k, v in chosen.items():
-        ts = replace_path(ts, k, v)
+    ts = with_point(t, chosen)
     tuned = dataclasses.replace(cfg, train_sequential=ts)
     common.write_json(ctx.run_dir / "tuning" / f"{model}.json",
                       {"selected_by": "best valid NDCG@10 (full ranking) of each point's early-stopped training",

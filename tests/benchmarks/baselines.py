@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
-from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
+from tests.benchmarks.common import machine, recpipe, write_results  # noqa: E402
 
 # label -> (overrides of train_sequential, the model name the stage writes)
 VARIANTS = {
@@ -58,15 +56,8 @@ PROVENANCE = {
 
 
 def cli(home: Path, ds: str, config: str | None, sets: list[str], *args: str, log: Path) -> float:
-    cmd = [sys.executable, "-m", "pipelines.cli", *args, "--home", str(home), "--ds", ds,
-           *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)]]
-    t0 = time.perf_counter()
-    with log.open("a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
-            sys.exit(f"failed: {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
+    return recpipe([*args, "--home", str(home), "--ds", ds, *(["--config", config] if config else []),
+                    *[a for s in sets for a in ("--set", s)]], log)
 
 
 def stats(values: list[float]) -> tuple[float, float]:

@@ -90,6 +90,19 @@ def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str]
     return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
 
 
+def recpipe(args: list[str], log: Path) -> float:
+    """``python -m pipelines.cli ARGS`` from the repository root, its output appended to ``log`` after the command
+    line; exits naming the command and the log if it fails. Returns its wall seconds."""
+    cmd = [sys.executable, "-m", "pipelines.cli", *args]
+    t0 = time.perf_counter()
+    with log.open("a") as fh:
+        fh.write(f"\n$ {' '.join(cmd)}\n")
+        fh.flush()
+        if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
+            sys.exit(f"failed: {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - t0
+
+
 def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -16,12 +16,11 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
+from tests.benchmarks.common import machine, recpipe, write_results  # noqa: E402
 
 WHEEL = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
@@ -64,6 +63,14 @@ def convert(raw: dict[str, list[list[str]]], root: Path) -> dict[str, int]:
     return {"users": len(users), "items": len(raw["item"]), "interactions": len(raw["inter"])}
 
 
+def figures(m: dict) -> dict[str, float]:
+    """The reported figures of one model's ``metrics.json`` entry."""
+    return {"NDCG@10": m["full"]["NDCG@10"], "HR@10": m["full"]["HR@10"],
+            "short_history_NDCG@10": m["slices"]["short_history"]["full"]["NDCG@10"],
+            "tail_items_NDCG@10": m["slices"]["tail_items"]["full"]["NDCG@10"],
+            "valid_NDCG@10": m["valid"]["full"]["NDCG@10"]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="pipelines/conf/amazon_beauty.yaml,pipelines/conf/sequences.yaml")
@@ -89,22 +96,12 @@ def main() -> int:
     results: dict[str, dict] = {}
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:  # each as a new user runs it
         home = work / Path(config).stem
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", "--config", config, "--home", str(home), "--ds", args.ds,
-               "--stages", "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate",
-               *[a for s in sets for a in ("--set", s)]]
-        t0 = time.perf_counter()
-        with (work / "heldout.log").open("a") as fh:
-            fh.write(f"\n$ {' '.join(cmd)}\n")
-            fh.flush()
-            if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
-                sys.exit(f"failed: {' '.join(cmd)}; see {work / 'heldout.log'}")
+        wall = recpipe(["run", "--config", config, "--home", str(home), "--ds", args.ds, "--stages",
+                        "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate",
+                        *[a for s in sets for a in ("--set", s)]], work / "heldout.log")
         m = json.loads((home / "runs" / args.ds / "metrics.json").read_text())
-        results[config] = {
-            name: {"NDCG@10": v["full"]["NDCG@10"], "HR@10": v["full"]["HR@10"],
-                   "short_history_NDCG@10": v["slices"]["short_history"]["full"]["NDCG@10"],
-                   "tail_items_NDCG@10": v["slices"]["tail_items"]["full"]["NDCG@10"],
-                   "valid_NDCG@10": v["valid"]["full"]["NDCG@10"]} for name, v in m.items()}
-        results[config]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        results[config] = {name: figures(v) for name, v in m.items()}
+        results[config]["wall_seconds"] = round(wall, 1)
         print(f"{config}: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in results[config].items()
                                         if isinstance(v, dict)), flush=True)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -113,21 +110,12 @@ def main() -> int:
         extra = [*sets, "train_sequential.models=[grasp]", *[o for o in overrides.split(",") if o]]
         home = work / Path(configs[0]).stem
         for stage in ("train_sequential", "evaluate"):
-            cmd = [sys.executable, "-m", "pipelines.cli", "stage", stage, "--config", configs[0], "--home", str(home),
-                   "--ds", args.ds, *[a for s in extra for a in ("--set", s)]]
-            with (work / "heldout.log").open("a") as fh:
-                fh.write(f"\n$ {' '.join(cmd)}\n")
-                fh.flush()
-                if subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode:
-                    sys.exit(f"failed: {' '.join(cmd)}; see {work / 'heldout.log'}")
+            recpipe(["stage", stage, "--config", configs[0], "--home", str(home), "--ds", args.ds,
+                     *[a for s in extra for a in ("--set", s)]], work / "heldout.log")
         v = json.loads((home / "runs" / args.ds / "metrics.json").read_text())["grasp"]
         res = json.loads((home / "runs" / args.ds / "train_sequential" / "grasp" / "result.json").read_text())
         results[f"{configs[0]} + {label}"] = {
-            "sasrec": results[configs[0]]["sasrec"],
-            "grasp": {"NDCG@10": v["full"]["NDCG@10"], "HR@10": v["full"]["HR@10"],
-                      "short_history_NDCG@10": v["slices"]["short_history"]["full"]["NDCG@10"],
-                      "tail_items_NDCG@10": v["slices"]["tail_items"]["full"]["NDCG@10"],
-                      "valid_NDCG@10": v["valid"]["full"]["NDCG@10"]},
+            "sasrec": results[configs[0]]["sasrec"], "grasp": figures(v),
             "overrides": overrides, "grasp_best_epoch": res["best_epoch"], "grasp_epochs_run": res["epochs_run"]}
         print(f"{label}: grasp test NDCG@10 {v['full']['NDCG@10']:.4f}, valid {v['valid']['full']['NDCG@10']:.4f}",
               flush=True)

@@ -19,14 +19,12 @@ import argparse
 import datetime as dt
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.graph import STAGES  # noqa: E402
-from tests.benchmarks.common import ROOT, machine, write_results  # noqa: E402
+from tests.benchmarks.common import machine, recpipe, write_results  # noqa: E402
 
 MODES = ("incremental", "full")
 CACHES = ("describe.sqlite", "embed.sqlite", "web_queries.sqlite", "search.sqlite")
@@ -39,17 +37,9 @@ def days(start: str, end: str) -> list[str]:
 
 def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path, until: str | None = None,
             stages: str | None = None) -> float:
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(home), "--ds", ds,
-           *(["--config", config] if config else []), *[a for s in sets for a in ("--set", s)],
-           *(["--until", until] if until else ["--stages", stages] if stages else [])]
-    t0 = time.perf_counter()
-    with log.open("a") as fh:
-        fh.write(f"\n$ {' '.join(cmd)}\n")
-        fh.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode
-    if code:
-        sys.exit(f"{ds} failed in {home} (exit {code}); see {log}")
-    return time.perf_counter() - t0
+    return recpipe(["run", "--home", str(home), "--ds", ds, *(["--config", config] if config else []),
+                    *[a for s in sets for a in ("--set", s)],
+                    *(["--until", until] if until else ["--stages", stages] if stages else [])], log)
 
 
 def seed_caches(src: Path, dst: Path) -> None:
