@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -492,6 +493,9 @@ MOVED = {"train_grasp": _SEQ,
                                                                "threads")}}
 
 
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted where lossless. A section (a dataclass)
     given as a mapping overrides the keys it names on top of ``default``, the field's own default instance."""
@@ -529,6 +533,8 @@ def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-8 (no dot in the mantissa) as a string
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if tp is str and isinstance(value, dt.date):  # YAML reads an unquoted 2026-01-01 as a date

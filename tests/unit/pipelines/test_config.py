@@ -81,6 +81,16 @@ def test_set_int_for_a_float_key_becomes_float():
     assert cfg.wals.regularization == 1.0 and type(cfg.wals.regularization) is float
 
 
+def test_exponent_without_a_dot_is_a_float(tmp_path):
+    # YAML 1.1 (PyYAML) reads 1e-8 as the string '1e-8'; a float key takes it, in a file and in --set
+    conf = tmp_path / "c.yaml"
+    conf.write_text("train_sequential:\n  train:\n    weight_decay: 1e-8\n")
+    cfg = load_config(str(conf), ["wals.regularization=5E-2"])
+    assert cfg.train_sequential.train.weight_decay == 1e-8 and cfg.wals.regularization == 0.05
+    with pytest.raises(ConfigError, match=r"'wals\.alpha' must be float"):
+        load_config(None, ["wals.alpha=1e-8x"])
+
+
 def test_set_number_for_a_string_key_stays_a_string():
     cfg = load_config(None, ["data.path=2024", "synthetic.start_date=2026-01-03"])
     assert cfg.data.path == "2024"
