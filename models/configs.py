@@ -28,6 +28,10 @@ class SASRecConfig:
     n_heads: int = 2
     dropout: float = 0.2         # embeddings, residuals and attention weights
     item_init_std: float = 0.02  # std of the random item embeddings at the start
+    # ``prenorm``: GPT-style pre-norm blocks (a 4x-wide GELU feed-forward); ``original``: Kang & McAuley's reference
+    # block (the layer norm on the attention's query only, a feed-forward as wide as ``hidden`` with ReLU, Xavier
+    # init), as in SASRec.pytorch and the CE reproductions
+    block: str = "prenorm"
 
     def __post_init__(self) -> None:
         for name in ("max_len", "hidden", "n_layers", "n_heads"):
@@ -39,6 +43,8 @@ class SASRecConfig:
             raise FieldError("dropout", f"must be in [0, 1), got {self.dropout}")
         if self.item_init_std <= 0:
             raise FieldError("item_init_std", f"must be positive, got {self.item_init_std}")
+        if self.block not in ("prenorm", "original"):
+            raise FieldError("block", f"must be one of ['prenorm', 'original'], got {self.block!r}")
 
 
 @dataclass(frozen=True)

@@ -45,12 +45,19 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
         self.n_heads, self.attn_dropout = cfg.n_heads, cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        # the original block has no dropout on the attention's output (its residual adds it as it is)
+        self.resid_drop = nn.Dropout(cfg.dropout) if cfg.block == "prenorm" else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, H), mask (B, 1, T, T) bool (True = may attend) -> (B, T, H)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, H) queries (and keys/values unless ``kv`` (B, T, H) is given), mask (B, 1, T, T) bool
+        (True = may attend) -> (B, T, H)."""
         B, T, H = x.shape
-        q, k, v = self.qkv(x).split(H, dim=2)                                   # 3 x (B, T, H)
+        if kv is None:
+            q, k, v = self.qkv(x).split(H, dim=2)                               # 3 x (B, T, H)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x, w[:H], b[:H])                                       # (B, T, H)
+            k, v = F.linear(kv, w[H:], b[H:]).split(H, dim=2)                   # 2 x (B, T, H)
         q, k, v = (z.view(B, T, self.n_heads, H // self.n_heads).transpose(1, 2) for z in (q, k, v))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.attn_dropout if self.training else 0.0)  # (B, nh, T, hs)
@@ -59,27 +66,38 @@ class CausalSelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Point-wise two-layer feed-forward network."""
+    """Point-wise two-layer feed-forward network: 4x wide with GELU (``prenorm``), or as wide as the input with
+    ReLU and dropout after each layer (``original``)."""
 
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
-        self.fc = nn.Linear(cfg.hidden, 4 * cfg.hidden)
-        self.proj = nn.Linear(4 * cfg.hidden, cfg.hidden)
+        self.original = cfg.block == "original"
+        width = cfg.hidden if self.original else 4 * cfg.hidden
+        self.fc = nn.Linear(cfg.hidden, width)
+        self.proj = nn.Linear(width, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
+        if self.original:
+            return self.drop(self.proj(F.relu(self.drop(self.fc(x)))))
         return self.drop(self.proj(F.gelu(self.fc(x))))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block, or SASRec's original one: there only the attention's query is normalised (keys,
+    values and the residual are the raw input), and the feed-forward's residual is its normalised input."""
 
     def __init__(self, cfg: SASRecConfig) -> None:
         super().__init__()
+        self.original = cfg.block == "original"
         self.ln1, self.ln2 = nn.LayerNorm(cfg.hidden), nn.LayerNorm(cfg.hidden)
         self.attn, self.ffn = CausalSelfAttention(cfg), FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T, H)
+        if self.original:
+            x = x + self.attn(self.ln1(x), mask, kv=x)
+            h = self.ln2(x)
+            return h + self.ffn(h)
         x = x + self.attn(self.ln1(x), mask)
         return x + self.ffn(self.ln2(x))
 
@@ -107,7 +125,7 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.hidden)
         self.enhancer = enhancer
-        self.apply(self._init)
+        self.apply(self._init if cfg.block == "prenorm" else self._init_xavier)
         nn.init.normal_(self.item_emb.weight, std=cfg.item_init_std)
         if enhancer is not None:
             enhancer.post_init(self.item_emb)  # after the generic init, which would overwrite it
@@ -119,6 +137,13 @@ class SASRec(nn.Module):
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+
+    @staticmethod
+    def _init_xavier(m: nn.Module) -> None:  # the original SASRec's (and its CE reproductions') init
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.xavier_normal_(m.weight)
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
 
     def item_table(self) -> torch.Tensor:
         """(N + 1, H) item vectors used both as input and for scoring (the enhancer may enrich them)."""

@@ -26,8 +26,11 @@ GRASP = GRASPConfig(user_neighbours=True)  # the paper's global attention, simil
 
 
 def make(kind: str, dropout: float = 0.0, grasp: GRASPConfig = GRASP) -> SASRec:
+    """``sasrec`` / ``grasp``, with ``_original`` SASRec's original block instead of the pre-norm one."""
     torch.manual_seed(0)
-    cfg = SASRecConfig(max_len=8, hidden=H, n_layers=2, n_heads=2, dropout=dropout)
+    kind, _, original = kind.partition("_")
+    cfg = SASRecConfig(max_len=8, hidden=H, n_layers=2, n_heads=2, dropout=dropout,
+                       block="original" if original else "prenorm")
     if kind == "sasrec":
         return SASRec(cfg, N_ITEMS).eval()
     m = SASRec(cfg, N_ITEMS, build(N_ITEMS, H, dropout, tables(), grasp))
@@ -49,7 +52,7 @@ SEQ = torch.tensor([[0, 0, 3, 5, 7, 9], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 11]]
 USERS = torch.tensor([0, 3, 6])
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
 def test_shapes(kind):
     m = make(kind)
     h = m(SEQ, USERS)
@@ -58,7 +61,7 @@ def test_shapes(kind):
     assert torch.isfinite(h).all()
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
 def test_causality_changing_position_t_plus_1_leaves_earlier_outputs(kind):
     m = make(kind)
     t = 3
@@ -69,7 +72,7 @@ def test_causality_changing_position_t_plus_1_leaves_earlier_outputs(kind):
     assert not torch.allclose(a[:, t + 1], b[:, t + 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
 def test_more_left_padding_changes_nothing(kind):
     m = make(kind)
     short = torch.tensor([[3, 5, 7, 9]])
@@ -78,7 +81,7 @@ def test_more_left_padding_changes_nothing(kind):
     assert torch.allclose(m(short, u)[:, -1], m(padded, u)[:, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
 def test_padding_item_ids_do_not_leak(kind):
     """Whatever sits in padded positions' embeddings cannot reach the real positions."""
     m = make(kind)
@@ -88,6 +91,33 @@ def test_padding_item_ids_do_not_leak(kind):
     after = m(SEQ, USERS)
     real = SEQ != 0
     assert torch.allclose(before[real], after[real], atol=1e-5)
+
+
+def test_original_block_is_the_reference_sasrec_block():
+    """One ``original`` block against the reference's own formulation (SASRec.pytorch / the CE reproduction:
+    torch's MultiheadAttention with the layer-normed query, raw keys and values, raw residual; then a layer norm and
+    a ReLU feed-forward as wide as the input with the normed input as residual), on a sequence without padding."""
+    from models.sasrec import Block, attention_mask
+
+    torch.manual_seed(0)
+    cfg = SASRecConfig(max_len=8, hidden=H, n_heads=2, dropout=0.0, block="original")
+    block = Block(cfg).eval()
+    mha = torch.nn.MultiheadAttention(H, 2, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(block.attn.qkv.weight)
+        mha.in_proj_bias.copy_(block.attn.qkv.bias)
+        mha.out_proj.weight.copy_(block.attn.proj.weight)
+        mha.out_proj.bias.copy_(block.attn.proj.bias)
+    x = torch.randn(2, T, H)
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True = may not attend
+    q = block.ln1(x)
+    y = mha(q, x, x, attn_mask=causal, need_weights=False)[0] + x
+    h = block.ln2(y)
+    ref = block.ffn.proj(torch.relu(block.ffn.fc(h))) + h
+    seq = torch.ones(2, T, dtype=torch.long)  # no padding
+    assert torch.allclose(block(x, attention_mask(seq)), ref, atol=1e-5)
+    assert block.ffn.fc.out_features == H  # as wide as the input (pre-norm: 4H)
+    assert Block(SASRecConfig(max_len=8, hidden=H, n_heads=2)).ffn.fc.out_features == 4 * H
 
 
 def test_attention_mask_is_causal_hides_padding_keeps_diagonal():
@@ -217,6 +247,8 @@ def test_model_configs_reject_bad_values_naming_the_field():
     assert err.value.field == "hidden"
     with pytest.raises(FieldError, match=r"'dropout' must be in \[0, 1\)"):
         SASRecConfig(dropout=1.0)
+    with pytest.raises(FieldError, match=r"'block' must be one of \['prenorm', 'original'\]"):
+        SASRecConfig(block="postnorm")
     with pytest.raises(FieldError, match=r"'text_init'"):
         GRASPConfig(text_init=-0.1)
 
