@@ -128,6 +128,9 @@ def main() -> int:
              "reproduction trains 200 epochs and keeps its best valid epoch)",
              f"chosen test NDCG@10 {chosen['test_NDCG@10']:.4f} vs the public {PUBLIC['test_NDCG@10']}: "
              f"{'reached' if payload['reaches_public_NDCG@10'] else 'not reached'}"]
+    if older := [x["id"] for x in rows_out if not any(o.startswith(f"{_S}.block=") for o in x["overrides"])]:
+        notes.append(f"{', '.join(older)}: run at a commit before `{_S}.block` existed, without the block and "
+                     "item_init_std overrides (pre-norm blocks and item std 0.02 were then the only behaviour)")
     write_results("sasrec_public", payload, rows, notes)
     return 0
 
