@@ -33,7 +33,7 @@ _T = "train_sequential.train"
 _CE = [f"{_S}.dropout=0.6", f"{_S}.n_heads=1", f"{_T}.lr=0.0005", f"{_T}.batch_size=512", f"{_T}.weight_decay=1.0e-8",
        f"{_T}.epochs=200", f"{_T}.patience=20"]
 CANDIDATES = {
-    "before": ("amazon_beauty.yaml until 2026-11-29 (pre-norm blocks)", [
+    "before": ("amazon_beauty.yaml's settings (pre-norm blocks)", [
         f"{_S}.block=prenorm", f"{_S}.dropout=0.4", f"{_S}.n_heads=2", f"{_S}.item_init_std=0.02", f"{_T}.lr=0.001",
         f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0", f"{_T}.epochs=60", f"{_T}.patience=5"]),
     "ce_training": ("the CE reproduction's training (dropout 0.6, 1 head, lr 5e-4, batch 512), pre-norm blocks",
@@ -124,7 +124,7 @@ def main() -> int:
              "chosen on valid NDCG@10 only; test columns read after the choice",
              "candidates (id: overrides; commit): " + "; ".join(
                  f"{x['id']}: {' '.join(x['overrides'])} ({x['commit']})" for x in rows_out),
-             f"both: {' '.join(COMMON)}; early stopping on valid NDCG@10 with the candidate's patience (the "
+             f"every candidate: {' '.join(COMMON)}; early stopping on valid NDCG@10 with the candidate's patience (the "
              "reproduction trains 200 epochs and keeps its best valid epoch)",
              f"chosen test NDCG@10 {chosen['test_NDCG@10']:.4f} vs the public {PUBLIC['test_NDCG@10']}: "
              f"{'reached' if payload['reaches_public_NDCG@10'] else 'not reached'}"]
