@@ -32,6 +32,9 @@ class SASRecConfig:
     # block (the layer norm on the attention's query only, a feed-forward as wide as ``hidden`` with ReLU, Xavier
     # init), as in SASRec.pytorch and the CE reproductions
     block: str = "prenorm"
+    # let every position also attend to the left padding (zero inputs, so keys and values are the projections'
+    # biases: a learned "attend to nothing"), as SASRec.pytorch and the CE reproductions do by masking only the future
+    attend_padding: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_len", "hidden", "n_layers", "n_heads"):

@@ -102,14 +102,15 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))
 
 
-def attention_mask(seq: torch.Tensor) -> torch.Tensor:
-    """(B, T) item ids -> (B, 1, T, T) bool: causal, padding keys hidden, the diagonal always visible.
+def attention_mask(seq: torch.Tensor, attend_padding: bool = False) -> torch.Tensor:
+    """(B, T) item ids -> (B, 1, T, T) bool: causal, padding keys hidden (visible with ``attend_padding``), the
+    diagonal always visible.
 
     Keeping the diagonal means a padding query attends to itself only (never an all-masked row, which would give NaN).
     """
     B, T = seq.shape
     causal = torch.ones(T, T, dtype=torch.bool, device=seq.device).tril()        # (T, T)
-    keys = (seq != 0)[:, None, :]                                               # (B, 1, T)
+    keys = (seq != 0)[:, None, :] | attend_padding                              # (B, 1, T)
     eye = torch.eye(T, dtype=torch.bool, device=seq.device)                     # (T, T)
     return ((causal & keys) | eye)[:, None, :, :]                               # (B, 1, T, T)
 
@@ -161,6 +162,11 @@ class SASRec(nn.Module):
         B, T = seq.shape
         assert T <= self.cfg.max_len, f"sequence length {T} exceeds max_len {self.cfg.max_len}"
         assert seq.dtype == torch.long and (seq.numel() == 0 or int(seq.min()) >= 0), "seq: item ids (long), 0 = pad"
+        # attended padding is part of the input: pad to max_len, so a user's output never depends on the batch's
+        # longest sequence
+        cut = self.cfg.max_len - T if self.cfg.attend_padding else 0
+        if cut:
+            seq, T = F.pad(seq, (cut, 0)), self.cfg.max_len
         table = self.item_table() if items is None else items                   # (N + 1, H)
         x = table[seq] * math.sqrt(self.cfg.hidden)                             # (B, T, H)
         if self.enhancer is not None:
@@ -169,10 +175,13 @@ class SASRec(nn.Module):
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=seq.device)  # newest item = last position
         x = self.drop(x + self.pos_emb(pos)[None])                              # (B, T, H)
         x = x * (seq != 0).unsqueeze(-1)                                        # padding carries nothing
-        mask = attention_mask(seq)
+        mask = attention_mask(seq, self.cfg.attend_padding)
+        real = (seq != 0).unsqueeze(-1)                                         # (B, T, 1)
         for block in self.blocks:
             x = block(x, mask)
-        return self.ln_f(x)                                                     # (B, T, H)
+            if self.cfg.attend_padding:
+                x = x * real  # padding stays a zero input to the next block (only its biases are attended)
+        return self.ln_f(x)[:, cut:]                                            # (B, T, H)
 
 
 # ----------------------------------------------------------------------------- losses (pure functions)

@@ -41,6 +41,13 @@ CANDIDATES = {
     # its Xavier-normal item table has std sqrt(2 / (12,102 + 64)) = 0.0128 on Beauty
     "ce_original": ("the CE reproduction's training and SASRec's original block (Xavier init, item std 0.0128)",
                     [f"{_S}.block=original", f"{_S}.item_init_std=0.0128", *_CE]),
+    # what still differed: those implementations mask only the future, so every position may attend to the padding
+    "shipped_sink": ("amazon_beauty.yaml's settings with attention to the padding", [
+        f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.dropout=0.4", f"{_S}.n_heads=2",
+        f"{_S}.item_init_std=0.02", f"{_T}.lr=0.001", f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0",
+        f"{_T}.epochs=60", f"{_T}.patience=5"]),
+    "ce_original_sink": ("as ce_original, with attention to the padding",
+                         [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128", *_CE]),
 }
 COMMON = [f"{_S}.hidden=64", f"{_S}.n_layers=2", f"{_S}.max_len=50", "train_sequential.models=[sasrec]"]
 

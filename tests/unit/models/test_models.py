@@ -26,11 +26,12 @@ GRASP = GRASPConfig(user_neighbours=True)  # the paper's global attention, simil
 
 
 def make(kind: str, dropout: float = 0.0, grasp: GRASPConfig = GRASP) -> SASRec:
-    """``sasrec`` / ``grasp``, with ``_original`` SASRec's original block instead of the pre-norm one."""
+    """``sasrec`` / ``grasp``, with ``_original`` SASRec's original block instead of the pre-norm one and with
+    ``_sink`` attention to the padding."""
     torch.manual_seed(0)
-    kind, _, original = kind.partition("_")
+    kind, *flags = kind.split("_")
     cfg = SASRecConfig(max_len=8, hidden=H, n_layers=2, n_heads=2, dropout=dropout,
-                       block="original" if original else "prenorm")
+                       block="original" if "original" in flags else "prenorm", attend_padding="sink" in flags)
     if kind == "sasrec":
         return SASRec(cfg, N_ITEMS).eval()
     m = SASRec(cfg, N_ITEMS, build(N_ITEMS, H, dropout, tables(), grasp))
@@ -52,7 +53,8 @@ SEQ = torch.tensor([[0, 0, 3, 5, 7, 9], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 11]]
 USERS = torch.tensor([0, 3, 6])
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original", "sasrec_original_sink",
+                                  "grasp_sink"])
 def test_shapes(kind):
     m = make(kind)
     h = m(SEQ, USERS)
@@ -61,7 +63,8 @@ def test_shapes(kind):
     assert torch.isfinite(h).all()
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original", "sasrec_original_sink",
+                                  "grasp_sink"])
 def test_causality_changing_position_t_plus_1_leaves_earlier_outputs(kind):
     m = make(kind)
     t = 3
@@ -72,7 +75,8 @@ def test_causality_changing_position_t_plus_1_leaves_earlier_outputs(kind):
     assert not torch.allclose(a[:, t + 1], b[:, t + 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original", "sasrec_original_sink",
+                                  "grasp_sink"])
 def test_more_left_padding_changes_nothing(kind):
     m = make(kind)
     short = torch.tensor([[3, 5, 7, 9]])
@@ -81,7 +85,8 @@ def test_more_left_padding_changes_nothing(kind):
     assert torch.allclose(m(short, u)[:, -1], m(padded, u)[:, -1], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original"])
+@pytest.mark.parametrize("kind", ["sasrec", "grasp", "sasrec_original", "grasp_original", "sasrec_original_sink",
+                                  "grasp_sink"])
 def test_padding_item_ids_do_not_leak(kind):
     """Whatever sits in padded positions' embeddings cannot reach the real positions."""
     m = make(kind)
@@ -118,6 +123,17 @@ def test_original_block_is_the_reference_sasrec_block():
     assert torch.allclose(block(x, attention_mask(seq)), ref, atol=1e-5)
     assert block.ffn.fc.out_features == H  # as wide as the input (pre-norm: 4H)
     assert Block(SASRecConfig(max_len=8, hidden=H, n_heads=2)).ffn.fc.out_features == 4 * H
+
+
+def test_attended_padding_is_a_sink_that_does_not_depend_on_the_batch():
+    """With ``attend_padding`` a short sequence's outputs change (it may attend to nothing), but not with how far
+    its batch was padded: the model pads to max_len itself."""
+    sink, plain = make("sasrec_original_sink"), make("sasrec_original")
+    plain.load_state_dict(sink.state_dict())
+    short = torch.tensor([[3, 5, 7, 9]])
+    assert not torch.allclose(sink(short)[:, -1], plain(short)[:, -1], atol=1e-4)
+    full = torch.tensor([[0, 0, 0, 0, 3, 5, 7, 9]])
+    assert torch.allclose(sink(short), sink(full)[:, -4:], atol=1e-6)
 
 
 def test_attention_mask_is_causal_hides_padding_keeps_diagonal():
