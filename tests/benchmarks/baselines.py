@@ -50,7 +50,8 @@ PROVENANCE = {
     "train_sequential.grasp.text_init": ("valid", "worst case over Beauty (results/grasp_tuning.md) and "
                                                   "MovieLens-100k (results/heldout_ml100k.md)"),
     "train_sequential.grasp.item_adapter_ids": ("valid", "as text_init"),
-    "train_sequential.grasp.user_neighbours": ("test", "results/beauty_sequential_gpu*.md; to be re-chosen on valid"),
+    "train_sequential.grasp.user_neighbours": ("valid", "results/grasp_user_neighbours.md (first set on test, "
+                                                         "results/beauty_sequential_gpu*.md; the valid choice kept it)"),
     "web.keywords": ("valid", "results/webrec_beauty.md"),
     "llmrec.rerank_mix": ("valid", "chosen per run on valid (evaluate stage)"),
 }
