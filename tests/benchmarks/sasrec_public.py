@@ -41,6 +41,9 @@ CANDIDATES = {
     # its Xavier-normal item table has std sqrt(2 / (12,102 + 64)) = 0.0128 on Beauty
     "ce_original": ("the CE reproduction's training and SASRec's original block (Xavier init, item std 0.0128)",
                     [f"{_S}.block=original", f"{_S}.item_init_std=0.0128", *_CE]),
+    "shipped_original": ("amazon_beauty.yaml's settings with SASRec's original block (Xavier init)", [
+        f"{_S}.block=original", f"{_S}.dropout=0.4", f"{_S}.n_heads=2", f"{_S}.item_init_std=0.02",
+        f"{_T}.lr=0.001", f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0", f"{_T}.epochs=60", f"{_T}.patience=5"]),
     # what still differed: those implementations mask only the future, so every position may attend to the padding
     "shipped_sink": ("amazon_beauty.yaml's settings with attention to the padding", [
         f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.dropout=0.4", f"{_S}.n_heads=2",
