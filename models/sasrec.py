@@ -173,10 +173,9 @@ class SASRec(nn.Module):
             assert users is not None and users.shape == (B,), "the enhancer needs users (B,)"
             x = self.enhancer(x, seq, users)                                    # (B, T, H)
         pos = torch.arange(self.cfg.max_len - T, self.cfg.max_len, device=seq.device)  # newest item = last position
-        x = self.drop(x + self.pos_emb(pos)[None])                              # (B, T, H)
-        x = x * (seq != 0).unsqueeze(-1)                                        # padding carries nothing
-        mask = attention_mask(seq, self.cfg.attend_padding)
         real = (seq != 0).unsqueeze(-1)                                         # (B, T, 1)
+        x = self.drop(x + self.pos_emb(pos)[None]) * real                       # (B, T, H); padding carries nothing
+        mask = attention_mask(seq, self.cfg.attend_padding)
         for block in self.blocks:
             x = block(x, mask)
             if self.cfg.attend_padding:

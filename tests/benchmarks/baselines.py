@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
-from tests.benchmarks.common import machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
 
 # label -> (overrides of train_sequential, the model name the stage writes)
 VARIANTS = {
@@ -58,8 +58,7 @@ PROVENANCE = {
 
 
 def cli(home: Path, ds: str, config: str | None, sets: list[str], *args: str, log: Path) -> float:
-    return recpipe([*args, "--home", str(home), "--ds", ds, *(["--config", config] if config else []),
-                    *[a for s in sets for a in ("--set", s)]], log)
+    return recpipe([*args, *day_args(home, ds, config, sets)], log)
 
 
 def stats(values: list[float]) -> tuple[float, float]:

@@ -90,6 +90,12 @@ def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str]
     return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
 
 
+def day_args(home: Path, ds: str, config: str | None, sets: list[str]) -> list[str]:
+    """``--home HOME --ds DS [--config CONFIG] --set ...``: where, for which day and with what a command runs."""
+    return ["--home", str(home), "--ds", ds, *(["--config", config] if config else []),
+            *[a for s in sets for a in ("--set", s)]]
+
+
 def recpipe(args: list[str], log: Path) -> float:
     """``python -m pipelines.cli ARGS`` from the repository root, its output appended to ``log`` after the command
     line; exits naming the command and the log if it fails. Returns its wall seconds."""

@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.common import machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
 
 WHEEL = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
@@ -96,9 +96,9 @@ def main() -> int:
     results: dict[str, dict] = {}
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:  # each as a new user runs it
         home = work / Path(config).stem
-        wall = recpipe(["run", "--config", config, "--home", str(home), "--ds", args.ds, "--stages",
-                        "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate",
-                        *[a for s in sets for a in ("--set", s)]], work / "heldout.log")
+        wall = recpipe(["run", *day_args(home, args.ds, config, sets), "--stages",
+                        "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate"],
+                       work / "heldout.log")
         m = json.loads((home / "runs" / args.ds / "metrics.json").read_text())
         results[config] = {name: figures(v) for name, v in m.items()}
         results[config]["wall_seconds"] = round(wall, 1)
@@ -110,8 +110,7 @@ def main() -> int:
         extra = [*sets, "train_sequential.models=[grasp]", *[o for o in overrides.split(",") if o]]
         home = work / Path(configs[0]).stem
         for stage in ("train_sequential", "evaluate"):
-            recpipe(["stage", stage, "--config", configs[0], "--home", str(home), "--ds", args.ds,
-                     *[a for s in extra for a in ("--set", s)]], work / "heldout.log")
+            recpipe(["stage", stage, *day_args(home, args.ds, configs[0], extra)], work / "heldout.log")
         v = json.loads((home / "runs" / args.ds / "metrics.json").read_text())["grasp"]
         res = json.loads((home / "runs" / args.ds / "train_sequential" / "grasp" / "result.json").read_text())
         results[f"{configs[0]} + {label}"] = {

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.graph import STAGES  # noqa: E402
-from tests.benchmarks.common import machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
 
 MODES = ("incremental", "full")
 CACHES = ("describe.sqlite", "embed.sqlite", "web_queries.sqlite", "search.sqlite")
@@ -37,8 +37,7 @@ def days(start: str, end: str) -> list[str]:
 
 def run_day(home: Path, ds: str, config: str | None, sets: list[str], log: Path, until: str | None = None,
             stages: str | None = None) -> float:
-    return recpipe(["run", "--home", str(home), "--ds", ds, *(["--config", config] if config else []),
-                    *[a for s in sets for a in ("--set", s)],
+    return recpipe(["run", *day_args(home, ds, config, sets),
                     *(["--until", until] if until else ["--stages", stages] if stages else [])], log)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.config import load_config  # noqa: E402
-from tests.benchmarks.common import RESULTS, ROOT, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import RESULTS, ROOT, day_args, machine, recpipe, write_results  # noqa: E402
 
 PUBLIC = {"source": "MTandHJ/CE-SCE-LLMRec SASRec/benchmarks/beauty-ce-5/AmazonBeauty_550_Chron/0121161554/log.txt",
           "test_HR@10": 0.0977, "test_NDCG@10": 0.0591, "valid_NDCG@10": 0.0729, "best_epoch": 120, "epochs": 200}
@@ -30,25 +30,24 @@ _S = "train_sequential.sasrec"
 _T = "train_sequential.train"
 # Every setting of each candidate is explicit, so a candidate means the same whatever the config file holds.
 # id -> (description, overrides)
+# amazon_beauty.yaml's training, and the CE reproduction's
+_SHIPPED = [f"{_S}.dropout=0.4", f"{_S}.n_heads=2", f"{_T}.lr=0.001", f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0",
+            f"{_T}.epochs=60", f"{_T}.patience=5"]
 _CE = [f"{_S}.dropout=0.6", f"{_S}.n_heads=1", f"{_T}.lr=0.0005", f"{_T}.batch_size=512", f"{_T}.weight_decay=1.0e-8",
        f"{_T}.epochs=200", f"{_T}.patience=20"]
 CANDIDATES = {
-    "before": ("amazon_beauty.yaml's settings (pre-norm blocks)", [
-        f"{_S}.block=prenorm", f"{_S}.dropout=0.4", f"{_S}.n_heads=2", f"{_S}.item_init_std=0.02", f"{_T}.lr=0.001",
-        f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0", f"{_T}.epochs=60", f"{_T}.patience=5"]),
+    "before": ("amazon_beauty.yaml's settings (pre-norm blocks)",
+               [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", *_SHIPPED]),
     "ce_training": ("the CE reproduction's training (dropout 0.6, 1 head, lr 5e-4, batch 512), pre-norm blocks",
                     [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", *_CE]),
     # its Xavier-normal item table has std sqrt(2 / (12,102 + 64)) = 0.0128 on Beauty
     "ce_original": ("the CE reproduction's training and SASRec's original block (Xavier init, item std 0.0128)",
                     [f"{_S}.block=original", f"{_S}.item_init_std=0.0128", *_CE]),
-    "shipped_original": ("amazon_beauty.yaml's settings with SASRec's original block (Xavier init)", [
-        f"{_S}.block=original", f"{_S}.dropout=0.4", f"{_S}.n_heads=2", f"{_S}.item_init_std=0.02",
-        f"{_T}.lr=0.001", f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0", f"{_T}.epochs=60", f"{_T}.patience=5"]),
+    "shipped_original": ("amazon_beauty.yaml's settings with SASRec's original block (Xavier init)",
+                         [f"{_S}.block=original", f"{_S}.item_init_std=0.02", *_SHIPPED]),
     # what still differed: those implementations mask only the future, so every position may attend to the padding
-    "shipped_sink": ("amazon_beauty.yaml's settings with attention to the padding", [
-        f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.dropout=0.4", f"{_S}.n_heads=2",
-        f"{_S}.item_init_std=0.02", f"{_T}.lr=0.001", f"{_T}.batch_size=256", f"{_T}.weight_decay=0.0",
-        f"{_T}.epochs=60", f"{_T}.patience=5"]),
+    "shipped_sink": ("amazon_beauty.yaml's settings with attention to the padding",
+                     [f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.02", *_SHIPPED]),
     "ce_original_sink": ("as ce_original, with attention to the padding",
                          [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128", *_CE]),
 }
@@ -81,8 +80,7 @@ def main() -> int:
     cfg = load_config(args.config, base)  # the config is checked before anything runs
 
     def cli(*a: str, sets: list[str]) -> float:
-        return recpipe([*a, "--home", str(home), "--ds", args.ds, *(["--config", args.config] if args.config else []),
-                        *[x for s in sets for x in ("--set", s)]], log)
+        return recpipe([*a, *day_args(home, args.ds, args.config, sets)], log)
 
     if not args.skip_prepare:  # SASRec needs the split; evaluate scores WALS and popularity beside it
         print("preparing the day (ingest, validate, split, wals) ...", flush=True)
