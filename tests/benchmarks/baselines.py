@@ -12,6 +12,10 @@ time and time to the best epoch; for every variant but SASRec the paired bootstr
 NDCG@10 difference to SASRec (seed i paired with seed i, the difference averaged over seeds per user), overall and
 per slice, and a verdict that says "better" or "worse" only where the interval excludes 0. Each setting of the
 config is listed with the split that chose it (``PROVENANCE``). Results: ``results/baselines<suffix>.{json,md}``.
+
+Every finished (seed, variant) leaves its ranks and a record (metrics, training figures) under ``HOME/baselines/``;
+a re-run with the same day, config file, overrides and model code takes those from there instead of training again,
+so a killed run loses at most the run it was in (``--fresh`` ignores them).
 """
 from __future__ import annotations
 
@@ -24,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from features.text import content_hash  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
+from pipelines.training.sequential import code_version  # noqa: E402
 from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
 
 # label -> (overrides of train_sequential, the model name the stage writes)
@@ -89,6 +95,7 @@ def main() -> int:
     p.add_argument("--skip-prepare", action="store_true", help="the day's upstream stages already ran in --home")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--suffix", default="")
+    p.add_argument("--fresh", action="store_true", help="train every run again, ignoring the records in HOME/baselines")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     labels = [v.strip() for v in args.variants.split(",")]
@@ -111,26 +118,38 @@ def main() -> int:
         for label in labels:
             sets, name = VARIANTS[label]
             sets = [*args.sets, *sets, f"seed={seed}", "refresh.mode=full"]
-            wall = cli(home, args.ds, args.config, sets, "stage", "train_sequential", log=log)
-            cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
-            run = home / "runs" / args.ds
             out = keep / f"seed{seed}"
             out.mkdir(parents=True, exist_ok=True)
             safe = label.replace("[", "_").replace("]", "")
-            shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
+            key = content_hash(args.ds, Path(args.config).read_text() if args.config else "", sets, code_version(name))
+            record_file = out / f"{safe}.json"
+            record = json.loads(record_file.read_text()) if record_file.exists() and not args.fresh else {}
+            if record.get("key") == key and (out / f"{safe}.npz").exists():
+                print(f"seed {seed} {label}: kept from {record_file}", flush=True)
+            else:
+                wall = cli(home, args.ds, args.config, sets, "stage", "train_sequential", log=log)
+                cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
+                run = home / "runs" / args.ds
+                m = json.loads((run / "metrics.json").read_text())
+                result = json.loads((run / "train_sequential" / name / "result.json").read_text())
+                record = {"key": key, "overrides": sets, "metrics": m[name],
+                          "references": {r: m[r] for r in ("popularity", "wals") if r in m},
+                          "training": {k: result.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds",
+                                                                  "seconds_to_best", "train_seconds",
+                                                                  "best_valid_NDCG@10")} | {"wall_seconds": wall}}
+                shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
+                tmp = record_file.with_suffix(".json.tmp")  # the record last: it vouches for the ranks beside it
+                tmp.write_text(json.dumps(record, indent=1) + "\n")
+                tmp.replace(record_file)
             with np.load(out / f"{safe}.npz") as z:
                 runs[label].append({k: z[k] for k in z.files})
-            m = json.loads((run / "metrics.json").read_text())
-            metrics[label].append(m[name])
-            result = json.loads((run / "train_sequential" / name / "result.json").read_text())
-            training[label].append({k: result.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds",
-                                                                 "seconds_to_best", "train_seconds",
-                                                                 "best_valid_NDCG@10")} | {"wall_seconds": wall})
-            for ref in ("popularity", "wals"):  # seed-independent references (WALS is fitted once, with --set seed)
-                if ref in m and ref not in reference:
-                    reference[ref] = {f"{w}:{n}": metric(m[ref], w, n) for w, n in HEADLINE}
-            print(f"seed {seed} {label}: test NDCG@10 {m[name]['full']['NDCG@10']:.4f}, "
-                  f"valid {m[name]['valid']['full']['NDCG@10']:.4f}, {wall:.0f} s", flush=True)
+            m = record["metrics"]
+            metrics[label].append(m)
+            training[label].append(record["training"])
+            for ref, mr in record["references"].items():  # seed-independent (WALS is fitted once, with --set seed)
+                reference.setdefault(ref, {f"{w}:{n}": metric(mr, w, n) for w, n in HEADLINE})
+            print(f"seed {seed} {label}: test NDCG@10 {m['full']['NDCG@10']:.4f}, "
+                  f"valid {m['valid']['full']['NDCG@10']:.4f}, {record['training']['wall_seconds']:.0f} s", flush=True)
     models: dict[str, dict] = {}
     for label in labels:
         r: dict = {}
