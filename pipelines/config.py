@@ -289,11 +289,15 @@ class TrainSequentialConfig:
     ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
     ``sasrec``: the backbone of both models; ``grasp``: GRASP's own settings (SASRec ignores them, so changing one
     does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative.
+    ``batching``: ``length`` puts users of similar history length in one batch (the least padding, so the fastest
+    epoch; each batch's loss is its own targets' mean, so a batch of short histories weighs as much as one of long
+    ones) or ``random`` (users shuffled, as SASRec's reference trainers do: every target weighs about the same).
     """
 
     models: tuple[str, ...] = ("sasrec", "grasp")
     text_source: str = "descriptions"
     loss: str = "ce"
+    batching: str = "length"
     sasrec: SASRecConfig = SASRecConfig()
     grasp: GRASPConfig = GRASPConfig()
     train: TrainConfig = TrainConfig()
@@ -306,6 +310,7 @@ class TrainSequentialConfig:
         _one_of("models", self.models, BY_NAME["train_sequential"].models)
         _one_of("text_source", self.text_source, ("descriptions", "metadata"))
         _one_of("loss", self.loss, ("ce", "bce"))
+        _one_of("batching", self.batching, ("length", "random"))
 
 
 @dataclass(frozen=True)

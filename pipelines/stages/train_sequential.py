@@ -52,6 +52,8 @@ def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
                 "loss": t.loss, "seed": ctx.cfg.seed, "code": code_version(name)}
     if name == "grasp":
         settings.update(grasp=dataclasses.asdict(t.grasp), text_source=t.text_source)
+    if t.batching != "length":  # the default stays out, so checkpoints made before the option keep their keys
+        settings["batching"] = t.batching
     if world > 1:  # a DeepSpeed checkpoint is sharded per rank: another world size starts afresh
         settings["world_size"] = world
     return settings
@@ -82,7 +84,7 @@ def run(ctx: StageContext) -> StageResult:
         torch.set_num_threads(t.distributed.threads)
     data, _, item_ids = load_eval_data(ctx)
     tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if "grasp" in t.models else None
-    task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss)
+    task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss, batching=t.batching)
     rank, world = init_distributed(t.distributed.dist_backend)
     plan = refresh.plan(ctx)
     out, outputs, warm_log = {}, {}, {}

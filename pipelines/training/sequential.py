@@ -57,9 +57,13 @@ class TrainSet:
         seqs = left_padded(hist, users, max_len + 1)
         return cls(users, seqs, np.minimum(lens[users], max_len + 1) - 1)
 
-    def batches(self, batch_size: int, seed: int) -> list[np.ndarray]:
-        """Row indices of each batch: rows of similar length together (little padding), batch order shuffled."""
+    def batches(self, batch_size: int, seed: int, by_length: bool = True) -> list[np.ndarray]:
+        """Row indices of each batch: rows of similar length together (little padding), batch order shuffled; or,
+        not ``by_length``, rows shuffled."""
         rng = np.random.default_rng(seed)
+        if not by_length:
+            order = rng.permutation(len(self.users))
+            return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         order = np.lexsort((rng.random(len(self.users)), self.n_targets))
         chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         return [chunks[i] for i in rng.permutation(len(chunks))]
@@ -92,15 +96,17 @@ def user_vectors(model: SASRec, hist: Csr, n_users: int, max_len: int, batch: in
 class SequentialTask(Task):
     """Next-item prediction on the train part of ``data``; validation = full-ranking NDCG@10 on the valid targets."""
 
-    def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024) -> None:
+    def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024,
+                 batching: str = "length") -> None:
         self.data, self.max_len, self.batch_size, self.loss_kind, self.eval_batch = (data, max_len, batch_size, loss,
                                                                                      eval_batch)
+        self.by_length = batching == "length"
         self.train = TrainSet.from_history(data.train, max_len)
         if len(self.train.users) == 0:
             raise ValueError("no user has two or more train items: nothing to train a sequential model on")
 
     def batches(self, seed: int) -> list[np.ndarray]:
-        return self.train.batches(self.batch_size, seed)
+        return self.train.batches(self.batch_size, seed, self.by_length)
 
     def loss(self, engine, rows: np.ndarray, step: Step) -> StepLoss:
         n_global = float(self.train.n_targets[rows].sum())

@@ -28,6 +28,7 @@ PUBLIC = {"source": "MTandHJ/CE-SCE-LLMRec SASRec/benchmarks/beauty-ce-5/AmazonB
           "test_HR@10": 0.0977, "test_NDCG@10": 0.0591, "valid_NDCG@10": 0.0729, "best_epoch": 120, "epochs": 200}
 _S = "train_sequential.sasrec"
 _T = "train_sequential.train"
+_B = "train_sequential.batching"
 # Every setting of each candidate is explicit, so a candidate means the same whatever the config file holds.
 # id -> (description, overrides)
 # amazon_beauty.yaml's training, and the CE reproduction's
@@ -50,6 +51,13 @@ CANDIDATES = {
                      [f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.02", *_SHIPPED]),
     "ce_original_sink": ("as ce_original, with attention to the padding",
                          [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128", *_CE]),
+    # the candidates above batch users of similar history length together (recpipe's default then); the
+    # reproduction shuffles users, so every target weighs about the same in each batch's mean loss
+    "shipped_random": ("amazon_beauty.yaml's settings, users shuffled into batches",
+                       [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", f"{_B}=random", *_SHIPPED]),
+    "ce_original_sink_random": ("the reproduction's recipe: ce_original_sink with users shuffled into batches",
+                                [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128",
+                                 f"{_B}=random", *_CE]),
 }
 COMMON = [f"{_S}.hidden=64", f"{_S}.n_layers=2", f"{_S}.max_len=50", "train_sequential.models=[sasrec]"]
 

@@ -36,6 +36,19 @@ def test_trainset_rows_targets_and_batches():
     assert sorted(np.concatenate(b1).tolist()) == [0, 1, 2]      # every row once
 
 
+def test_trainset_random_batches_mix_lengths_and_length_batches_do_not():
+    rng = np.random.default_rng(0)
+    lengths = np.repeat([3, 40], 64)                               # 64 short and 64 long histories
+    hist = _csr([list(rng.integers(1, 50, n)) for n in lengths])
+    ts = TrainSet.from_history(hist, max_len=50)
+    by_len = ts.batches(32, seed=1)
+    shuffled = ts.batches(32, seed=1, by_length=False)
+    assert sorted(np.concatenate(shuffled).tolist()) == list(range(128))  # every row once
+    assert [x.tolist() for x in shuffled] == [x.tolist() for x in ts.batches(32, seed=1, by_length=False)]
+    assert all(len(set(ts.n_targets[b].tolist())) == 1 for b in by_len)  # one length per batch
+    assert all(len(set(ts.n_targets[b].tolist())) == 2 for b in shuffled)  # both lengths in every batch
+
+
 def test_deepspeed_config_sets_batch_keys_and_drops_named_optimizers(tmp_path):
     p = tmp_path / "ds.json"
     p.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"}}))
