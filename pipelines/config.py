@@ -291,7 +291,9 @@ class TrainSequentialConfig:
     does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative.
     ``batching``: ``length`` puts users of similar history length in one batch (the least padding, so the fastest
     epoch; each batch's loss is its own targets' mean, so a batch of short histories weighs as much as one of long
-    ones) or ``random`` (users shuffled, as SASRec's reference trainers do: every target weighs about the same).
+    ones), ``length_weighted`` batches the same way but divides every batch's summed loss by the mean number of
+    targets per batch (every target weighs the same), or ``random`` (users shuffled, as SASRec's reference trainers
+    do: every target weighs about the same, every batch padded to about ``max_len``).
     """
 
     models: tuple[str, ...] = ("sasrec", "grasp")
@@ -310,7 +312,7 @@ class TrainSequentialConfig:
         _one_of("models", self.models, BY_NAME["train_sequential"].models)
         _one_of("text_source", self.text_source, ("descriptions", "metadata"))
         _one_of("loss", self.loss, ("ce", "bce"))
-        _one_of("batching", self.batching, ("length", "random"))
+        _one_of("batching", self.batching, ("length", "length_weighted", "random"))
 
 
 @dataclass(frozen=True)

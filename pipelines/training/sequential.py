@@ -100,16 +100,20 @@ class SequentialTask(Task):
                  batching: str = "length") -> None:
         self.data, self.max_len, self.batch_size, self.loss_kind, self.eval_batch = (data, max_len, batch_size, loss,
                                                                                      eval_batch)
-        self.by_length = batching == "length"
         self.train = TrainSet.from_history(data.train, max_len)
         if len(self.train.users) == 0:
             raise ValueError("no user has two or more train items: nothing to train a sequential model on")
+        self.by_length = batching != "random"
+        # length_weighted: every batch's summed loss is divided by the mean number of targets per batch, not its own
+        # number, so a target weighs the same in a batch of short histories as in one of long ones
+        n_batches = -(-len(self.train.users) // batch_size)
+        self.per_batch = float(self.train.n_targets.sum()) / n_batches if batching == "length_weighted" else None
 
     def batches(self, seed: int) -> list[np.ndarray]:
         return self.train.batches(self.batch_size, seed, self.by_length)
 
     def loss(self, engine, rows: np.ndarray, step: Step) -> StepLoss:
-        n_global = float(self.train.n_targets[rows].sum())
+        n_global = self.per_batch or float(self.train.n_targets[rows].sum())
         mine = rows[step.rank::step.world]
         seq = self.train.seqs[mine]
         seq = seq[:, int((seq != 0).any(0).argmax()):]                          # trim all-padding columns

@@ -82,3 +82,36 @@ def test_full_ranks_matches_the_evaluation_protocol(phase):
     ref, *_ = target_ranks(FactorScorer({phase: (u, v)}), data, phase, who, np.ones((n_users, 1), np.int32), 64)
     got = full_ranks(torch.from_numpy(u), torch.from_numpy(v), data.history(phase), targets, batch=37)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_length_weighted_batching_divides_by_the_mean_batch_not_its_own_targets():
+    from models.configs import SASRecConfig
+    from models.sasrec import SASRec
+    from pipelines.training.loop import Step
+    from pipelines.training.sequential import SequentialTask
+
+    rng = np.random.default_rng(0)
+    lengths = np.repeat([3, 40], 64)
+    n_items = 49
+    hist = _csr([list(rng.integers(1, n_items + 1, n)) for n in lengths])
+    data = EvalData(128, n_items, hist, np.ones(128, np.int32), np.ones(128, np.int32))
+    model = SASRec(SASRecConfig(hidden=8, n_layers=1, n_heads=1, dropout=0.0), n_items).eval()
+
+    class Engine:
+        module = model
+
+        def __call__(self, *a):
+            return model(*a)
+
+    step = Step(0, 1, torch.device("cpu"), np.random.default_rng(0))
+    plain = SequentialTask(data, 50, 32, batching="length")
+    weighted = SequentialTask(data, 50, 32, batching="length_weighted")
+    total = float(weighted.train.n_targets.sum())
+    sums = []
+    for rows in weighted.batches(seed=3):
+        a, b = plain.loss(Engine(), rows, step), weighted.loss(Engine(), rows, step)
+        assert a.weight == float(plain.train.n_targets[rows].sum())      # its own targets' mean
+        assert b.weight == pytest.approx(total / 4)                       # the mean batch's: 4 batches
+        assert (b.loss * b.weight).item() == pytest.approx((a.loss * a.weight).item(), rel=1e-5)  # same summed loss
+        sums.append(b.weight)
+    assert sum(sums) == pytest.approx(total)  # the epoch's mean loss stays the mean over targets
