@@ -38,19 +38,21 @@ _CE = [f"{_S}.dropout=0.6", f"{_S}.n_heads=1", f"{_T}.lr=0.0005", f"{_T}.batch_s
        f"{_T}.epochs=200", f"{_T}.patience=20"]
 CANDIDATES = {
     "before": ("amazon_beauty.yaml's settings (pre-norm blocks)",
-               [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", *_SHIPPED]),
+               [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", f"{_B}=length", *_SHIPPED]),
     "ce_training": ("the CE reproduction's training (dropout 0.6, 1 head, lr 5e-4, batch 512), pre-norm blocks",
-                    [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", *_CE]),
+                    [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", f"{_B}=length", *_CE]),
     # its Xavier-normal item table has std sqrt(2 / (12,102 + 64)) = 0.0128 on Beauty
     "ce_original": ("the CE reproduction's training and SASRec's original block (Xavier init, item std 0.0128)",
-                    [f"{_S}.block=original", f"{_S}.item_init_std=0.0128", *_CE]),
+                    [f"{_S}.block=original", f"{_S}.item_init_std=0.0128", f"{_B}=length", *_CE]),
     "shipped_original": ("amazon_beauty.yaml's settings with SASRec's original block (Xavier init)",
-                         [f"{_S}.block=original", f"{_S}.item_init_std=0.02", *_SHIPPED]),
+                         [f"{_S}.block=original", f"{_S}.item_init_std=0.02", f"{_B}=length", *_SHIPPED]),
     # what still differed: those implementations mask only the future, so every position may attend to the padding
     "shipped_sink": ("amazon_beauty.yaml's settings with attention to the padding",
-                     [f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.02", *_SHIPPED]),
+                     [f"{_S}.block=prenorm", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.02", f"{_B}=length",
+                      *_SHIPPED]),
     "ce_original_sink": ("as ce_original, with attention to the padding",
-                         [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128", *_CE]),
+                         [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128",
+                          f"{_B}=length", *_CE]),
     # the candidates above batch users of similar history length together (recpipe's default then); the
     # reproduction shuffles users, so every target weighs about the same in each batch's mean loss
     "shipped_random": ("amazon_beauty.yaml's settings, users shuffled into batches",
@@ -150,6 +152,9 @@ def main() -> int:
     if older := [x["id"] for x in rows_out if not any(o.startswith(f"{_S}.block=") for o in x["overrides"])]:
         notes.append(f"{', '.join(older)}: run at a commit before `{_S}.block` existed, without the block and "
                      "item_init_std overrides (pre-norm blocks and item std 0.02 were then the only behaviour)")
+    if older := [x["id"] for x in rows_out if not any(o.startswith(f"{_B}=") for o in x["overrides"])]:
+        notes.append(f"{', '.join(older)}: run at a commit before `{_B}` existed, without that override (length "
+                     "batches, each batch's loss its own targets' mean, were then the only behaviour)")
     write_results("sasrec_public", payload, rows, notes)
     return 0
 
