@@ -52,7 +52,7 @@ def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
                 "loss": t.loss, "seed": ctx.cfg.seed, "code": code_version(name)}
     if name == "grasp":
         settings.update(grasp=dataclasses.asdict(t.grasp), text_source=t.text_source)
-    if t.batching != "length":  # the default stays out, so checkpoints made before the option keep their keys
+    if t.batching != "length":  # the behaviour before the option stays out: checkpoints made then keep their keys
         settings["batching"] = t.batching
     if world > 1:  # a DeepSpeed checkpoint is sharded per rank: another world size starts afresh
         settings["world_size"] = world

@@ -97,7 +97,7 @@ class SequentialTask(Task):
     """Next-item prediction on the train part of ``data``; validation = full-ranking NDCG@10 on the valid targets."""
 
     def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024,
-                 batching: str = "length") -> None:
+                 batching: str = "length_weighted") -> None:
         self.data, self.max_len, self.batch_size, self.loss_kind, self.eval_batch = (data, max_len, batch_size, loss,
                                                                                      eval_batch)
         self.train = TrainSet.from_history(data.train, max_len)
