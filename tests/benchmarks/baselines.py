@@ -53,6 +53,8 @@ PROVENANCE = {
     "train_sequential.sasrec.hidden": ("valid", "results/sasrec_tuning.md (64 vs 128)"),
     "train_sequential.sasrec.n_layers / n_heads / max_len": ("default", "SASRec paper"),
     "train_sequential.sasrec.block / training vs the public CE reproduction's": ("valid", "results/sasrec_public.md"),
+    "train_sequential.batching": ("valid", "results/sasrec_public.md (length_weighted 0.0714, random 0.0706, length "
+                                           "0.0636; SASRec, seed 42)"),
     "train_sequential.grasp.text_init": ("valid", "worst case over Beauty (results/grasp_tuning.md) and "
                                                   "MovieLens-100k (results/heldout_ml100k.md)"),
     "train_sequential.grasp.item_adapter_ids": ("valid", "as text_init"),
