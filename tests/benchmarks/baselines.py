@@ -32,7 +32,7 @@ from features.text import content_hash  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
 from pipelines.training.sequential import code_version  # noqa: E402
-from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402
 
 # label -> (overrides of train_sequential, the model name the stage writes)
 VARIANTS = {
@@ -134,7 +134,7 @@ def main() -> int:
                 run = home / "runs" / args.ds
                 m = json.loads((run / "metrics.json").read_text())
                 result = json.loads((run / "train_sequential" / name / "result.json").read_text())
-                record = {"key": key, "overrides": sets, "metrics": m[name],
+                record = {"key": key, "overrides": sets, "commit": commit(), "metrics": m[name],
                           "references": {r: m[r] for r in ("popularity", "wals") if r in m},
                           "training": {k: result.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds",
                                                                   "seconds_to_best", "train_seconds",
@@ -147,7 +147,7 @@ def main() -> int:
                 runs[label].append({k: z[k] for k in z.files})
             m = record["metrics"]
             metrics[label].append(m)
-            training[label].append(record["training"])
+            training[label].append(record["training"] | {"commit": record.get("commit", "not recorded")})
             for ref, mr in record["references"].items():  # seed-independent (WALS is fitted once, with --set seed)
                 reference.setdefault(ref, {f"{w}:{n}": metric(mr, w, n) for w, n in HEADLINE})
             print(f"seed {seed} {label}: test NDCG@10 {m['full']['NDCG@10']:.4f}, "
@@ -207,6 +207,8 @@ def main() -> int:
             notes.append(f"{label} vs SASRec by slice: " + "; ".join(
                 f"{s} {r[f'{s}_delta_vs_sasrec']:+.4f} [{r[f'{s}_delta_vs_sasrec_ci95'][0]:+.4f}, "
                 f"{r[f'{s}_delta_vs_sasrec_ci95'][1]:+.4f}] ({r[f'{s}_verdict']})" for s in SLICES))
+    notes.append("trained at commit: " + "; ".join(
+        f"{label} {', '.join(sorted({t['commit'] for t in training[label]}))}" for label in labels))
     notes.append("settings and the split that chose them: " + "; ".join(
         f"{k}: {v[0]} ({v[1]})" for k, v in PROVENANCE.items()))
     write_results(f"baselines{args.suffix}", payload, rows, notes)

@@ -90,6 +90,14 @@ def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str]
     return {"command": " ".join(cmd), "wall_seconds": round(time.perf_counter() - t0, 1), **res}
 
 
+def commit() -> str:
+    """The repository's short commit, with ``+uncommitted`` when tracked files differ from it."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return out.stdout.strip() + ("+uncommitted" if dirty else "")
+
+
 def day_args(home: Path, ds: str, config: str | None, sets: list[str]) -> list[str]:
     """``--home HOME --ds DS [--config CONFIG] --set ...``: where, for which day and with what a command runs."""
     return ["--home", str(home), "--ds", ds, *(["--config", config] if config else []),

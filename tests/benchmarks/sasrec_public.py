@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.config import load_config  # noqa: E402
-from tests.benchmarks.common import RESULTS, ROOT, day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import RESULTS, commit, day_args, machine, recpipe, write_results  # noqa: E402
 
 PUBLIC = {"source": "MTandHJ/CE-SCE-LLMRec SASRec/benchmarks/beauty-ce-5/AmazonBeauty_550_Chron/0121161554/log.txt",
           "test_HR@10": 0.0977, "test_NDCG@10": 0.0591, "valid_NDCG@10": 0.0729, "best_epoch": 120, "epochs": 200}
@@ -65,13 +64,6 @@ CANDIDATES = {
                                  f"{_B}=random", *_CE]),
 }
 COMMON = [f"{_S}.hidden=64", f"{_S}.n_layers=2", f"{_S}.max_len=50", "train_sequential.models=[sasrec]"]
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return out.stdout.strip() + ("+uncommitted" if dirty else "")
 
 
 def main() -> int:
