@@ -59,6 +59,9 @@ CANDIDATES = {
     "shipped_length_weighted": ("amazon_beauty.yaml's settings, length batches, every target weighed the same",
                                 [f"{_S}.block=prenorm", f"{_S}.item_init_std=0.02", f"{_B}=length_weighted",
                                  *_SHIPPED]),
+    "ce_original_weighted": ("the reproduction's training and SASRec's original block, length batches, every target "
+                             "weighed the same",
+                             [f"{_S}.block=original", f"{_S}.item_init_std=0.0128", f"{_B}=length_weighted", *_CE]),
     "ce_original_sink_random": ("the reproduction's recipe: ce_original_sink with users shuffled into batches",
                                 [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128",
                                  f"{_B}=random", *_CE]),
