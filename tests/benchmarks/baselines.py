@@ -15,7 +15,8 @@ config is listed with the split that chose it (``PROVENANCE``). Results: ``resul
 
 Every finished (seed, variant) leaves its ranks and a record (metrics, training figures) under ``HOME/baselines/``;
 a re-run with the same day, config file, overrides and model code takes those from there instead of training again,
-so a killed run loses at most the run it was in (``--fresh`` ignores them).
+so a killed run loses at most the run it was in. The key does not cover the data: after changing the data behind
+``--home``/``--ds``, pass ``--fresh`` (or delete ``HOME/baselines``).
 """
 from __future__ import annotations
 
