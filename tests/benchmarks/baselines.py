@@ -14,13 +14,14 @@ per slice, and a verdict that says "better" or "worse" only where the interval e
 config is listed with the split that chose it (``PROVENANCE``). Results: ``results/baselines<suffix>.{json,md}``.
 
 Every finished (seed, variant) leaves its ranks and a record (metrics, training figures) under ``HOME/baselines/``;
-a re-run with the same day, config file, overrides and model code takes those from there instead of training again,
+a re-run with the same day, resolved config and model code takes those from there instead of training again,
 so a killed run loses at most the run it was in. The key does not cover the data: after changing the data behind
 ``--home``/``--ds``, pass ``--fresh`` (or delete ``HOME/baselines``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -68,6 +69,13 @@ PROVENANCE = {
 
 def cli(home: Path, ds: str, config: str | None, sets: list[str], *args: str, log: Path) -> float:
     return recpipe([*args, *day_args(home, ds, config, sets)], log)
+
+
+def run_key(ds: str, config: str | None, sets: list[str], name: str) -> str:
+    """What a kept run stands for: the day, the resolved config (comments and key order do not count) and the
+    model's code."""
+    resolved = json.dumps(dataclasses.asdict(load_config(config, sets)), sort_keys=True, default=str)
+    return content_hash(ds, resolved, code_version(name))
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -124,7 +132,7 @@ def main() -> int:
             out = keep / f"seed{seed}"
             out.mkdir(parents=True, exist_ok=True)
             safe = label.replace("[", "_").replace("]", "")
-            key = content_hash(args.ds, Path(args.config).read_text() if args.config else "", sets, code_version(name))
+            key = run_key(args.ds, args.config, sets, name)
             record_file = out / f"{safe}.json"
             record = json.loads(record_file.read_text()) if record_file.exists() and not args.fresh else {}
             if record.get("key") == key and (out / f"{safe}.npz").exists():
