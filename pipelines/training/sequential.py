@@ -61,12 +61,10 @@ class TrainSet:
         """Row indices of each batch: rows of similar length together (little padding), batch order shuffled; or,
         not ``by_length``, rows shuffled."""
         rng = np.random.default_rng(seed)
-        if not by_length:
-            order = rng.permutation(len(self.users))
-            return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        order = np.lexsort((rng.random(len(self.users)), self.n_targets))
+        order = (np.lexsort((rng.random(len(self.users)), self.n_targets)) if by_length
+                 else rng.permutation(len(self.users)))
         chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        return [chunks[i] for i in rng.permutation(len(chunks))]
+        return [chunks[i] for i in rng.permutation(len(chunks))] if by_length else chunks
 
 
 # ----------------------------------------------------------------------------- scoring
