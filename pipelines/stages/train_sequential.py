@@ -54,6 +54,8 @@ def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
         settings.update(grasp=dataclasses.asdict(t.grasp), text_source=t.text_source)
     if t.batching != "length":  # the behaviour before the option stays out: checkpoints made then keep their keys
         settings["batching"] = t.batching
+    if t.min_batches:  # so does the batch size's floor (the batch it gives depends on the data, also in the key)
+        settings["min_batches"] = t.min_batches
     if world > 1:  # a DeepSpeed checkpoint is sharded per rank: another world size starts afresh
         settings["world_size"] = world
     return settings
@@ -84,16 +86,21 @@ def run(ctx: StageContext) -> StageResult:
         torch.set_num_threads(t.distributed.threads)
     data, _, item_ids = load_eval_data(ctx)
     tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if "grasp" in t.models else None
-    task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss, batching=t.batching)
     rank, world = init_distributed(t.distributed.dist_backend)
+    task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss, batching=t.batching,
+                          min_batches=t.min_batches, world=world)
+    if task.batch_size != t.train.batch_size and rank == 0:
+        print(f"  batches of {task.batch_size} (train.batch_size {t.train.batch_size}, min_batches {t.min_batches}: "
+              f"{len(task.train.users):,} training users)", flush=True)
     plan = refresh.plan(ctx)
     out, outputs, warm_log = {}, {}, {}
     for name in t.models:
         t0 = time.perf_counter()
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
         warm, base_key = warm_start(ctx, plan.base, name, model, list(item_ids)) if plan.incremental else (None, "")
-        train = dataclasses.replace(t.train, epochs=min(t.train.epochs, ctx.cfg.refresh.finetune_epochs)) \
-            if warm else t.train
+        train = dataclasses.replace(t.train, batch_size=task.batch_size,
+                                    epochs=min(t.train.epochs, ctx.cfg.refresh.finetune_epochs) if warm
+                                    else t.train.epochs)
         warm_log[name] = warm or {"warm": False, "epochs": train.epochs}
         if warm:
             warm_log[name]["epochs"] = train.epochs
@@ -109,7 +116,7 @@ def run(ctx: StageContext) -> StageResult:
                   flush=True)
         res = fit(model, task, train, t.distributed, ctx.cfg.seed, ckpt, name, STAGE)
         dev = "cpu" if t.distributed.device == "cpu" else next(model.parameters()).device
-        summary = {**res.summary(), "parameters": n_params, "seconds": round(time.perf_counter() - t0, 2),
+        summary = {**res.summary(), "parameters": n_params, "batch_size": task.batch_size, "seconds": round(time.perf_counter() - t0, 2),
                    "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt),
                    "model_key": f"{name}-{key}"}
         out[name] = {k: v for k, v in summary.items() if k != "history"}

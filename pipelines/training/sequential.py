@@ -67,6 +67,16 @@ class TrainSet:
         return [chunks[i] for i in rng.permutation(len(chunks))] if by_length else chunks
 
 
+def epoch_batch_size(n_rows: int, batch_size: int, min_batches: int = 0, world: int = 1, floor: int = 32) -> int:
+    """The batch that gives an epoch of ``n_rows`` rows at least ``min_batches`` batches: ``batch_size`` shrunk to
+    ``n_rows // min_batches`` but not below ``floor`` (nor above ``batch_size``), rounded down to a multiple of the
+    world size; ``min_batches`` 0 keeps ``batch_size``."""
+    if not min_batches:
+        return batch_size
+    b = min(batch_size, max(min(floor, batch_size), n_rows // min_batches))
+    return max(world, b - b % world)
+
+
 # ----------------------------------------------------------------------------- scoring
 
 @torch.no_grad()
@@ -95,12 +105,13 @@ class SequentialTask(Task):
     """Next-item prediction on the train part of ``data``; validation = full-ranking NDCG@10 on the valid targets."""
 
     def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024,
-                 batching: str = "length_weighted") -> None:
-        self.data, self.max_len, self.batch_size, self.loss_kind, self.eval_batch = (data, max_len, batch_size, loss,
-                                                                                     eval_batch)
+                 batching: str = "length_weighted", min_batches: int = 0, world: int = 1) -> None:
+        self.data, self.max_len, self.loss_kind, self.eval_batch = data, max_len, loss, eval_batch
         self.train = TrainSet.from_history(data.train, max_len)
         if len(self.train.users) == 0:
             raise ValueError("no user has two or more train items: nothing to train a sequential model on")
+        self.batch_size = epoch_batch_size(len(self.train.users), batch_size, min_batches, world)
+        batch_size = self.batch_size
         self.by_length = batching != "random"
         # length_weighted: every batch's summed loss is divided by the mean number of targets per batch, not its own
         # number, so a target weighs the same in a batch of short histories as in one of long ones

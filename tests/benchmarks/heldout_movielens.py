@@ -94,6 +94,7 @@ def main() -> int:
     sets = [f"data.path={data}", *MOVIE_WORDS, f"describe.max_items={args.describe_cap}",
             f"describe.max_users={args.describe_cap}", *args.sets]
     results: dict[str, dict] = {}
+    training: dict[str, dict] = {}  # per config and model: the batch, best epoch and epochs run
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:  # each as a new user runs it
         home = work / Path(config).stem
         wall = recpipe(["run", *day_args(home, args.ds, config, sets), "--stages",
@@ -102,6 +103,10 @@ def main() -> int:
         m = json.loads((home / "runs" / args.ds / "metrics.json").read_text())
         results[config] = {name: figures(v) for name, v in m.items()}
         results[config]["wall_seconds"] = round(wall, 1)
+        for rec in sorted((home / "runs" / args.ds / "train_sequential").glob("*/result.json")):
+            r = json.loads(rec.read_text())
+            training.setdefault(config, {})[rec.parent.name] = {k: r.get(k) for k in (
+                "batch_size", "best_epoch", "epochs_run", "epoch_seconds", "best_valid_NDCG@10")}
         print(f"{config}: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in results[config].items()
                                         if isinstance(v, dict)), flush=True)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -129,9 +134,11 @@ def main() -> int:
             rows.append((config, name, *[f"{v[k]:.4f}" for k in ("NDCG@10", "HR@10", "short_history_NDCG@10",
                                                                    "tail_items_NDCG@10", "valid_NDCG@10")], rel))
     payload = {"dataset": "MovieLens-100k (from the recbole 1.2.1 wheel)", "stats": stats, "ds": args.ds,
-               "overrides": sets, "results": results, "machine": machine()}
+               "overrides": sets, "results": results, "training": training, "machine": machine()}
     notes = [f"MovieLens-100k: {stats}; leave-one-out in time order; full ranking, history excluded; seed 42",
              f"every config run as shipped with: {' '.join('--set ' + s for s in sets)}"]
+    notes += [f"{config} {name}: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None)
+              for config, t in training.items() for name, r in t.items()]
     write_results(f"heldout_ml100k{args.suffix}", payload, rows, notes)
     return 0
 

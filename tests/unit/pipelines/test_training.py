@@ -115,3 +115,23 @@ def test_length_weighted_batching_divides_by_the_mean_batch_not_its_own_targets(
         assert (b.loss * b.weight).item() == pytest.approx((a.loss * a.weight).item(), rel=1e-5)  # same summed loss
         sums.append(b.weight)
     assert sum(sums) == pytest.approx(total)  # the epoch's mean loss stays the mean over targets
+
+
+def test_min_batches_shrinks_the_batch_of_a_small_dataset_only():
+    from pipelines.training.sequential import SequentialTask, epoch_batch_size
+
+    assert epoch_batch_size(22_363, 512, 0) == 512                 # off
+    assert epoch_batch_size(22_363, 512, 40) == 512                # Beauty: 44 batches of 512 already
+    assert epoch_batch_size(943, 512, 40) == 32                    # MovieLens-100k: 943 // 40 = 23, floor 32
+    assert epoch_batch_size(5_000, 512, 40) == 125
+    assert epoch_batch_size(5_000, 512, 40, world=4) == 124        # a multiple of the world size
+    assert epoch_batch_size(100, 16, 40) == 16                     # never above train.batch_size
+    rng = np.random.default_rng(0)
+    hist = _csr([list(rng.integers(1, 30, 5)) for _ in range(200)])
+    data = EvalData(200, 30, hist, np.ones(200, np.int32), np.ones(200, np.int32))
+    task = SequentialTask(data, 10, 512, min_batches=4)
+    assert task.batch_size == 50 and len(task.batches(seed=0)) == 4
+    assert task.per_batch == pytest.approx(task.train.n_targets.sum() / 4)  # the loss's divisor follows the batch
+    with pytest.raises(Exception, match="min_batches"):
+        from pipelines.config import load_config
+        load_config(None, ["train_sequential.min_batches=-1"])
