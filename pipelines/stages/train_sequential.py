@@ -116,7 +116,8 @@ def run(ctx: StageContext) -> StageResult:
                   flush=True)
         res = fit(model, task, train, t.distributed, ctx.cfg.seed, ckpt, name, STAGE)
         dev = "cpu" if t.distributed.device == "cpu" else next(model.parameters()).device
-        summary = {**res.summary(), "parameters": n_params, "batch_size": task.batch_size, "seconds": round(time.perf_counter() - t0, 2),
+        summary = {**res.summary(), "parameters": n_params, "batch_size": task.batch_size,
+                   "seconds": round(time.perf_counter() - t0, 2),
                    "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt),
                    "model_key": f"{name}-{key}"}
         out[name] = {k: v for k, v in summary.items() if k != "history"}

@@ -111,11 +111,10 @@ class SequentialTask(Task):
         if len(self.train.users) == 0:
             raise ValueError("no user has two or more train items: nothing to train a sequential model on")
         self.batch_size = epoch_batch_size(len(self.train.users), batch_size, min_batches, world)
-        batch_size = self.batch_size
         self.by_length = batching != "random"
         # length_weighted: every batch's summed loss is divided by the mean number of targets per batch, not its own
         # number, so a target weighs the same in a batch of short histories as in one of long ones
-        n_batches = -(-len(self.train.users) // batch_size)
+        n_batches = -(-len(self.train.users) // self.batch_size)
         self.per_batch = float(self.train.n_targets.sum()) / n_batches if batching == "length_weighted" else None
 
     def batches(self, seed: int) -> list[np.ndarray]:

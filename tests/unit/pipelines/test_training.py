@@ -118,6 +118,7 @@ def test_length_weighted_batching_divides_by_the_mean_batch_not_its_own_targets(
 
 
 def test_min_batches_shrinks_the_batch_of_a_small_dataset_only():
+    from pipelines.config import load_config
     from pipelines.training.sequential import SequentialTask, epoch_batch_size
 
     assert epoch_batch_size(22_363, 512, 0) == 512                 # off
@@ -133,5 +134,4 @@ def test_min_batches_shrinks_the_batch_of_a_small_dataset_only():
     assert task.batch_size == 50 and len(task.batches(seed=0)) == 4
     assert task.per_batch == pytest.approx(task.train.n_targets.sum() / 4)  # the loss's divisor follows the batch
     with pytest.raises(Exception, match="min_batches"):
-        from pipelines.config import load_config
         load_config(None, ["train_sequential.min_batches=-1"])
