@@ -95,7 +95,8 @@ def main() -> int:
             f"describe.max_users={args.describe_cap}", *args.sets]
     results: dict[str, dict] = {}
     training: dict[str, dict] = {}  # per config and model: the batch, best epoch and epochs run
-    for config in [c.strip() for c in args.configs.split(",") if c.strip()]:  # each as a new user runs it
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for config in configs:  # each as a new user runs it
         home = work / Path(config).stem
         wall = recpipe(["run", *day_args(home, args.ds, config, sets), "--stages",
                         "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate"],
@@ -109,7 +110,6 @@ def main() -> int:
                 "batch_size", "best_epoch", "epochs_run", "epoch_seconds", "best_valid_NDCG@10")}
         print(f"{config}: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in results[config].items()
                                         if isinstance(v, dict)), flush=True)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for spec in args.grasp_variant:
         label, _, overrides = spec.partition("=")
         extra = [*sets, "train_sequential.models=[grasp]", *[o for o in overrides.split(",") if o]]
