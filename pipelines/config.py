@@ -299,6 +299,11 @@ class TrainSequentialConfig:
     batches long where the data allows, shrinking the batch to the number of training users over N (never below 32,
     never above ``train.batch_size``), so a recipe written for a large catalogue (batch 512 on 22,363 users: 44 steps
     an epoch) is not left with two steps an epoch on a small one (943 users).
+    ``per_model``: a model's own settings, on top of this section's for that model only: keys of this section in the
+    same nesting (``{sasrec: {train: {lr: 0.0005}, min_batches: 40}}``), any but ``models``, ``text_source``,
+    ``distributed``, ``grid`` and ``per_model``. ``for_model(name)`` gives the settings a model trains with. A
+    ``--set train_sequential.train.lr=...`` does not reach a model whose ``per_model`` entry sets ``train.lr``; the
+    stage prints, per model, what its entry changes.
     """
 
     models: tuple[str, ...] = ("sasrec", "grasp")
@@ -313,6 +318,9 @@ class TrainSequentialConfig:
     # ``recpipe tune sasrec|grasp``: keys relative to this section (``sasrec.dropout``, ``train.lr``,
     # ``grasp.text_init``) -> values to try; empty = ``pipelines.tuning.SEQUENTIAL_GRIDS``
     grid: dict[str, list] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    SHARED = ("models", "text_source", "distributed", "grid", "per_model")  # one value for every model of the stage
 
     def __post_init__(self) -> None:
         _one_of("models", self.models, BY_NAME["train_sequential"].models)
@@ -321,6 +329,33 @@ class TrainSequentialConfig:
         _one_of("batching", self.batching, ("length", "length_weighted", "random"))
         if self.min_batches < 0:
             raise FieldError("min_batches", f"must not be negative (0 = off), got {self.min_batches}")
+        for name, over in self.per_model.items():
+            _one_of("per_model", (name,), BY_NAME["train_sequential"].models)
+            if not isinstance(over, dict):
+                raise FieldError(f"per_model.{name}", f"must be a mapping of this section's keys, got {over!r}")
+            shared = sorted(set(over) & set(self.SHARED))
+            if shared:
+                raise FieldError(f"per_model.{name}.{shared[0]}", "is one setting for the whole stage: set it in "
+                                                                  "train_sequential itself")
+            self.for_model(name)  # every key and value checked now, not when the model trains
+
+    def for_model(self, name: str) -> "TrainSequentialConfig":
+        """The settings ``name`` trains with: this section with its ``per_model`` entry on top (and no entries)."""
+        base = dataclasses.replace(self, per_model={})
+        over = self.per_model.get(name)
+        if not over:
+            return base
+        return _build(TrainSequentialConfig, over, f"train_sequential.per_model.{name}", base)
+
+    def model_changes(self, name: str) -> dict[str, tuple[Any, Any]]:
+        """``{dotted key: (section's value, the model's)}`` for every setting ``per_model`` changes for ``name``."""
+        def flat(x: Any, prefix: str = "") -> dict[str, Any]:
+            if dataclasses.is_dataclass(x):
+                return {k: v for f in dataclasses.fields(x) for k, v in flat(getattr(x, f.name),
+                                                                               f"{prefix}{f.name}.").items()}
+            return {prefix[:-1]: x}
+        mine, base = flat(self.for_model(name)), flat(dataclasses.replace(self, per_model={}))
+        return {k: (base[k], v) for k, v in mine.items() if base[k] != v}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ run once with the chosen values, so the test set is touched by the chosen model 
 ``train_sequential`` section), each point trained from scratch by the day's ``train_sequential`` stage (that model
 only, early stopping on valid NDCG@10) and judged by its best valid NDCG@10; then ``train_sequential`` (the chosen
 point's finished checkpoint is reused), ``evaluate`` and ``register`` run once. The day's upstream stages must have
-run (``recpipe run --until neighbours``).
+run (``recpipe run --until neighbours``). The grid starts from the settings the model trains with (the section
+with its ``per_model`` entry on top), and the chosen values go into ``train_sequential.per_model.<model>``, so tuning
+one model leaves the other's settings as they were.
 
 Every tuner writes ``runs/<ds>/tuning/<model>.json`` (the grid and its valid figures) and ``<model>.yaml``: the
 whole config with the chosen values, to run with ``recpipe run --config`` on the next days.
@@ -94,6 +96,18 @@ def with_point(section: Any, point: dict[str, Any]) -> Any:
     return section
 
 
+def with_model_point(section: Any, model: str, point: dict[str, Any]) -> Any:
+    """``section`` (train_sequential) with ``point``'s values added to ``per_model[model]`` (kept entries stay)."""
+    entry = json.loads(json.dumps(section.per_model.get(model, {})))  # a deep copy of plain YAML values
+    for dotted, value in point.items():
+        *heads, last = dotted.split(".")
+        node = entry
+        for h in heads:
+            node = node.setdefault(h, {})
+        node[last] = value
+    return dataclasses.replace(section, per_model={**section.per_model, model: entry})
+
+
 def write_config(ctx: StageContext, model: str, cfg: Config) -> Path:
     path = ctx.run_dir / "tuning" / f"{model}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +118,7 @@ def write_config(ctx: StageContext, model: str, cfg: Config) -> Path:
 
 def tune_sequential(model: str, cfg: Config, ds: str, home: Path) -> dict:
     """Grid search of ``model`` (``sasrec`` or ``grasp``) on valid; returns ``{"chosen", "grid", "config"}``."""
-    t = cfg.train_sequential
+    t = cfg.train_sequential.for_model(model)  # what the model trains with; per_model emptied
     grid = t.grid or SEQUENTIAL_GRIDS[model]
     keys = sorted(grid)
     for k in keys:  # every key and value checked before anything trains
@@ -129,14 +143,14 @@ def tune_sequential(model: str, cfg: Config, ds: str, home: Path) -> dict:
     best = max(results, key=lambda r: r["valid_NDCG@10"])
     chosen = {k: best[k] for k in keys}
     ts = with_point(t, chosen)
-    tuned = dataclasses.replace(cfg, train_sequential=ts)
+    tuned = dataclasses.replace(cfg, train_sequential=with_model_point(cfg.train_sequential, model, chosen))
     common.write_json(ctx.run_dir / "tuning" / f"{model}.json",
                       {"selected_by": "best valid NDCG@10 (full ranking) of each point's early-stopped training",
                        "chosen": chosen, "grid": results})
     summary = runner.run(dataclasses.replace(base, train_sequential=dataclasses.replace(ts, models=(model,))), ds,
                          home, ["train_sequential", "evaluate", "register"])
     conf = write_config(ctx, model, tuned)
-    overrides = " ".join(f"--set train_sequential.{k}={json.dumps(v)}" for k, v in chosen.items())
+    overrides = " ".join(f"--set train_sequential.per_model.{model}.{k}={json.dumps(v)}" for k, v in chosen.items())
     print(f"chosen on valid: {chosen}; use with: {overrides} (or --config {conf})")
     return {"chosen": {**chosen, "test": summary["metrics"].get(model, {}).get("full")}, "grid": results,
             "config": str(conf)}

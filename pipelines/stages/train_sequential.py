@@ -45,7 +45,7 @@ def _fingerprint(*parts) -> str:
 def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
     """Everything that changes what ``name`` learns; more epochs, patience or min_epochs resume instead, threads
     change nothing, and SASRec does not read GRASP's settings or the text."""
-    t = ctx.cfg.train_sequential
+    t = ctx.cfg.train_sequential.for_model(name)
     train = {k: v for k, v in dataclasses.asdict(t.train).items() if k not in ("epochs", "patience", "min_epochs")}
     dist = {k: v for k, v in dataclasses.asdict(t.distributed).items() if k != "threads"}
     settings = {"model": name, "sasrec": dataclasses.asdict(t.sasrec), "train": train, "distributed": dist,
@@ -87,20 +87,28 @@ def run(ctx: StageContext) -> StageResult:
     data, _, item_ids = load_eval_data(ctx)
     tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if "grasp" in t.models else None
     rank, world = init_distributed(t.distributed.dist_backend)
-    task = SequentialTask(data, t.sasrec.max_len, t.train.batch_size, t.loss, batching=t.batching,
-                          min_batches=t.min_batches, world=world)
-    if task.batch_size != t.train.batch_size and rank == 0:
-        print(f"  batches of {task.batch_size} (train.batch_size {t.train.batch_size}, min_batches {t.min_batches}: "
-              f"{len(task.train.users):,} training users)", flush=True)
     plan = refresh.plan(ctx)
-    out, outputs, warm_log = {}, {}, {}
+    out, outputs, warm_log, tasks = {}, {}, {}, {}
     for name in t.models:
         t0 = time.perf_counter()
+        tm = t.for_model(name)  # the section with the model's per_model entry on top
+        changes = t.model_changes(name)
+        if changes and rank == 0:
+            print(f"  {name}: train_sequential.per_model.{name} sets "
+                  + ", ".join(f"{k}={new} (section: {old})" for k, (old, new) in changes.items()), flush=True)
+        how = (tm.sasrec.max_len, tm.train.batch_size, tm.loss, tm.batching, tm.min_batches)
+        if how not in tasks:  # models that batch alike share the task (its training rows are built once)
+            tasks[how] = SequentialTask(data, tm.sasrec.max_len, tm.train.batch_size, tm.loss, batching=tm.batching,
+                                        min_batches=tm.min_batches, world=world)
+        task = tasks[how]
+        if task.batch_size != tm.train.batch_size and rank == 0:
+            print(f"  {name}: batches of {task.batch_size} (train.batch_size {tm.train.batch_size}, min_batches "
+                  f"{tm.min_batches}: {len(task.train.users):,} training users)", flush=True)
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
         warm, base_key = warm_start(ctx, plan.base, name, model, list(item_ids)) if plan.incremental else (None, "")
-        train = dataclasses.replace(t.train, batch_size=task.batch_size,
-                                    epochs=min(t.train.epochs, ctx.cfg.refresh.finetune_epochs) if warm
-                                    else t.train.epochs)
+        train = dataclasses.replace(tm.train, batch_size=task.batch_size,
+                                    epochs=min(tm.train.epochs, ctx.cfg.refresh.finetune_epochs) if warm
+                                    else tm.train.epochs)
         warm_log[name] = warm or {"warm": False, "epochs": train.epochs}
         if warm:
             warm_log[name]["epochs"] = train.epochs
@@ -122,8 +130,8 @@ def run(ctx: StageContext) -> StageResult:
                    "model_key": f"{name}-{key}"}
         out[name] = {k: v for k, v in summary.items() if k != "history"}
         if rank == 0:  # the serving vectors: valid phase from train, test phase from train + valid
-            uv, items = user_vectors(model, data.history("valid"), data.n_users, t.sasrec.max_len, 1024, dev)
-            ut, _ = user_vectors(model, data.history("test"), data.n_users, t.sasrec.max_len, 1024, dev)
+            uv, items = user_vectors(model, data.history("valid"), data.n_users, tm.sasrec.max_len, 1024, dev)
+            ut, _ = user_vectors(model, data.history("test"), data.n_users, tm.sasrec.max_len, 1024, dev)
             d = ctx.model_dir(STAGE, name)
             d.mkdir(parents=True, exist_ok=True)
             tmp = d / "vectors.tmp.npz"

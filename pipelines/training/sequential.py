@@ -173,7 +173,7 @@ def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -
 
 def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarray] | None) -> SASRec:
     """``sasrec`` or ``grasp`` (SASRec + holistic attention over ``tables``), initialised from ``cfg.seed``."""
-    t = cfg.train_sequential
+    t = cfg.train_sequential.for_model(name)
     torch.manual_seed(cfg.seed)
     if name == "sasrec":
         return SASRec(t.sasrec, n_items)

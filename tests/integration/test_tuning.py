@@ -31,9 +31,13 @@ def test_tune_sasrec_chooses_on_valid_evaluates_once_and_writes_a_runnable_confi
     stages = json.loads((run / "summary.json").read_text())["stages"]
     assert {"train_sequential", "evaluate", "register"} <= set(stages)
     # the written config is the user's, with the chosen values: it loads and keeps their model list
+    # the chosen values are SASRec's own (per_model.sasrec): GRASP keeps the section's settings
     tuned = load_config(out["config"])
-    assert tuned.train_sequential.sasrec.dropout == best["sasrec.dropout"]
-    assert tuned.train_sequential.train.lr == 0.003
+    assert tuned.train_sequential.per_model["sasrec"] == {"sasrec": {"dropout": best["sasrec.dropout"]},
+                                                          "train": {"lr": 0.003}}
+    assert tuned.train_sequential.for_model("sasrec").sasrec.dropout == best["sasrec.dropout"]
+    assert tuned.train_sequential.for_model("grasp").sasrec.dropout == cfg.train_sequential.sasrec.dropout
+    assert tuned.train_sequential.train.lr == cfg.train_sequential.train.lr != 0.003
     assert tuned.train_sequential.models == ("sasrec", "grasp")
     assert tuned.train_sequential.sasrec.hidden == 16
 

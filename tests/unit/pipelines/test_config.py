@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.config import CONF_DIR, Config, ConfigError, dump_yaml, load_config
+from pipelines.context import StageContext
+from pipelines.stages.train_sequential import checkpoint_settings
 
 
 def _yaml(tmp_path: Path, text: str) -> Path:
@@ -271,3 +274,29 @@ def test_the_cluster_run_conf_in_infra_is_a_valid_config():
     assert cfg.spark.master.startswith("spark://") and cfg.describe.backend == "openai"
     assert cfg.train_sequential.distributed.launcher.startswith("deepspeed ")
     assert cfg.llmrec.distributed.device == "cuda"
+
+
+def test_per_model_settings_reach_their_model_only_and_bad_ones_are_refused_naming_the_key():
+    sets = ["train_sequential.per_model.sasrec.train.lr=0.0005", "train_sequential.per_model.sasrec.min_batches=40",
+            "train_sequential.per_model.sasrec.sasrec={dropout: 0.6, n_heads: 1}"]
+    cfg = load_config("pipelines/conf/synthetic.yaml", sets)
+    t = cfg.train_sequential
+    sasrec, grasp = t.for_model("sasrec"), t.for_model("grasp")
+    assert (sasrec.train.lr, sasrec.min_batches, sasrec.sasrec.dropout, sasrec.sasrec.n_heads) == (0.0005, 40, 0.6, 1)
+    assert sasrec.sasrec.hidden == t.sasrec.hidden and sasrec.per_model == {}  # untouched keys are the section's
+    assert grasp == dataclasses.replace(t, per_model={})
+    assert t.model_changes("sasrec") == {"train.lr": (t.train.lr, 0.0005), "min_batches": (0, 40),
+                                         "sasrec.dropout": (t.sasrec.dropout, 0.6), "sasrec.n_heads": (t.sasrec.n_heads, 1)}
+    assert t.model_changes("grasp") == {}
+    # GRASP's checkpoint key does not move when only SASRec's entry is set; SASRec's does
+    plain = StageContext(load_config("pipelines/conf/synthetic.yaml"), "2026-01-01", Path("/nonexistent"))
+    ctx = StageContext(cfg, "2026-01-01", Path("/nonexistent"))
+    assert checkpoint_settings(ctx, "grasp", 1) == checkpoint_settings(plain, "grasp", 1)
+    assert checkpoint_settings(ctx, "sasrec", 1) != checkpoint_settings(plain, "sasrec", 1)
+    for bad, key in [("train_sequential.per_model.sasrec.train.lrr=1", "per_model.sasrec.train.lrr"),
+                     ("train_sequential.per_model.sasrec.train.lr=-1", "per_model.sasrec.train.lr"),
+                     ("train_sequential.per_model.sasrec.models=[grasp]", "per_model.sasrec.models"),
+                     ("train_sequential.per_model.bert.train.lr=1", "per_model"),
+                     ("train_sequential.per_model.sasrec=3", "per_model.sasrec")]:
+        with pytest.raises(ConfigError, match=re.escape(f"train_sequential.{key}'")):
+            load_config(None, [bad])
