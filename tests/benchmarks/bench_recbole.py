@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = prepare_beauty(args.data, args.home, [])
     ours = sasrec_in_copy(ctx, args.data, args.epochs, "recbole-cmp")
-    batch = ctx.cfg.train_sequential.train.batch_size
+    batch = ctx.cfg.train_sequential.for_model("sasrec").train.batch_size
 
     site = ctx.home / "recbole-site"
     install_recbole(site)

@@ -67,6 +67,13 @@ def ensure_llm_base(ctx) -> None:
         runner.run(ctx.cfg, BEAUTY_DS, ctx.home, missing)
 
 
+def every_model(key: str, value) -> list[str]:
+    """``--set`` values that give ``train_sequential.KEY`` to every model: the section's and each model's
+    ``per_model`` entry (where a config sets the key for one model, a section override would not reach it)."""
+    return [f"train_sequential.{key}={value}", *(f"train_sequential.per_model.{m}.{key}={value}"
+                                                 for m in ("sasrec", "grasp"))]
+
+
 def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str] | None = None,
                    sets: list[str] | None = None, env: dict | None = None) -> dict:
     """recpipe's SASRec for ``epochs`` epochs without early stopping, trained by the real ``train_sequential`` stage in a
@@ -82,7 +89,8 @@ def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str]
     cmd = [*(launcher or [sys.executable]), "-m", "pipelines.cli", "stage", "train_sequential",
            "--config", "pipelines/conf/amazon_beauty.yaml", "--set", f"data.path={data}", "--home", str(home2),
            "--ds", BEAUTY_DS, *[a for kv in sets or [] for a in ("--set", kv)], "--set", "train_sequential.models=[sasrec]",
-           "--set", f"train_sequential.train.epochs={epochs}", "--set", "train_sequential.train.patience=1000"]
+           *[a for kv in every_model("train.epochs", epochs) + every_model("train.patience", 1000)
+             for a in ("--set", kv)]]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
     res = json.loads((home2 / "runs" / BEAUTY_DS / "train_sequential" / "sasrec" / "result.json").read_text())

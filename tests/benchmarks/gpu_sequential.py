@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, copy_partitions, machine, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, copy_partitions, every_model, machine, write_results  # noqa: E402
 
 TABLES = ("sequences", "user_map", "item_map")
 VARIANTS = {
@@ -91,7 +91,7 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
         overrides = [f"data.path={bundle}", f"train_sequential.text_source={meta['text_source']}",
                      f"{dist}.device={device}", f"{dist}.dist_backend={'nccl' if device == 'cuda' else 'gloo'}",
                      f"{dist}.threads=0", f"{dist}.deepspeed_config={VARIANTS[v]}"]
-        overrides += ([f"train_sequential.train.epochs={epochs}"] if epochs else []) + list(sets or []) + \
+        overrides += (every_model("train.epochs", epochs) if epochs else []) + list(sets or []) + \
             ([f"seed={seed}"] if seed is not None else [])
         cfg = load_config(CONF_DIR / "amazon_beauty.yaml", overrides)
         ctx = StageContext(cfg, meta["ds"], home)

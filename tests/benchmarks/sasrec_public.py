@@ -66,7 +66,10 @@ CANDIDATES = {
                                 [f"{_S}.block=original", f"{_S}.attend_padding=true", f"{_S}.item_init_std=0.0128",
                                  f"{_B}=random", *_CE]),
 }
-COMMON = [f"{_S}.hidden=64", f"{_S}.n_layers=2", f"{_S}.max_len=50", "train_sequential.models=[sasrec]"]
+# per_model emptied: the config's own entry for SASRec (amazon_beauty.yaml ships the chosen candidate there) would
+# otherwise override the candidate's settings
+COMMON = [f"{_S}.hidden=64", f"{_S}.n_layers=2", f"{_S}.max_len=50", "train_sequential.models=[sasrec]",
+          "train_sequential.per_model={}"]
 
 
 def main() -> int:
