@@ -47,10 +47,13 @@ def test_one_epoch_trains_evaluates_registers_and_serves(text_home):
     from pipelines import runner
     from pipelines.config import load_config
 
-    cfg = load_config(None, [*FAST, "train_sequential.train.epochs=1"])
+    # SASRec's own batch (per_model) reaches SASRec only
+    cfg = load_config(None, [*FAST, "train_sequential.train.epochs=1", "train_sequential.per_model.sasrec.train.batch_size=64"])
     summary = runner.run(cfg, DS, text_home, [STAGE, "evaluate", "register"])
     st = summary["stages"][STAGE]
     assert st["status"] == "success" and st["world_size"] == 1
+    assert (_result(text_home, "sasrec")["batch_size"], _result(text_home, "grasp")["batch_size"]) == \
+        (64, cfg.train_sequential.train.batch_size) and cfg.train_sequential.train.batch_size != 64
     for model in ("sasrec", "grasp"):
         r = _result(text_home, model)
         assert r["epochs_run"] == 1 and r["best_epoch"] == 1 and r["epoch_seconds"] > 0
