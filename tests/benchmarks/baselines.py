@@ -58,7 +58,7 @@ PROVENANCE = {
     "train_sequential.train.lr (GRASP's)": ("valid", "results/sasrec_tuning.md (chosen on SASRec's valid)"),
     "train_sequential.train.patience (GRASP's)": ("valid", "results/sasrec_tuning.md (chosen on SASRec's valid)"),
     "train_sequential.sasrec.hidden": ("valid", "results/sasrec_tuning.md (64 vs 128)"),
-    "train_sequential.sasrec.n_layers / max_len": ("default", "SASRec paper"),
+    "train_sequential.sasrec.n_layers / max_len, n_heads (GRASP's)": ("default", "SASRec paper"),
     "train_sequential.batching": ("valid", "results/sasrec_public.md (length_weighted 0.0714, random 0.0706, length "
                                            "0.0636; SASRec, seed 42)"),
     "train_sequential.grasp.text_init": ("valid", "worst case over Beauty (results/grasp_tuning.md) and "
