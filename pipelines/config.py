@@ -620,20 +620,26 @@ def _build(cls: type, raw: dict, prefix: str = "", base: Any = None) -> Any:
         raise ConfigError(f"config key '{prefix + '.' if prefix else ''}{exc.field}' {exc.problem}") from None
 
 
-def _apply_override(raw: dict, item: str) -> None:
-    if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got '{item}'")
-    key, text = item.split("=", 1)
-    parts = key.strip().split(".")
+def set_path(raw: dict, dotted: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for ``dotted`` ``a.b.c`` in a plain (YAML) mapping, creating sections."""
+    parts = dotted.strip().split(".")
     node = raw
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: '{p}' is not a section")
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    key, text = item.split("=", 1)
     try:
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+        value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
-        node[parts[-1]] = text  # not YAML (e.g. "*nightly", "[x"): the raw text, type-checked like any value
+        value = text  # not YAML (e.g. "*nightly", "[x"): the raw text, type-checked like any value
+    set_path(raw, key, value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -17,6 +17,7 @@ whole config with the chosen values, to run with ``recpipe run --config`` on the
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -27,7 +28,7 @@ from features.interactions import count_matrix
 from jobs import common
 from pipelines import runner
 from pipelines.backends.wals import fit_implicit
-from pipelines.config import Config, dump_yaml
+from pipelines.config import Config, dump_yaml, set_path
 from pipelines.context import StageContext
 from pipelines.evaluation.data import load_eval_data, negatives_for
 from pipelines.evaluation.protocol import evaluate
@@ -98,13 +99,9 @@ def with_point(section: Any, point: dict[str, Any]) -> Any:
 
 def with_model_point(section: Any, model: str, point: dict[str, Any]) -> Any:
     """``section`` (train_sequential) with ``point``'s values added to ``per_model[model]`` (kept entries stay)."""
-    entry = json.loads(json.dumps(section.per_model.get(model, {})))  # a deep copy of plain YAML values
+    entry = copy.deepcopy(section.per_model.get(model, {}))
     for dotted, value in point.items():
-        *heads, last = dotted.split(".")
-        node = entry
-        for h in heads:
-            node = node.setdefault(h, {})
-        node[last] = value
+        set_path(entry, dotted, value)
     return dataclasses.replace(section, per_model={**section.per_model, model: entry})
 
 

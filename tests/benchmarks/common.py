@@ -70,8 +70,10 @@ def ensure_llm_base(ctx) -> None:
 def every_model(key: str, value) -> list[str]:
     """``--set`` values that give ``train_sequential.KEY`` to every model: the section's and each model's
     ``per_model`` entry (where a config sets the key for one model, a section override would not reach it)."""
+    from pipelines.graph import BY_NAME
+
     return [f"train_sequential.{key}={value}", *(f"train_sequential.per_model.{m}.{key}={value}"
-                                                 for m in ("sasrec", "grasp"))]
+                                                 for m in BY_NAME["train_sequential"].models)]
 
 
 def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str] | None = None,
