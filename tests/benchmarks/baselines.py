@@ -99,6 +99,89 @@ def verdict(ci: tuple[float, float]) -> str:
     return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "not distinguishable"
 
 
+def report(payload: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/baselines<suffix>.md, from the JSON payload alone (a merge writes them too)."""
+    models, reference = payload["models"], payload["references"]
+    rows = [("model", "NDCG@10", "HR@10", "sampled100 NDCG@10", "short-history NDCG@10", "tail-items NDCG@10",
+             "valid NDCG@10", "delta NDCG@10 vs SASRec [95% CI]", "verdict", "s/epoch", "s to best")]
+    for label, r in models.items():
+        ci = (f"{r['delta_vs_sasrec']:+.4f} [{r['delta_vs_sasrec_ci95'][0]:+.4f}, {r['delta_vs_sasrec_ci95'][1]:+.4f}]"
+              if label != "sasrec" else "-")
+        rows.append((label, *[f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}" for k in
+                              ("NDCG@10", "HR@10", "sampled100_NDCG@10", "short_history_NDCG@10",
+                               "tail_items_NDCG@10", "valid_NDCG@10")],
+                     ci, r.get("verdict", "-"), f"{r['epoch_seconds_mean']:.1f}", f"{r['seconds_to_best_mean']:.0f}"))
+    for ref, v in reference.items():
+        rows.append((ref, f"{v['full:NDCG@10']:.4f}", f"{v['full:HR@10']:.4f}", f"{v['sampled100:NDCG@10']:.4f}",
+                     f"{v['short_history:NDCG@10']:.4f}", f"{v['tail_items:NDCG@10']:.4f}",
+                     f"{v['valid:NDCG@10']:.4f}", "-", "-", "-", "-"))
+    notes = [f"dataset {payload['dataset']}, ds {payload['ds']}, seeds {payload['seeds']} (mean ± std over seeds); "
+             f"{payload['protocol']}",
+             f"delta: paired bootstrap over users ({payload['bootstrap']['resamples']:,} resamples), seed i paired "
+             "with seed i; 'better'/'worse' only where the 95% interval excludes 0"]
+    for label, r in models.items():
+        if label != "sasrec":
+            notes.append(f"{label} vs SASRec by slice: " + "; ".join(
+                f"{s} {r[f'{s}_delta_vs_sasrec']:+.4f} [{r[f'{s}_delta_vs_sasrec_ci95'][0]:+.4f}, "
+                f"{r[f'{s}_delta_vs_sasrec_ci95'][1]:+.4f}] ({r[f'{s}_verdict']})" for s in SLICES))
+    for src in payload.get("sources", []):
+        notes.append(f"{', '.join(src['models'])}: from {src['file']} (`{src['command']}`, {src['date']})")
+    if "sources" in payload:
+        notes.append("merged: each delta was computed in the run that trained its model, paired with that run's "
+                     "SASRec; SASRec's per-seed figures and best epochs are the same in every source (checked when "
+                     "merging), so every delta is against the same SASRec models")
+    notes.append("trained at commit: " + "; ".join(
+        f"{label} {', '.join(sorted({t['commit'] for t in r['training']}))}" for label, r in models.items()))
+    notes.append("settings and the split that chose them: " + "; ".join(
+        f"{k}: {v['chosen_on']} ({v['source']})" for k, v in payload["settings"].items()))
+    return rows, notes
+
+
+def merge(files: list[Path], suffix: str) -> int:
+    """One results file from runs that trained different variants against the same SASRec (``--merge``).
+
+    Refused unless every file holds the same day, dataset, protocol, bootstrap, seeds and references and SASRec's
+    per-seed figures agree exactly (a deterministic re-run gives the same models), since each delta was paired with
+    its own run's SASRec."""
+    if len(files) < 2:
+        sys.exit("--merge: give two or more results files, comma-separated")
+    loaded = []
+    for f in files:
+        try:
+            loaded.append((f, json.loads(f.read_text())))
+        except (OSError, json.JSONDecodeError) as e:
+            sys.exit(f"--merge: cannot read {f}: {e}")
+    (f0, d0), models, sources = loaded[0], {}, []
+    for f, d in loaded:
+        if "sasrec" not in d.get("models", {}):
+            sys.exit(f"--merge: {f} has no SASRec run; merge results/baselines*.json files written by this script")
+        for k in ("ds", "dataset", "protocol", "bootstrap", "seeds", "references"):
+            if d.get(k) != d0.get(k):
+                sys.exit(f"--merge: {f} has {k} = {d.get(k)!r} but {f0} has {d0.get(k)!r}; only runs of one day, "
+                         "protocol and seeds merge")
+        s, s0 = d["models"]["sasrec"], d0["models"]["sasrec"]
+        differ = [k for k in s0 if k.endswith("_per_seed") and s.get(k) != s0[k]]
+        if [t.get("best_epoch") for t in s["training"]] != [t.get("best_epoch") for t in s0["training"]]:
+            differ.append("best_epoch")
+        if differ:
+            sys.exit(f"--merge: SASRec's {', '.join(differ)} differ between {f} and {f0}: their deltas are paired "
+                     "with different SASRec models; run the variants together in one --variants instead")
+        labels = [label for label in d["models"] if label != "sasrec"]
+        for label in labels:
+            if label in models:
+                sys.exit(f"--merge: {label} is in {models[label]['source']} and in {f}; keep one of them")
+            models[label] = d["models"][label] | {"source": str(f)}
+        sources.append({"file": str(f), "models": labels, "overrides": d["overrides"],
+                        "command": d["machine"]["command"], "date": d["machine"]["date"]})
+    payload = {k: d0[k] for k in ("seeds", "ds", "config", "dataset", "protocol", "bootstrap")}
+    payload.update({"models": {"sasrec": d0["models"]["sasrec"], **models}, "references": d0["references"],
+                    "sources": sources,
+                    "settings": {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()},
+                    "machine": machine()})
+    write_results(f"baselines{suffix}", payload, *report(payload))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None)
@@ -111,7 +194,11 @@ def main() -> int:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--suffix", default="")
     p.add_argument("--fresh", action="store_true", help="train every run again, ignoring the records in HOME/baselines")
+    p.add_argument("--merge", metavar="A.json,B.json", help="train nothing: write results/baselines<suffix> from "
+                   "earlier results files whose SASRec runs are identical (each adds its other variants)")
     args = p.parse_args()
+    if args.merge:
+        return merge([Path(f) for f in args.merge.split(",")], args.suffix)
     seeds = [int(s) for s in args.seeds.split(",")]
     labels = [v.strip() for v in args.variants.split(",")]
     unknown = [v for v in labels if v not in VARIANTS]
@@ -199,32 +286,7 @@ def main() -> int:
                "models": models, "references": reference,
                "settings": {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()},
                "machine": machine()}
-    rows = [("model", "NDCG@10", "HR@10", "sampled100 NDCG@10", "short-history NDCG@10", "tail-items NDCG@10",
-             "valid NDCG@10", "delta NDCG@10 vs SASRec [95% CI]", "verdict", "s/epoch", "s to best")]
-    for label, r in models.items():
-        ci = (f"{r['delta_vs_sasrec']:+.4f} [{r['delta_vs_sasrec_ci95'][0]:+.4f}, {r['delta_vs_sasrec_ci95'][1]:+.4f}]"
-              if label != "sasrec" else "-")
-        rows.append((label, *[f"{r[k + '_mean']:.4f} ± {r[k + '_std']:.4f}" for k in
-                              ("NDCG@10", "HR@10", "sampled100_NDCG@10", "short_history_NDCG@10",
-                               "tail_items_NDCG@10", "valid_NDCG@10")],
-                     ci, r.get("verdict", "-"), f"{r['epoch_seconds_mean']:.1f}", f"{r['seconds_to_best_mean']:.0f}"))
-    for ref, v in reference.items():
-        rows.append((ref, f"{v['full:NDCG@10']:.4f}", f"{v['full:HR@10']:.4f}", f"{v['sampled100:NDCG@10']:.4f}",
-                     f"{v['short_history:NDCG@10']:.4f}", f"{v['tail_items:NDCG@10']:.4f}",
-                     f"{v['valid:NDCG@10']:.4f}", "-", "-", "-", "-"))
-    notes = [f"dataset {cfg.dataset}, ds {args.ds}, seeds {seeds} (mean ± std over seeds); {payload['protocol']}",
-             "delta: paired bootstrap over users (2,000 resamples unless --bootstrap), seed i paired with seed i; "
-             "'better'/'worse' only where the 95% interval excludes 0"]
-    for label, r in models.items():
-        if label != "sasrec":
-            notes.append(f"{label} vs SASRec by slice: " + "; ".join(
-                f"{s} {r[f'{s}_delta_vs_sasrec']:+.4f} [{r[f'{s}_delta_vs_sasrec_ci95'][0]:+.4f}, "
-                f"{r[f'{s}_delta_vs_sasrec_ci95'][1]:+.4f}] ({r[f'{s}_verdict']})" for s in SLICES))
-    notes.append("trained at commit: " + "; ".join(
-        f"{label} {', '.join(sorted({t['commit'] for t in training[label]}))}" for label in labels))
-    notes.append("settings and the split that chose them: " + "; ".join(
-        f"{k}: {v[0]} ({v[1]})" for k, v in PROVENANCE.items()))
-    write_results(f"baselines{args.suffix}", payload, rows, notes)
+    write_results(f"baselines{args.suffix}", payload, *report(payload))
     return 0
 
 
