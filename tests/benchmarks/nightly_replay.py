@@ -8,6 +8,10 @@ Each day is one ``recpipe run --ds DAY`` (its own process) in a home per mode; t
 the days it finished (``days_done``). Before the first day both homes get the same describe and embed caches, filled
 by one run of the day before ``--from`` up to ``embed`` (``--warm-day``, default: that day), so the first day's
 descriptions are cached in both modes, as in a pipeline that has been running for a while.
+A full-length week takes hours on 2 cores: with ``--resume`` a replay that was stopped goes on in the same ``--work``
+(same settings, checked) from the first (mode, day) it had not finished; that day's partial outputs (``runs/DAY``,
+its checkpoints) are removed first so it trains from its start, and its record says ``resumed`` (the content caches
+may hold what the stopped run had already described or embedded).
 Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
 ``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import shutil
 import sys
@@ -67,6 +72,21 @@ def day_record(home: Path, ds: str, wall: float) -> dict:
             if (home / "runs" / ds / "refresh.json").exists() else None}
 
 
+def state_key(args: argparse.Namespace, week: list[str], warm_day: str, stages: str | None) -> str:
+    """What a stopped replay must share with the one that resumes it."""
+    what = [args.config, args.sets, week, warm_day, args.full_every_days, stages]
+    if args.config:
+        what.append(Path(args.config).read_text())
+    return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]
+
+
+def clear_day(home: Path, ds: str) -> None:
+    """A day a stopped run had begun: its run folder and checkpoints go, so the re-run starts it from the start."""
+    shutil.rmtree(home / "runs" / ds, ignore_errors=True)
+    for d in (home / "checkpoints").glob(f"*/{ds}"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -> None:
     done = [d for d in week if all(d in out[m] for m in MODES)]
     ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]]
@@ -93,6 +113,9 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
              f"incremental / full wall time, mean over days 2..{len(done)}: {payload['incremental_over_full_seconds']}",
              f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
              "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
+    resumed = [f"{m} {d}" for d in done for m in MODES if out[m][d].get("resumed")]
+    if resumed:
+        notes.append(f"re-run from its start after the replay was stopped in it (--resume): {', '.join(resumed)}")
     write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
 
 
@@ -108,6 +131,7 @@ def main() -> int:
     p.add_argument("--full-every-days", type=int, default=7)
     p.add_argument("--skip-stages", default="", help="comma-separated stages left out of every day (say why in "
                    "the results), e.g. train_llmrec on a CPU budget")
+    p.add_argument("--resume", action="store_true", help="go on with a stopped replay in --work (same settings)")
     args = p.parse_args()
     work = Path(args.work)
     week = days(args.start, args.end)
@@ -118,19 +142,38 @@ def main() -> int:
     if not (seed / "runs" / warm_day / "summary.json").exists():
         print(f"filling the caches with a run of {warm_day} up to embed ...", flush=True)
         run_day(seed, warm_day, args.config, [*args.sets, "refresh.mode=full"], log, until="embed")
-    out: dict = {mode: {} for mode in MODES}
-    for mode in MODES:
-        shutil.rmtree(work / mode, ignore_errors=True)
-        seed_caches(seed, work / mode)
     skip = {x.strip() for x in args.skip_stages.split(",") if x.strip()}
     stages = ",".join(s.name for s in STAGES if s.name not in skip) if skip else None
+    state_file, key = work / "replay_state.json", state_key(args, week, warm_day, stages)
+    out: dict = {mode: {} for mode in MODES}
+    if args.resume and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state["key"] != key:
+            sys.exit(f"--resume: {state_file} was written by a replay with other settings (config, --set, days, "
+                     f"--full-every-days or --skip-stages); run without --resume to start afresh, or with those")
+        out = state["out"]
+        print(f"resuming: done {', '.join(f'{m} {len(out[m])} days' for m in MODES)}", flush=True)
+    else:
+        state_file.unlink(missing_ok=True)  # a replay started afresh cannot be resumed from an older one's record
+        for mode in MODES:
+            shutil.rmtree(work / mode, ignore_errors=True)
+            seed_caches(seed, work / mode)
     for ds in week:
         for mode in MODES:
+            if ds in out[mode]:
+                continue
+            resumed = (work / mode / "runs" / ds).exists()
+            if resumed:
+                clear_day(work / mode, ds)
             sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
             wall = run_day(work / mode, ds, args.config, sets, log, stages=stages)
-            out[mode][ds] = day_record(work / mode, ds, wall)
+            out[mode][ds] = day_record(work / mode, ds, wall) | ({"resumed": True} if resumed else {})
             print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
-        write(args, week, warm_day, out)
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"key": key, "out": out}) + "\n")
+            tmp.replace(state_file)
+        if all(ds in out[m] for m in MODES):
+            write(args, week, warm_day, out)
     return 0
 
 

@@ -1,0 +1,62 @@
+"""``nightly_replay.py --resume``: a stopped replay goes on from the (mode, day) it had not finished, that day from its
+start, and only with the settings it was started with."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.benchmarks import nightly_replay
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path, monkeypatch):
+    calls: list[tuple[str, str]] = []
+    stop_at = {"at": ("full", "2014-07-02")}
+
+    def run_day(home, ds, config, sets, log, until=None, stages=None):
+        mode = home.name
+        (home / "runs" / ds).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / ds / "partial").write_text("x")
+        if mode != "seed":
+            calls.append((mode, ds))
+            if (mode, ds) == stop_at["at"]:
+                (home / "checkpoints" / "train_sequential" / ds).mkdir(parents=True)
+                raise Stop
+            (home / "runs" / ds / "partial").unlink()
+        (home / "runs" / ds / "summary.json").write_text("{}")
+        return 1.0 if mode == "incremental" else 4.0
+
+    def day_record(home, ds, wall):
+        assert not (home / "runs" / ds / "partial").exists(), "a resumed day must start from a clean run folder"
+        return {"wall_seconds": wall, "stages": {}, "test_NDCG@10": {"sasrec": 0.05}}
+
+    written = []
+    monkeypatch.setattr(nightly_replay, "run_day", run_day)
+    monkeypatch.setattr(nightly_replay, "day_record", day_record)
+    monkeypatch.setattr(nightly_replay, "write_results", lambda name, payload, rows, notes: written.append(
+        (payload, notes)))
+    argv = ["nightly_replay.py", "--from", "2014-07-01", "--to", "2014-07-03", "--work", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(Stop):
+        nightly_replay.main()
+    assert calls == [("incremental", "2014-07-01"), ("full", "2014-07-01"), ("incremental", "2014-07-02"),
+                     ("full", "2014-07-02")]
+    stop_at["at"] = None
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    assert nightly_replay.main() == 0
+    assert calls == [("full", "2014-07-02"), ("incremental", "2014-07-03"), ("full", "2014-07-03")]
+    assert not (tmp_path / "full" / "checkpoints" / "train_sequential" / "2014-07-02").exists()
+    payload, notes = written[-1]
+    assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03"]
+    assert payload["incremental_over_full_seconds"] == 0.25
+    assert payload["detail"]["full"]["2014-07-02"]["resumed"] is True
+    assert any("full 2014-07-02" in n for n in notes)
+
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume", "--full-every-days", "3"])
+    with pytest.raises(SystemExit, match="other settings"):
+        nightly_replay.main()
