@@ -17,6 +17,11 @@ Every finished (seed, variant) leaves its ranks and a record (metrics, training 
 a re-run with the same day, resolved config and model code takes those from there instead of training again,
 so a killed run loses at most the run it was in. The key does not cover the data: after changing the data behind
 ``--home``/``--ds``, pass ``--fresh`` (or delete ``HOME/baselines``).
+
+``--merge A.json,B.json`` trains nothing: it writes one results file from runs that added different variants against
+the same SASRec models (checked: every per-seed figure and best epoch of SASRec must agree, as they do when a run
+reuses the other's finished SASRec checkpoints, whose key covers settings, code and data, or retrains it
+deterministically). Each delta stays the one computed in its own run.
 """
 from __future__ import annotations
 
@@ -234,11 +239,16 @@ def main() -> int:
                 run = home / "runs" / args.ds
                 m = json.loads((run / "metrics.json").read_text())
                 result = json.loads((run / "train_sequential" / name / "result.json").read_text())
-                record = {"key": key, "overrides": sets, "commit": commit(), "metrics": m[name],
+                # no epoch trained here: the stage reused a finished checkpoint of the same key (settings, code,
+                # data), trained by an earlier run whose commit this one cannot know
+                trained = result.get("resumed_from_epoch", 0) < result.get("epochs_run", 0)
+                record = {"key": key, "overrides": sets, "metrics": m[name],
+                          "commit": commit() if trained else f"reused checkpoint, evaluated at {commit()}",
                           "references": {r: m[r] for r in ("popularity", "wals") if r in m},
-                          "training": {k: result.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds",
-                                                                  "seconds_to_best", "train_seconds",
-                                                                  "best_valid_NDCG@10")} | {"wall_seconds": wall}}
+                          "training": {k: result.get(k) for k in ("best_epoch", "epochs_run", "resumed_from_epoch",
+                                                                  "epoch_seconds", "seconds_to_best",
+                                                                  "train_seconds", "best_valid_NDCG@10")}
+                          | {"wall_seconds": wall}}
                 shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
                 tmp = record_file.with_suffix(".json.tmp")  # the record last: it vouches for the ranks beside it
                 tmp.write_text(json.dumps(record, indent=1) + "\n")
