@@ -130,7 +130,8 @@ def report(payload: dict) -> tuple[list[tuple], list[str]]:
                 f"{s} {r[f'{s}_delta_vs_sasrec']:+.4f} [{r[f'{s}_delta_vs_sasrec_ci95'][0]:+.4f}, "
                 f"{r[f'{s}_delta_vs_sasrec_ci95'][1]:+.4f}] ({r[f'{s}_verdict']})" for s in SLICES))
     for src in payload.get("sources", []):
-        notes.append(f"{', '.join(src['models'])}: from {src['file']} (`{src['command']}`, {src['date']})")
+        notes.append(f"{', '.join(src['models'])}: from {src['file']} (`{src['command']}`, {src['date']}; its "
+                     f"SASRec: {', '.join(src['sasrec_commits'])})")
     if "sources" in payload:
         notes.append("merged: each delta was computed in the run that trained its model, paired with that run's "
                      "SASRec; SASRec's per-seed figures and best epochs are the same in every source (checked when "
@@ -177,7 +178,9 @@ def merge(files: list[Path], suffix: str) -> int:
                 sys.exit(f"--merge: {label} is in {models[label]['source']} and in {f}; keep one of them")
             models[label] = d["models"][label] | {"source": str(f)}
         sources.append({"file": str(f), "models": labels, "overrides": d["overrides"],
+                        "sasrec_commits": sorted({t.get("commit", "not recorded") for t in s["training"]}),
                         "command": d["machine"]["command"], "date": d["machine"]["date"]})
+    models = {label: models[label] for label in [*VARIANTS, *models] if label in models}  # the usual order
     payload = {k: d0[k] for k in ("seeds", "ds", "config", "dataset", "protocol", "bootstrap")}
     payload.update({"models": {"sasrec": d0["models"]["sasrec"], **models}, "references": d0["references"],
                     "sources": sources,
