@@ -3,15 +3,18 @@
     python tests/benchmarks/baselines.py --config pipelines/conf/amazon_beauty.yaml \
         --set data.path=../shared/datasets/amazon-beauty [--seeds 42,43,44] [--variants sasrec,grasp,grasp[metadata]]
 
+``--variants sasrec,llmrec`` measures the LLM recommender the same way (``recpipe stage train_llmrec``).
+
 The day is prepared once (``recpipe run --until neighbours``: split, WALS, descriptions, embeddings, neighbours);
-then for every seed and variant ``recpipe stage train_sequential`` and ``recpipe stage evaluate`` run with
-``--set seed=S`` (the protocol's negatives keep their own seed), and the evaluate stage's per-user ranks
-(``runs/<ds>/ranks/<model>.npz``) are kept. Reported per variant: mean and standard deviation over seeds of every
-headline metric (test, full ranking; sampled 100; the short-history and tail-item slices; valid NDCG@10), epoch
-time and time to the best epoch; for every variant but SASRec the paired bootstrap 95% interval, over users, of its
-NDCG@10 difference to SASRec (seed i paired with seed i, the difference averaged over seeds per user), overall and
-per slice, and a verdict that says "better" or "worse" only where the interval excludes 0. Each setting of the
-config is listed with the split that chose it (``PROVENANCE``). Results: ``results/baselines<suffix>.{json,md}``.
+then for every seed and variant its training stage (``recpipe stage train_sequential``; ``train_llmrec`` for llmrec)
+and ``recpipe stage evaluate`` run with ``--set seed=S`` (the protocol's negatives keep their own seed), and the
+evaluate stage's per-user ranks (``runs/<ds>/ranks/<model>.npz``) are kept. Reported per variant: mean and standard
+deviation over seeds of every headline metric (test, full ranking; sampled 100; the short-history and tail-item
+slices; valid NDCG@10), epoch time and time to the best epoch; for every variant but SASRec the paired bootstrap 95%
+interval, over users, of its NDCG@10 difference to SASRec (seed i paired with seed i, the difference averaged over
+seeds per user), overall and per slice, and a verdict that says "better" or "worse" only where the interval excludes
+0. Each setting of the config is listed with the split that chose it (``PROVENANCE``). Results:
+``results/baselines<suffix>.{json,md}``.
 
 Every finished (seed, variant) leaves its ranks and a record (metrics, training figures) under ``HOME/baselines/``;
 a re-run with the same day, resolved config and model code takes those from there instead of training again,
@@ -38,14 +41,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from features.text import content_hash  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
+from pipelines.training import llmrec as llmrec_training  # noqa: E402
 from pipelines.training.sequential import code_version  # noqa: E402
 from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402
 
-# label -> (overrides of train_sequential, the model name the stage writes)
+# label -> (overrides of its stage's section, the model name the stage writes, the stage that trains it)
 VARIANTS = {
-    "sasrec": (["train_sequential.models=[sasrec]"], "sasrec"),
-    "grasp": (["train_sequential.models=[grasp]", "train_sequential.text_source=descriptions"], "grasp"),
-    "grasp[metadata]": (["train_sequential.models=[grasp]", "train_sequential.text_source=metadata"], "grasp"),
+    "sasrec": (["train_sequential.models=[sasrec]"], "sasrec", "train_sequential"),
+    "grasp": (["train_sequential.models=[grasp]", "train_sequential.text_source=descriptions"], "grasp",
+              "train_sequential"),
+    "grasp[metadata]": (["train_sequential.models=[grasp]", "train_sequential.text_source=metadata"], "grasp",
+                        "train_sequential"),
+    # the LLM recommender (llmrec.* as configured; on a CPU, pass a seeded eval.users subset: every variant is then
+    # scored on those users, and the deltas pair the users all runs share)
+    "llmrec": ([], "llmrec", "train_llmrec"),
 }
 HEADLINE = [("full", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@20"), ("full", "HR@20"), ("full", "MRR"),
             ("sampled100", "NDCG@10"), ("short_history", "NDCG@10"), ("tail_items", "NDCG@10"), ("valid", "NDCG@10")]
@@ -84,7 +93,7 @@ def run_key(ds: str, config: str | None, sets: list[str], name: str) -> str:
     """What a kept run stands for: the day, the resolved config (comments and key order do not count) and the
     model's code."""
     resolved = json.dumps(dataclasses.asdict(load_config(config, sets)), sort_keys=True, default=str)
-    return content_hash(ds, resolved, code_version(name))
+    return content_hash(ds, resolved, llmrec_training.code_version() if name == "llmrec" else code_version(name))
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -226,7 +235,7 @@ def main() -> int:
     reference: dict[str, dict] = {}
     for seed in seeds:
         for label in labels:
-            sets, name = VARIANTS[label]
+            sets, name, stage = VARIANTS[label]
             sets = [*args.sets, *sets, f"seed={seed}", "refresh.mode=full"]
             out = keep / f"seed{seed}"
             out.mkdir(parents=True, exist_ok=True)
@@ -237,11 +246,13 @@ def main() -> int:
             if record.get("key") == key and (out / f"{safe}.npz").exists():
                 print(f"seed {seed} {label}: kept from {record_file}", flush=True)
             else:
-                wall = cli(home, args.ds, args.config, sets, "stage", "train_sequential", log=log)
+                wall = cli(home, args.ds, args.config, sets, "stage", stage, log=log)
                 cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
                 run = home / "runs" / args.ds
                 m = json.loads((run / "metrics.json").read_text())
-                result = json.loads((run / "train_sequential" / name / "result.json").read_text())
+                result = json.loads((run / stage / name / "result.json").read_text())
+                if "stages" in result:  # llmrec: its last training stage (stage2 with LoRA, else stage1) is the model
+                    result = result["stages"][max(result["stages"])]
                 # no epoch trained here: the stage reused a finished checkpoint of the same key (settings, code,
                 # data), trained by an earlier run whose commit this one cannot know
                 trained = result.get("resumed_from_epoch", 0) < result.get("epochs_run", 0)
