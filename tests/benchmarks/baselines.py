@@ -113,6 +113,17 @@ def verdict(ci: tuple[float, float]) -> str:
     return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "not distinguishable"
 
 
+def training_figures(result: dict) -> tuple[dict, bool]:
+    """The training figures of a stage's ``result.json`` and whether this run trained an epoch (False: the stage
+    reused a finished checkpoint of the same key, trained by an earlier run whose commit this one cannot know).
+    llmrec's result holds one entry per training stage: the last (stage2 with LoRA, else stage1) made the model."""
+    if "stages" in result:
+        result = result["stages"][max(result["stages"])]
+    figures = {k: result.get(k) for k in ("best_epoch", "epochs_run", "resumed_from_epoch", "epoch_seconds",
+                                          "seconds_to_best", "train_seconds", "best_valid_NDCG@10")}
+    return figures, (result.get("resumed_from_epoch") or 0) < (result.get("epochs_run") or 0)
+
+
 def report(payload: dict) -> tuple[list[tuple], list[str]]:
     """The table and notes of results/baselines<suffix>.md, from the JSON payload alone (a merge writes them too)."""
     models, reference = payload["models"], payload["references"]
@@ -145,6 +156,8 @@ def report(payload: dict) -> tuple[list[tuple], list[str]]:
         notes.append("merged: each delta was computed in the run that trained its model, paired with that run's "
                      "SASRec; SASRec's per-seed figures and best epochs are the same in every source (checked when "
                      "merging), so every delta is against the same SASRec models")
+    if "llmrec" in models:
+        notes.append("llmrec's s/epoch and s to best are those of its last training stage (stage 2 when LoRA is on)")
     notes.append("trained at commit: " + "; ".join(
         f"{label} {', '.join(sorted({t['commit'] for t in r['training']}))}" for label, r in models.items()))
     notes.append("settings and the split that chose them: " + "; ".join(
@@ -185,8 +198,11 @@ def merge(files: list[Path], suffix: str) -> int:
         for label in labels:
             if label in models:
                 sys.exit(f"--merge: {label} is in {models[label]['source']} and in {f}; keep one of them")
-            models[label] = d["models"][label] | {"source": str(f)}
-        sources.append({"file": str(f), "models": labels, "overrides": d["overrides"],
+            models[label] = {"source": str(f)} | d["models"][label]  # a merged file's own source stays
+        if "sources" in d:  # a merged file: its own sources stand for its variants
+            sources += [src for src in d["sources"] if src["models"]]
+            continue
+        sources.append({"file": str(f), "models": labels, "overrides": d.get("overrides"),
                         "sasrec_commits": sorted({t.get("commit", "not recorded") for t in s["training"]}),
                         "command": d["machine"]["command"], "date": d["machine"]["date"]})
     models = {label: models[label] for label in [*VARIANTS, *models] if label in models}  # the usual order
@@ -250,19 +266,11 @@ def main() -> int:
                 cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
                 run = home / "runs" / args.ds
                 m = json.loads((run / "metrics.json").read_text())
-                result = json.loads((run / stage / name / "result.json").read_text())
-                if "stages" in result:  # llmrec: its last training stage (stage2 with LoRA, else stage1) is the model
-                    result = result["stages"][max(result["stages"])]
-                # no epoch trained here: the stage reused a finished checkpoint of the same key (settings, code,
-                # data), trained by an earlier run whose commit this one cannot know
-                trained = result.get("resumed_from_epoch", 0) < result.get("epochs_run", 0)
+                figures, trained = training_figures(json.loads((run / stage / name / "result.json").read_text()))
                 record = {"key": key, "overrides": sets, "metrics": m[name],
                           "commit": commit() if trained else f"reused checkpoint, evaluated at {commit()}",
                           "references": {r: m[r] for r in ("popularity", "wals") if r in m},
-                          "training": {k: result.get(k) for k in ("best_epoch", "epochs_run", "resumed_from_epoch",
-                                                                  "epoch_seconds", "seconds_to_best",
-                                                                  "train_seconds", "best_valid_NDCG@10")}
-                          | {"wall_seconds": wall}}
+                          "training": figures | {"wall_seconds": wall}}
                 shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
                 tmp = record_file.with_suffix(".json.tmp")  # the record last: it vouches for the ranks beside it
                 tmp.write_text(json.dumps(record, indent=1) + "\n")

@@ -28,8 +28,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipelines import locks  # noqa: E402
 from pipelines.graph import STAGES  # noqa: E402
-from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402
 
 MODES = ("incremental", "full")
 CACHES = ("describe.sqlite", "embed.sqlite", "web_queries.sqlite", "search.sqlite")
@@ -81,22 +82,31 @@ def state_key(args: argparse.Namespace, week: list[str], warm_day: str, stages: 
 
 
 def clear_day(home: Path, ds: str) -> None:
-    """A day a stopped run had begun: its run folder and checkpoints go, so the re-run starts it from the start."""
-    shutil.rmtree(home / "runs" / ds, ignore_errors=True)
-    for d in (home / "checkpoints").glob(f"*/{ds}"):
-        shutil.rmtree(d, ignore_errors=True)
+    """A day a stopped run had begun: its run folder and checkpoints go, so the re-run starts it from the start.
+    Under the day's lock: a ``recpipe run`` of that day still alive (the replay stopped, its child not) is refused."""
+    try:
+        with locks.hold(home / "runs" / ds, "day", exclusive=True, what=f"--resume clearing {ds} in {home}"):
+            shutil.rmtree(home / "runs" / ds, ignore_errors=True)
+            for d in (home / "checkpoints").glob(f"*/{ds}"):
+                shutil.rmtree(d, ignore_errors=True)
+    except locks.DayBusy as e:
+        sys.exit(f"--resume: {e}")
 
 
 def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -> None:
     done = [d for d in week if all(d in out[m] for m in MODES)]
-    ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]]
+    # a day re-run after a stop (--resume) found part of its describe/embed work in the caches: not in the mean
+    clean = [d for d in done[1:] if not any(out[m][d].get("resumed") for m in MODES)]
+    ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in clean]
     last = done[-1]
     models = sorted(out["full"][last]["test_NDCG@10"])
     payload = {
         "days": week, "days_done": done, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
         "full_every_days": args.full_every_days, "skipped_stages": args.skip_stages,
         "incremental_over_full_seconds": round(sum(ratios) / len(ratios), 4) if ratios else None,
-        "per_day_ratio": dict(zip(done[1:], [round(r, 4) for r in ratios], strict=True)),
+        "per_day_ratio": {d: round(out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"], 4)
+                          for d in done[1:]},
+        "ratio_days": clean,
         "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
         "day7_is": last,
         "detail": out, "machine": machine(),
@@ -110,9 +120,12 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
                          *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}" for m in models],
                          *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
     notes = [f"days done: {len(done)} of {len(week)}; stages left out: {args.skip_stages or 'none'}",
-             f"incremental / full wall time, mean over days 2..{len(done)}: {payload['incremental_over_full_seconds']}",
+             f"incremental / full wall time, mean over days 2..{len(done)}"
+             f"{' without the resumed ones' if len(clean) < len(done[1:]) else ''}: "
+             f"{payload['incremental_over_full_seconds']}",
              f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
              "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
+    notes.append("code: " + ", ".join(sorted({out[m][d].get("commit", "not recorded") for d in done for m in MODES})))
     resumed = [f"{m} {d}" for d in done for m in MODES if out[m][d].get("resumed")]
     if resumed:
         notes.append(f"re-run from its start after the replay was stopped in it (--resume): {', '.join(resumed)}")
@@ -146,6 +159,9 @@ def main() -> int:
     stages = ",".join(s.name for s in STAGES if s.name not in skip) if skip else None
     state_file, key = work / "replay_state.json", state_key(args, week, warm_day, stages)
     out: dict = {mode: {} for mode in MODES}
+    if args.resume and not state_file.exists() and any((work / m / "runs").exists() for m in MODES):
+        sys.exit(f"--resume: {work} holds replay homes but no {state_file.name} (written by a replay of an earlier "
+                 "version, or removed); run without --resume to start afresh (this removes them)")
     if args.resume and state_file.exists():
         state = json.loads(state_file.read_text())
         if state["key"] != key:
@@ -167,7 +183,8 @@ def main() -> int:
                 clear_day(work / mode, ds)
             sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
             wall = run_day(work / mode, ds, args.config, sets, log, stages=stages)
-            out[mode][ds] = day_record(work / mode, ds, wall) | ({"resumed": True} if resumed else {})
+            out[mode][ds] = day_record(work / mode, ds, wall) | {"commit": commit()} | (
+                {"resumed": True} if resumed else {})
             print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
             tmp = state_file.with_suffix(".tmp")
             tmp.write_text(json.dumps({"key": key, "out": out}) + "\n")

@@ -62,3 +62,27 @@ def test_merge_combines_variants_of_identical_sasrec_runs_and_refuses_anything_e
     refused(no_sasrec, "no SASRec run")
     with pytest.raises(SystemExit, match="two or more"):
         baselines.merge([a], "")
+
+    # a merged file merges again (the next variant, llmrec say): its sources and the models' own sources carry over
+    b.write_text(json.dumps(result("grasp[metadata]", [0.06, 0.059], [120, 139])))
+    assert baselines.merge([a, b], "") == 0
+    merged, c = tmp_path / "merged.json", tmp_path / "c.json"
+    merged.write_text(json.dumps(written["payload"]))
+    c.write_text(json.dumps(result("llmrec", [0.06, 0.059], [120, 139])))
+    assert baselines.merge([merged, c], "") == 0
+    payload = written["payload"]
+    assert list(payload["models"]) == ["sasrec", "grasp", "grasp[metadata]", "llmrec"]
+    assert [s["file"] for s in payload["sources"]] == [str(a), str(b), str(c)]
+    assert payload["models"]["grasp"]["source"] == str(a) and payload["models"]["llmrec"]["source"] == str(c)
+    assert any("llmrec's s/epoch" in n for n in written["notes"])
+
+
+def test_training_figures_take_llmrecs_last_stage_and_tell_a_reused_checkpoint():
+    fit = {"best_epoch": 3, "epochs_run": 5, "resumed_from_epoch": 0, "epoch_seconds": 2.0, "seconds_to_best": 6.0}
+    figures, trained = baselines.training_figures(fit)
+    assert trained and figures["best_epoch"] == 3 and figures["epoch_seconds"] == 2.0
+    figures, trained = baselines.training_figures({**fit, "resumed_from_epoch": 5})   # the stage trained nothing
+    assert not trained
+    llmrec = {"stages": {"stage1": {**fit, "epoch_seconds": 9.0}, "stage2": {**fit, "best_epoch": 1}}}
+    figures, trained = baselines.training_figures(llmrec)
+    assert trained and figures["best_epoch"] == 1 and figures["epoch_seconds"] == 2.0

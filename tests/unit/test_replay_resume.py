@@ -53,10 +53,29 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     assert not (tmp_path / "full" / "checkpoints" / "train_sequential" / "2014-07-02").exists()
     payload, notes = written[-1]
     assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03"]
-    assert payload["incremental_over_full_seconds"] == 0.25
+    # the resumed day is reported but left out of the mean (its caches held part of the stopped run's work)
+    assert payload["ratio_days"] == ["2014-07-03"] and payload["incremental_over_full_seconds"] == 0.25
+    assert set(payload["per_day_ratio"]) == {"2014-07-02", "2014-07-03"}
     assert payload["detail"]["full"]["2014-07-02"]["resumed"] is True
-    assert any("full 2014-07-02" in n for n in notes)
+    assert all("commit" in payload["detail"][m][d] for m in ("full", "incremental") for d in payload["days_done"])
+    assert any("full 2014-07-02" in n for n in notes) and any(n.startswith("code: ") for n in notes)
 
     monkeypatch.setattr(sys, "argv", [*argv, "--resume", "--full-every-days", "3"])
     with pytest.raises(SystemExit, match="other settings"):
         nightly_replay.main()
+
+    # a day whose run is still alive (the replay stopped, its child not) is not cleared under it
+    from pipelines import locks
+
+    (tmp_path / "full" / "runs" / "2014-07-03").mkdir(parents=True, exist_ok=True)
+    with locks.hold(tmp_path / "full" / "runs" / "2014-07-03", "day", exclusive=True, what="a live run"):
+        with pytest.raises(SystemExit, match="refused"):
+            nightly_replay.clear_day(tmp_path / "full", "2014-07-03")
+    assert (tmp_path / "full" / "runs" / "2014-07-03").exists()
+
+    # homes without a state file (an older replay's) are not wiped by --resume
+    (tmp_path / "replay_state.json").unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    with pytest.raises(SystemExit, match="no replay_state.json"):
+        nightly_replay.main()
+    assert (tmp_path / "incremental" / "runs" / "2014-07-01").exists()
