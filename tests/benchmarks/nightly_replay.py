@@ -10,8 +10,9 @@ by one run of the day before ``--from`` up to ``embed`` (``--warm-day``, default
 descriptions are cached in both modes, as in a pipeline that has been running for a while.
 A full-length week takes hours on 2 cores: with ``--resume`` a replay that was stopped goes on in the same ``--work``
 (same settings, checked) from the first (mode, day) it had not finished; that day's partial outputs (``runs/DAY``,
-its checkpoints) are removed first so it trains from its start, and its record says ``resumed`` (the content caches
-may hold what the stopped run had already described or embedded).
+its checkpoints) are removed first, under the day's lock, so it trains from its start; its record says ``resumed``
+and it stays out of the mean ratio (the content caches may hold what the stopped run had already described or
+embedded). Each day's record names the commit it ran at.
 Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
 ``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
