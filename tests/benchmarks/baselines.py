@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from features.text import content_hash  # noqa: E402
+from jobs.common import write_json  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
 from pipelines.training import llmrec as llmrec_training  # noqa: E402
@@ -272,9 +273,7 @@ def main() -> int:
                           "references": {r: m[r] for r in ("popularity", "wals") if r in m},
                           "training": figures | {"wall_seconds": wall}}
                 shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
-                tmp = record_file.with_suffix(".json.tmp")  # the record last: it vouches for the ranks beside it
-                tmp.write_text(json.dumps(record, indent=1) + "\n")
-                tmp.replace(record_file)
+                write_json(record_file, record)  # the record last (atomically): it vouches for the ranks beside it
             with np.load(out / f"{safe}.npz") as z:
                 runs[label].append({k: z[k] for k in z.files})
             m = record["metrics"]

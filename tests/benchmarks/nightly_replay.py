@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from jobs.common import write_json  # noqa: E402
 from pipelines import locks  # noqa: E402
 from pipelines.graph import STAGES  # noqa: E402
 from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402
@@ -98,15 +99,15 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
     done = [d for d in week if all(d in out[m] for m in MODES)]
     # a day re-run after a stop (--resume) found part of its describe/embed work in the caches: not in the mean
     clean = [d for d in done[1:] if not any(out[m][d].get("resumed") for m in MODES)]
-    ratios = [out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in clean]
+    ratio = {d: out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]}
+    ratios = [ratio[d] for d in clean]
     last = done[-1]
     models = sorted(out["full"][last]["test_NDCG@10"])
     payload = {
         "days": week, "days_done": done, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
         "full_every_days": args.full_every_days, "skipped_stages": args.skip_stages,
         "incremental_over_full_seconds": round(sum(ratios) / len(ratios), 4) if ratios else None,
-        "per_day_ratio": {d: round(out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"], 4)
-                          for d in done[1:]},
+        "per_day_ratio": {d: round(r, 4) for d, r in ratio.items()},
         "ratio_days": clean,
         "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
         "day7_is": last,
@@ -187,9 +188,7 @@ def main() -> int:
             out[mode][ds] = day_record(work / mode, ds, wall) | {"commit": commit()} | (
                 {"resumed": True} if resumed else {})
             print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
-            tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "out": out}) + "\n")
-            tmp.replace(state_file)
+            write_json(state_file, {"key": key, "out": out})
         if all(ds in out[m] for m in MODES):
             write(args, week, warm_day, out)
     return 0
