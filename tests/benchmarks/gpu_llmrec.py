@@ -6,7 +6,7 @@ A GPU node seldom holds the warehouse or the packaged weights, so this runs in t
     # here, after bench_llmrec.py has built HOME (wals, embed, neighbours, train_sequential of ds 2026-11-24):
     python tests/benchmarks/gpu_llmrec.py pack BUNDLE [--home /tmp/recpipe-bench-beauty] [--first-part DIR]
     # on the GPU node, from the repository root, with BUNDLE (and the first part of the model) copied there:
-    python3 tests/benchmarks/gpu_llmrec.py train BUNDLE --out DIR [--part FILE ...] [--budget 420]
+    python3 tests/benchmarks/gpu_llmrec.py train BUNDLE --out DIR [--part FILE ...] [--budget 420] [--total S]
     # here, with DIR/llmrec_gpu_raw.json copied back:
     python tests/benchmarks/gpu_llmrec.py report DIR/llmrec_gpu_raw.json [--home /tmp/recpipe-bench-beauty]
 
@@ -19,9 +19,20 @@ parts (``--first-part`` puts the first where a separate transfer can take it: on
 ``train`` joins and checks the GGUF, converts it as ``default_model_dir`` does, then runs the real ``train_llmrec``
 stage (``llmrec.distributed.device=cuda``, nccl, ``infra/deepspeed/zero2_gpu.json``: ZeRO-2, bf16) for every
 variant, four processes side by side on the one GPU, each in its own home, its text table and factors read from the
-bundle. A variant still training when ``--budget`` seconds have passed is stopped and scored from its best
-checkpoint so far (its epochs say so). Every model is then scored with the shared protocol (full ranking, the same
-seeded 100 negatives, slices) on all users, and the cascade re-ranks GRASP's top 50 with the mix chosen on valid.
+bundle. Each process scores its variants with the shared protocol (full ranking, the same seeded 100 negatives,
+slices) on all users as soon as they are trained (``llmrec_stage2``'s also scores the cascade, which re-ranks GRASP's
+top 50 with the mix chosen on valid), and ``DIR/llmrec_gpu_raw.json`` is rewritten whenever a variant's figures
+arrive, so a call cut at its time limit still returns every variant finished by then. A variant still training when
+``--budget`` seconds have passed is stopped and scored from its best checkpoint so far (its epochs say so).
+
+With the device tool (one transfer holds 64 MiB, a machine stays warm 30 s between calls): wheels of DeepSpeed
+0.19.8 and the packages it and the stage need that the GPU image lacks (hjson, pydantic, pydantic-core,
+annotated-types, typing-inspection, tenacity, gguf) in the ignored ``.whl/``; a first call carries ``.gpu/m0`` and
+copies its part to ``/tmp/recpipe-gpu/gguf.part0``; the next, at once, carries ``.gpu/bundle`` and ``.whl``
+(``pack`` prints their size: together under 62 MiB), installs the wheels into ``/tmp/site`` on ``PYTHONPATH`` and
+runs ``train .gpu/bundle --out $OUT --part /tmp/recpipe-gpu/gguf.part0 --budget 1000 --total 580``. On the H200
+(2026-11-29, four variants side by side) stage 1 took about 52 s an epoch and stage 2 about 100 s: every variant's
+three plus two epochs, scoring and reasons fit in about 480 s.
 
 ``RECPIPE_GPU_SMOKE=1 python tests/benchmarks/gpu_llmrec.py train BUNDLE --out DIR`` rehearses the whole script on
 the CPU (one layer, 200 training users, one epoch a stage; not a result), the kill-and-score path with a small
@@ -37,6 +48,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +58,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from jobs.common import write_json  # noqa: E402
 from tests.benchmarks.common import BEAUTY_DS, ROOT, copy_partitions, machine, write_results  # noqa: E402
 
 TABLES = ("sequences", "user_map", "item_map", "items")
@@ -120,7 +133,9 @@ def pack(bundle: Path, home: Path, first_part: Path) -> None:
     (bundle / "bundle.json").write_text(json.dumps({"ds": BEAUTY_DS, "home": str(home), "gguf_sha256": _sha(gguf),
                                                     "gguf_bytes": len(blob)}))
     size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2 ** 20
-    print(f"packed {bundle}: {size:.1f} MiB; first model part {first_part}: {PART / 2 ** 20:.0f} MiB")
+    wheels = sum(f.stat().st_size for f in (ROOT / ".whl").glob("*.whl")) / 2 ** 20
+    print(f"packed {bundle}: {size:.1f} MiB (with the wheels in .whl/: {size + wheels:.1f} MiB); first model part "
+          f"{first_part}: {PART / 2 ** 20:.0f} MiB")
 
 
 # ----------------------------------------------------------------------------- one chain (a child process)
@@ -183,9 +198,68 @@ def chain(bundle: Path, home: Path, model_dir: Path, name: str, out: Path, caps:
                "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if torch.cuda.is_available()
                else None, "modules": sorted({m.split(".")[0] for m in sys.modules}),
                "reasons": _reasons_table(ctx)}
-        (keep / "train.json").write_text(json.dumps(rec, indent=1, default=str))
-        (out / f"{variant}.train.json").write_text(json.dumps(rec, indent=1, default=str))
         print(f"== {variant} trained in {wall:.0f} s", flush=True)
+        try:
+            rec["metrics"] = _score_variant(ctx, bundle, variant, d / "vectors.npz")
+        except Exception as exc:  # noqa: BLE001 - the training record still comes back
+            rec["metrics"], rec["score_error"] = {}, f"{type(exc).__name__}: {exc}"
+            print(f"== {variant}: scoring failed: {rec['score_error']}", flush=True)
+        (keep / "train.json").write_text(json.dumps(rec, indent=1, default=str))
+        write_json(out / f"{variant}.train.json", rec)  # the parent folds it into the raw file
+
+
+def _scorer(ctx):
+    """``score(scorer, notes=None)``: the shared protocol's test and valid figures on every evaluation user of
+    ``ctx`` (negatives drawn, seeded, into ``ctx``'s home), with the data and users."""
+    from pipelines.evaluation.data import eval_kwargs, evaluation_users, load_eval_data, negatives_for
+    from pipelines.evaluation.protocol import evaluate
+
+    data, _, _ = load_eval_data(ctx)
+    neg = negatives_for(ctx, data)
+    kw = eval_kwargs(ctx.cfg)
+
+    def score(scorer, notes=None) -> dict:
+        t0 = time.perf_counter()
+        m = evaluate(scorer, data, neg, "test", **kw)
+        m["valid"] = evaluate(scorer, data, neg, "valid", **kw)
+        m["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        if notes:
+            m["notes"] = notes
+        return m
+
+    return score, data, evaluation_users(data, ctx.cfg.eval)
+
+
+def _grasp(bundle: Path):
+    """GRASP as packed (float16 vectors of the bench home's model), for the cascade."""
+    import numpy as np
+
+    from pipelines.evaluation import scorers
+
+    z = np.load(bundle / "inputs.npz")
+    return scorers.FactorScorer({ph: (z[f"grasp_user_{ph}"].astype(np.float32), z["grasp_items"].astype(np.float32))
+                                 for ph in ("valid", "test")})
+
+
+def _score_variant(ctx, bundle: Path, variant: str, vectors: Path) -> dict:
+    """The variant's figures (and, for ``llmrec_stage2``, the cascade's over GRASP's top 50)."""
+    from pipelines.evaluation import scorers
+
+    score, data, users = _scorer(ctx)
+    scorer, _ = scorers.vectors(vectors, data)
+    out = {variant: score(scorer)}
+    _say(variant, out[variant])
+    if variant == "llmrec_stage2":
+        c = ctx.cfg.llmrec
+        cas, _ = scorers.cascade(_grasp(bundle), scorer, c.rerank_k, c.rerank_mix, data, users)
+        out["llmrec_cascade_grasp"] = score(cas, cas.notes)
+        _say("llmrec_cascade_grasp", out["llmrec_cascade_grasp"])
+    return out
+
+
+def _say(name: str, m: dict) -> None:
+    print(f"  {name}: test NDCG@10 {m['full']['NDCG@10']:.4f} HR@10 {m['full']['HR@10']:.4f} "
+          f"(valid NDCG@10 {m['valid']['full']['NDCG@10']:.4f})", flush=True)
 
 
 def _reasons_table(ctx) -> list[dict]:
@@ -229,10 +303,11 @@ def _epochs_done(home: Path) -> dict:
     return done
 
 
-def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: float = 0.0, reserve: float = 120.0,
+def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: float = 0.0, reserve: float = 45.0,
           keep_homes: bool = False) -> None:
-    """``budget``: seconds of training; ``total`` (if set): the seconds this whole command may take, the training
-    budget then being what is left of it after loading, less ``reserve`` for scoring."""
+    """``budget``: seconds the variants' processes may run (training and scoring); ``total`` (if set): the seconds
+    this whole command may take, the processes' budget then being what is left of it after loading, less
+    ``reserve`` for stopping them and writing the results."""
     import torch
 
     if not torch.cuda.is_available() and not os.environ.get("RECPIPE_GPU_SMOKE"):
@@ -262,10 +337,12 @@ def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: floa
         budget = min(budget, total - (t_train - t_start) - reserve)
         print(f"training budget {budget:.0f} s", flush=True)
     stopped, chain_seconds = {}, {}
+    payload = _payload(bundle, meta, stopped, chain_seconds)  # popularity and GRASP, while the variants train
     while any(p.poll() is None for p, _, _ in procs.values()):
         for name, (p, _, _) in procs.items():
             if p.poll() is not None and name not in chain_seconds:
                 chain_seconds[name] = round(time.perf_counter() - t_train, 1)
+        _collect(work, out, payload, time.perf_counter() - t_start)
         if time.perf_counter() - t_train > budget:
             for name, (p, home, _) in procs.items():
                 if p.poll() is None:
@@ -297,8 +374,9 @@ def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: floa
         p.wait()
         chain_seconds[name] = round(chain_seconds[name] + time.perf_counter() - t_redo, 1)
     _logs(work, out)
-    evaluate_all(bundle, out, {n: procs[n][1] for n in procs}, stopped, chain_seconds, time.perf_counter() - t_start,
-                 meta)
+    _collect(work, out, payload, time.perf_counter() - t_start)
+    missing = [v for n in CHAINS for v, _ in CHAINS[n] if v not in payload["models"]]
+    print(f"done in {time.perf_counter() - t_start:.0f} s" + (f"; not scored: {missing}" if missing else ""), flush=True)
 
 
 def _logs(work: Path, out: Path, tail: int = 6000) -> None:
@@ -307,23 +385,18 @@ def _logs(work: Path, out: Path, tail: int = 6000) -> None:
     (out / "logs.txt").write_text("\n".join(parts))
 
 
-def evaluate_all(bundle: Path, out: Path, homes: dict, stopped: dict, chain_seconds: dict, seconds: float,
-                 meta: dict) -> None:
-    import numpy as np
+def _payload(bundle: Path, meta: dict, stopped: dict, chain_seconds: dict) -> dict:
+    """The raw file's frame, with popularity and GRASP (as packed) scored in a copy of the bundle's warehouse (the
+    negatives drawn there stay out of the bundle)."""
     import torch
 
+    home = Path("/tmp/recpipe-gpu/homes/eval")
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(bundle / "home" / "warehouse", home / "warehouse")
     from pipelines.evaluation import scorers
-    from pipelines.evaluation.data import eval_kwargs, evaluation_users, load_eval_data, negatives_for
-    from pipelines.evaluation.protocol import evaluate
 
-    base = _ctx(bundle / "home", bundle, GPU_SETS)
-    data, _, _ = load_eval_data(base)
-    neg = negatives_for(base, data)                                             # drawn (seeded) as evaluate draws
-    kw = eval_kwargs(base.cfg)
-    users = evaluation_users(data, base.cfg.eval)
-    z = np.load(bundle / "inputs.npz")
-    grasp = scorers.FactorScorer({ph: (z[f"grasp_user_{ph}"].astype(np.float32), z["grasp_items"].astype(np.float32))
-                                  for ph in ("valid", "test")})
+    base = _ctx(home, bundle, GPU_SETS)
+    score, data, users = _scorer(base)
     payload = {"machine": {**machine(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                            "torch": torch.__version__,
                            "cuda": torch.version.cuda},
@@ -335,42 +408,22 @@ def evaluate_all(bundle: Path, out: Path, homes: dict, stopped: dict, chain_seco
         payload["machine"]["deepspeed"] = deepspeed.__version__
     except ImportError:
         pass
+    for name, scorer in (("popularity", scorers.Popularity(data)), ("grasp_fp16", _grasp(bundle))):
+        payload["models"][name] = score(scorer)
+        _say(name, payload["models"][name])
+    return payload
 
-    def score(name, scorer, notes=None):
-        t0 = time.perf_counter()
-        m = evaluate(scorer, data, neg, "test", **kw)
-        m["valid"] = evaluate(scorer, data, neg, "valid", **kw)
-        m["eval_seconds"] = round(time.perf_counter() - t0, 1)
-        if notes:
-            m["notes"] = notes
-        payload["models"][name] = m
-        print(f"  {name}: test NDCG@10 {m['full']['NDCG@10']:.4f} HR@10 {m['full']['HR@10']:.4f} "
-              f"(valid NDCG@10 {m['valid']['full']['NDCG@10']:.4f})", flush=True)
-        _write(out, payload, seconds)
 
-    score("popularity", scorers.Popularity(data))
-    score("grasp_fp16", grasp)
-    for name, home in homes.items():
-        for variant, _ in CHAINS[name]:
-            d = home / "out" / variant
-            if not (d / "vectors.npz").exists():
-                print(f"  {variant}: no vectors (see {name}.log)", flush=True)
-                continue
-            payload["train"][variant] = json.loads((d / "train.json").read_text())
-            scorer, _ = scorers.vectors(d / "vectors.npz", data)
-            score(variant, scorer)
-            if variant == "llmrec_stage2":
-                c = base.cfg.llmrec
-                cas, _ = scorers.cascade(grasp, scorer, c.rerank_k, c.rerank_mix, data, users)
-                score("llmrec_cascade_grasp", cas, cas.notes)
+def _collect(work: Path, out: Path, payload: dict, seconds: float) -> None:
+    """Fold every finished variant's record (``WORK/VARIANT.train.json``: training record and figures) into the raw
+    file and rewrite it: OUT holds whatever finished, whenever the call ends."""
+    for f in sorted(work.glob("*.train.json")):
+        rec = json.loads(f.read_text())
+        variant = f.name.removesuffix(".train.json")
+        payload["models"].update(rec.pop("metrics", {}))
+        payload["train"][variant] = rec
     payload["seconds"] = round(seconds, 1)
-    _write(out, payload, seconds)
-
-
-def _write(out: Path, payload: dict, seconds: float) -> None:
-    tmp = out / "llmrec_gpu_raw.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1, default=str))
-    tmp.replace(out / "llmrec_gpu_raw.json")
+    write_json(out / "llmrec_gpu_raw.json", payload)
 
 
 # ----------------------------------------------------------------------------- report (here)
@@ -446,9 +499,10 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
                                       "the CPU machine by the pipeline's own stages, as in llmrec_beauty.md), scored "
                                       "here on the same users with the same protocol code; the GPU side's popularity "
                                       "agrees exactly (same data, same negatives)"},
-               "machine": {**raw["machine"], "command": raw.get("command") or "python3 tests/benchmarks/gpu_llmrec.py train .gpu/bundle "
-                           "--out $OUT --part /tmp/recpipe-gpu/gguf.part0 --total 420 (after a call that put the first "
-                           "GGUF part there); python tests/benchmarks/gpu_llmrec.py report llmrec_gpu_raw.json"},
+               "machine": {**raw["machine"], "command": re.sub(r"--out \S+", "--out $OUT", raw["machine"]["command"])
+                           + " (after calls that put the first GGUF part in /tmp/recpipe-gpu and the wheels of "
+                           "DeepSpeed and its needs on PYTHONPATH); then, here: python tests/benchmarks/gpu_llmrec.py "
+                           f"report {raw_path.name}"},
                "gpu_seconds": raw.get("seconds")}
     order = ["popularity", "wals", "sasrec", "grasp", *names]
     rows = [("model", "HR@10", "NDCG@10", "short-history NDCG@10", "tail-item NDCG@10", "valid NDCG@10",
