@@ -12,7 +12,8 @@ A full-length week takes hours on 2 cores: with ``--resume`` a replay that was s
 (same settings, checked) from the first (mode, day) it had not finished; that day's partial outputs (``runs/DAY``,
 its checkpoints) are removed first, under the day's lock, so it trains from its start; its record says ``resumed``
 and it stays out of the mean ratio (the content caches may hold what the stopped run had already described or
-embedded). Each day's record names the commit it ran at.
+embedded). ``touch WORK/stop`` stops a replay cleanly before its next (mode, day), so that nothing is re-run on
+resume. Each day's record names the commit it ran at.
 Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
 ``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
@@ -180,6 +181,10 @@ def main() -> int:
         for mode in MODES:
             if ds in out[mode]:
                 continue
+            if (work / "stop").exists():  # a stop between two runs: nothing is half-done, nothing re-run on resume
+                (work / "stop").unlink()
+                print(f"stopped before {mode} {ds} ({work / 'stop'} was there); --resume goes on from it", flush=True)
+                return 0
             resumed = (work / mode / "runs" / ds).exists()
             if resumed:
                 clear_day(work / mode, ds)

@@ -2,6 +2,7 @@
 start, and only with the settings it was started with."""
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -79,3 +80,30 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     with pytest.raises(SystemExit, match="no replay_state.json"):
         nightly_replay.main()
     assert (tmp_path / "incremental" / "runs" / "2014-07-01").exists()
+
+
+def test_a_stop_file_stops_between_two_runs_and_nothing_is_rerun(tmp_path, monkeypatch):
+    calls: list[tuple[str, str]] = []
+
+    def run_day(home, ds, config, sets, log, until=None, stages=None):
+        (home / "runs" / ds).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / ds / "summary.json").write_text("{}")
+        if home.name != "seed":
+            calls.append((home.name, ds))
+            if (home.name, ds) == ("full", "2014-07-01"):
+                (tmp_path / "stop").write_text("")  # asked for while this run was going
+        return 1.0 if home.name == "incremental" else 4.0
+
+    monkeypatch.setattr(nightly_replay, "run_day", run_day)
+    monkeypatch.setattr(nightly_replay, "day_record", lambda home, ds, wall: {
+        "wall_seconds": wall, "stages": {}, "test_NDCG@10": {"sasrec": 0.05}})
+    monkeypatch.setattr(nightly_replay, "write_results", lambda *a: None)
+    argv = ["nightly_replay.py", "--from", "2014-07-01", "--to", "2014-07-02", "--work", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert nightly_replay.main() == 0
+    assert calls == [("incremental", "2014-07-01"), ("full", "2014-07-01")] and not (tmp_path / "stop").exists()
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    assert nightly_replay.main() == 0
+    assert calls[2:] == [("incremental", "2014-07-02"), ("full", "2014-07-02")]
+    state = json.loads((tmp_path / "replay_state.json").read_text())
+    assert not any(r.get("resumed") for m in state["out"].values() for r in m.values())
