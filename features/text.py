@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -237,7 +238,10 @@ def degenerate_reason(text: str, min_words: int = 5) -> str | None:
     """Why ``text`` is not a usable description, or None when it is.
 
     Flags empty or very short output, output that is mostly not words, and repetition loops (fewer than
-    half of the word trigrams distinct, or one word making up more than a third of a long output).
+    half of the word trigrams distinct, one word making up more than a third of a long output, more than a quarter
+    of a long output's words sharing their first four letters, as in "shine shiner shiny shining", or a word of 20+
+    characters in which one four-letter piece comes three times, as in "remberemirerembermire...": a small model
+    stuck in a loop, seen in generated reasons; a long catalogue name run together has no such repeats).
     """
     words = [w.lower() for w in _WORD.findall(text or "")]
     if not words:
@@ -246,6 +250,8 @@ def degenerate_reason(text: str, min_words: int = 5) -> str | None:
         return f"too short ({len(words)} words)"
     if sum(len(w) for w in words) < 0.5 * len(re.sub(r"\s", "", text)):
         return "mostly non-word characters"
+    if any(len(w) >= 20 and max(Counter(w[i:i + 4] for i in range(len(w) - 3)).values()) >= 3 for w in words):
+        return "repetition inside a word"
     if len(words) >= 12:
         grams = list(zip(words, words[1:], words[2:], strict=False))  # trigrams: shorter by design
         if len(set(grams)) < 0.5 * len(grams):
@@ -253,6 +259,9 @@ def degenerate_reason(text: str, min_words: int = 5) -> str | None:
         top = max(words.count(w) for w in set(words) if len(w) > 3) if any(len(w) > 3 for w in words) else 0
         if top > len(words) / 3:
             return "one word repeated"
+        stems = Counter(w[:4] for w in words if len(w) > 4)
+        if stems and max(stems.values()) > len(words) / 4:
+            return "one stem repeated"
     return None
 
 

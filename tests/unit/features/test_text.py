@@ -53,6 +53,18 @@ def test_degenerate_outputs_are_recognised():
         == "one word repeated"
     good = "A gentle argan oil shampoo from Mane for dry hair. It suits shoppers who want soft, shiny hair."
     assert T.degenerate_reason(good) is None
+    # loops a small model fell into when writing reasons on a GPU (results/llmrec_beauty_gpu.json)
+    assert T.degenerate_reason("Designed by renowned designers like Rembrand and Rembarlis, Rembralmirerembermire"
+                               "rembermairewreemirereawreemirereawreerewreerwreererwrecerwrecherwrecrown crown") \
+        == "repetition inside a word"
+    assert T.degenerate_reason("Bamboo Shine Luminous Shines Luminari Conditioner is a high-quality, natural and "
+                               "biodegradable Bamboo Shimmer Luminescent Shiner Shiny Shining Shininess Shined") \
+        == "one stem repeated"
+    # a catalogue name run together is long but does not loop; nor do a few words of one stem in a long text
+    assert T.degenerate_reason("SODIAL(TM)2XProfessionalHairCuttingAndThinningScissorsShears is a high-end "
+                               "haircutting and thinning scissors that offers professional services.") is None
+    assert T.degenerate_reason("A moisturizing cream with a light moisturizer base that keeps moisture in; it "
+                               "suits dry skin and shoppers who bought unscented lotions and balms before.") is None
 
 
 def test_clean_output_drops_an_unfinished_last_sentence():
