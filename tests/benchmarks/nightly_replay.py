@@ -177,6 +177,7 @@ def main() -> int:
         for mode in MODES:
             shutil.rmtree(work / mode, ignore_errors=True)
             seed_caches(seed, work / mode)
+    (work / "stop").unlink(missing_ok=True)  # left by a stop that came after the last run: not meant for this one
     for ds in week:
         for mode in MODES:
             if ds in out[mode]:

@@ -103,6 +103,7 @@ def test_a_stop_file_stops_between_two_runs_and_nothing_is_rerun(tmp_path, monke
     assert nightly_replay.main() == 0
     assert calls == [("incremental", "2014-07-01"), ("full", "2014-07-01")] and not (tmp_path / "stop").exists()
     monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    (tmp_path / "stop").write_text("")  # a stale one (the replay had already stopped) does not stop the next start
     assert nightly_replay.main() == 0
     assert calls[2:] == [("incremental", "2014-07-02"), ("full", "2014-07-02")]
     state = json.loads((tmp_path / "replay_state.json").read_text())
