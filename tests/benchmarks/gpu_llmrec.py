@@ -30,9 +30,10 @@ With the device tool (one transfer holds 64 MiB, a machine stays warm 30 s betwe
 annotated-types, typing-inspection, tenacity, gguf) in the ignored ``.whl/``; a first call carries ``.gpu/m0`` and
 copies its part to ``/tmp/recpipe-gpu/gguf.part0``; the next, at once, carries ``.gpu/bundle`` and ``.whl``
 (``pack`` prints their size: together under 62 MiB), installs the wheels into ``/tmp/site`` on ``PYTHONPATH`` and
-runs ``train .gpu/bundle --out $OUT --part /tmp/recpipe-gpu/gguf.part0 --budget 1000 --total 580``. On the H200
-(2026-11-29, four variants side by side) stage 1 took about 52 s an epoch and stage 2 about 100 s: every variant's
-three plus two epochs, scoring and reasons fit in about 480 s.
+runs ``train .gpu/bundle --out $OUT --part /tmp/recpipe-gpu/gguf.part0 --budget 1000 --total 590`` with the call's
+``timeout_s`` at 600. On the H200 (2026-11-29, four variants side by side) stage 1 took about 52 s an epoch and
+stage 2 about 100 s: the longest chain (stage 1, its scoring, stage 2, its scoring, reasons and the cascade) needs
+about 500 s after the backbone's conversion (about 40 s).
 
 ``RECPIPE_GPU_SMOKE=1 python tests/benchmarks/gpu_llmrec.py train BUNDLE --out DIR`` rehearses the whole script on
 the CPU (one layer, 200 training users, one epoch a stage; not a result), the kill-and-score path with a small
@@ -74,12 +75,15 @@ if os.environ.get("RECPIPE_GPU_SMOKE"):  # a CPU rehearsal of the whole script (
     GPU_SETS = ["llmrec.layers=1", "llmrec.train_users=200", "llmrec.valid_users=100", "llmrec.stage1.epochs=1",
                 "llmrec.stage2.epochs=1", "llmrec.distributed.threads=1", "eval.users=300", "llmrec.reasons_users=2",
                 "llmrec.reason_max_new_tokens=8"]
-# Each chain runs in one process; llmrec_stage1 reuses llmrec_stage2's stage 1 (same settings, same checkpoint).
+# Each chain runs in one process. llmrec_stage1 comes first and llmrec_stage2 resumes its stage 1 (same settings,
+# same checkpoint), so the stage-1 row is in before stage 2 starts. Reasons are written for llmrec_stage2 alone (the
+# ablations' rows need none, and the time is the GPU's).
+NO_REASONS = "llmrec.reasons_users=0"
 CHAINS = {
-    "llmrec_stage2": [("llmrec_stage2", []), ("llmrec_stage1", ["llmrec.lora=false"])],
-    "llmrec_titles_only": [("llmrec_titles_only", ["llmrec.soft_tokens=false"])],
-    "llmrec_no_titles": [("llmrec_no_titles", ["llmrec.titles=false"])],
-    "llmrec_no_align": [("llmrec_no_align", ["llmrec.align_weight=0"])],
+    "llmrec_stage2": [("llmrec_stage1", ["llmrec.lora=false", NO_REASONS]), ("llmrec_stage2", [])],
+    "llmrec_titles_only": [("llmrec_titles_only", ["llmrec.soft_tokens=false", NO_REASONS])],
+    "llmrec_no_titles": [("llmrec_no_titles", ["llmrec.titles=false", NO_REASONS])],
+    "llmrec_no_align": [("llmrec_no_align", ["llmrec.align_weight=0", NO_REASONS])],
 }
 PART = 61 * 2 ** 20  # the first GGUF part: a transfer holds 64 MiB with the repository
 
@@ -166,6 +170,10 @@ def chain(bundle: Path, home: Path, model_dir: Path, name: str, out: Path, caps:
 
     _patch(bundle)
     for variant, extra in CHAINS[name]:
+        done = out / f"{variant}.train.json"
+        if done.exists() and json.loads(done.read_text()).get("metrics"):
+            print(f"== {variant}: trained and scored earlier in this run", flush=True)  # a stopped chain's re-run
+            continue
         cap = caps.get(variant, {})
         sets = [*GPU_SETS, f"llmrec.model_path={model_dir}", *extra,
                 *[f"llmrec.{s}.epochs={n}" for s, n in cap.items() if n > 0]]
@@ -303,7 +311,7 @@ def _epochs_done(home: Path) -> dict:
     return done
 
 
-def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: float = 0.0, reserve: float = 45.0,
+def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: float = 0.0, reserve: float = 30.0,
           keep_homes: bool = False) -> None:
     """``budget``: seconds the variants' processes may run (training and scoring); ``total`` (if set): the seconds
     this whole command may take, the processes' budget then being what is left of it after loading, less
@@ -519,12 +527,12 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
              f"{payload['_meta']['protocol']}; {raw['users']} users; seed {raw['seed']}.",
              f"settings: {payload['_meta']['settings']}.", payload["_meta"]["chosen_on"] + ".",
              payload["_meta"]["baselines"] + ".",
-             "llmrec_stage1 is the stage-1 checkpoint of llmrec_stage2's run. wall s: the variant's process (loading, "
-             "training, scoring every user, reasons; a stopped one's scoring re-run included); llmrec_stage1's: its "
-             "own train_llmrec stage (resuming stage 1, scoring).",
+             "llmrec_stage1 and llmrec_stage2 share stage 1 (one process, one checkpoint). wall s: the process of the "
+             "variant's chain (loading, training, scoring every user, reasons; a stopped one's re-run included; "
+             "llmrec_stage2's chain also holds llmrec_stage1); llmrec_stage1's: its own train_llmrec stage.",
              f"GRASP as shipped to the GPU (float16 vectors) scores NDCG@10 {models_check['grasp_fp16_on_gpu']['NDCG@10']:.4f} "
              f"there (float32 here: {models['grasp']['NDCG@10']:.4f}); the cascade re-ranks that GRASP's top 50.",
-             "seconds each variant's process ran (training, scoring, reasons; llmrec_stage2's also scores "
+             "seconds each chain's process ran (training, scoring, reasons; llmrec_stage2's also holds "
              "llmrec_stage1): " + json.dumps(raw.get("chain_seconds")),
              "stopped at the time budget (scored from the best checkpoint so far): "
              + (json.dumps(raw["stopped_at_budget"]) if raw["stopped_at_budget"] else "none")]
