@@ -196,12 +196,6 @@ def chain(bundle: Path, home: Path, model_dir: Path, name: str, out: Path, caps:
         if not (d / "vectors.npz").exists():
             continue
         res = json.loads((d / "result.json").read_text()) if (d / "result.json").exists() else {}
-        keep = home / "out" / variant
-        shutil.rmtree(keep, ignore_errors=True)
-        keep.mkdir(parents=True)
-        for f in ("vectors.npz", "result.json", "reasons.json"):
-            if (d / f).exists():
-                shutil.copy2(d / f, keep / f)
         rec = {"result": res, "error": error, "wall_seconds": round(wall, 1), "sets": sets,
                "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if torch.cuda.is_available()
                else None, "modules": sorted({m.split(".")[0] for m in sys.modules}),
@@ -212,7 +206,6 @@ def chain(bundle: Path, home: Path, model_dir: Path, name: str, out: Path, caps:
         except Exception as exc:  # noqa: BLE001 - the training record still comes back
             rec["metrics"], rec["score_error"] = {}, f"{type(exc).__name__}: {exc}"
             print(f"== {variant}: scoring failed: {rec['score_error']}", flush=True)
-        (keep / "train.json").write_text(json.dumps(rec, indent=1, default=str))
         write_json(out / f"{variant}.train.json", rec)  # the parent folds it into the raw file
 
 
@@ -457,22 +450,16 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
     import numpy as np
 
     from pipelines.evaluation import scorers
-    from pipelines.evaluation.data import eval_kwargs, evaluation_users, load_eval_data, negatives_for
-    from pipelines.evaluation.protocol import evaluate
 
     raw = json.loads(raw_path.read_text())
     ctx = _ctx(home, home, ["eval.users=0"])
-    data, _, _ = load_eval_data(ctx)
-    neg = negatives_for(ctx, data)
-    kw = eval_kwargs(ctx.cfg)
-    assert len(evaluation_users(data, ctx.cfg.eval)) == raw["users"], "another set of users"
+    score, data, users = _scorer(ctx)
+    assert len(users) == raw["users"], "another set of users"
     models, here = {}, {}
     zoo = scorers.model_zoo(ctx)
     for name in ("popularity", "wals", "sasrec", "grasp"):
         scorer, _ = zoo[name](data)
-        m = evaluate(scorer, data, neg, "test", **kw)
-        m["valid"] = evaluate(scorer, data, neg, "valid", **kw)
-        here[name] = m
+        m = here[name] = score(scorer)
         models[name] = _row(m)
     gpu_pop = raw["models"]["popularity"]
     same = all(np.isclose(gpu_pop[p]["NDCG@10"], here["popularity"][p]["NDCG@10"]) for p in ("full", "sampled100"))
