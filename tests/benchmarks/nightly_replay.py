@@ -13,7 +13,10 @@ A full-length week takes hours on 2 cores: with ``--resume`` a replay that was s
 its checkpoints) are removed first, under the day's lock, so it trains from its start; its record says ``resumed``
 and it stays out of the mean ratio (the content caches may hold what the stopped run had already described or
 embedded). ``touch WORK/stop`` stops a replay cleanly before its next (mode, day), so that nothing is re-run on
-resume. Each day's record names the commit it ran at.
+resume. Each day's record names the commit it ran at. ``--ahead DAY`` runs, before the days in between, the
+incremental days up to DAY and then DAY's full retrain in a copy of the full home (``WORK/full-ahead``): the last
+day's comparison comes early in a week that spans sessions; that full run finds the caches of the last full day done
+(its describe writes the in-between days' changed users too), so it is marked ``ahead`` and left out of the mean.
 Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
 ``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
@@ -99,7 +102,8 @@ def clear_day(home: Path, ds: str) -> None:
 def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -> None:
     done = [d for d in week if all(d in out[m] for m in MODES)]
     # a day re-run after a stop (--resume) found part of its describe/embed work in the caches: not in the mean
-    clean = [d for d in done[1:] if not any(out[m][d].get("resumed") for m in MODES)]
+    # (and a full day run --ahead found an earlier day's caches)
+    clean = [d for d in done[1:] if not any(out[m][d].get("resumed") or out[m][d].get("ahead") for m in MODES)]
     ratio = {d: out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]}
     ratios = [ratio[d] for d in clean]
     last = done[-1]
@@ -124,7 +128,7 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
                          *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
     notes = [f"days done: {len(done)} of {len(week)}; stages left out: {args.skip_stages or 'none'}",
              f"incremental / full wall time, mean over days 2..{len(done)}"
-             f"{' without the resumed ones' if len(clean) < len(done[1:]) else ''}: "
+             f"{' without the days marked resumed or ahead' if len(clean) < len(done[1:]) else ''}: "
              f"{payload['incremental_over_full_seconds']}",
              f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
              "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
@@ -132,6 +136,9 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
     resumed = [f"{m} {d}" for d in done for m in MODES if out[m][d].get("resumed")]
     if resumed:
         notes.append(f"re-run from its start after the replay was stopped in it (--resume): {', '.join(resumed)}")
+    ahead = [f"{d} (caches of {out['full'][d]['ahead']['caches_of']})" for d in done if out["full"][d].get("ahead")]
+    if ahead:
+        notes.append(f"full retrain run ahead of the days before it (--ahead), out of the mean: {', '.join(ahead)}")
     write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
 
 
@@ -148,6 +155,8 @@ def main() -> int:
     p.add_argument("--skip-stages", default="", help="comma-separated stages left out of every day (say why in "
                    "the results), e.g. train_llmrec on a CPU budget")
     p.add_argument("--resume", action="store_true", help="go on with a stopped replay in --work (same settings)")
+    p.add_argument("--ahead", default=None, help="a day whose full retrain runs next (in a copy of the full home, "
+                   "after the incremental days up to it), before the days in between; left out of the mean ratio")
     args = p.parse_args()
     work = Path(args.work)
     week = days(args.start, args.end)
@@ -174,29 +183,51 @@ def main() -> int:
         print(f"resuming: done {', '.join(f'{m} {len(out[m])} days' for m in MODES)}", flush=True)
     else:
         state_file.unlink(missing_ok=True)  # a replay started afresh cannot be resumed from an older one's record
+        shutil.rmtree(work / "full-ahead", ignore_errors=True)
         for mode in MODES:
             shutil.rmtree(work / mode, ignore_errors=True)
             seed_caches(seed, work / mode)
     (work / "stop").unlink(missing_ok=True)  # left by a stop that came after the last run: not meant for this one
-    for ds in week:
-        for mode in MODES:
-            if ds in out[mode]:
-                continue
-            if (work / "stop").exists():  # a stop between two runs: nothing is half-done, nothing re-run on resume
-                (work / "stop").unlink()
-                print(f"stopped before {mode} {ds} ({work / 'stop'} was there); --resume goes on from it", flush=True)
-                return 0
-            resumed = (work / mode / "runs" / ds).exists()
-            if resumed:
-                clear_day(work / mode, ds)
-            sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
-            wall = run_day(work / mode, ds, args.config, sets, log, stages=stages)
-            out[mode][ds] = day_record(work / mode, ds, wall) | {"commit": commit()} | (
-                {"resumed": True} if resumed else {})
-            print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
-            write_json(state_file, {"key": key, "out": out})
+
+    def one(mode: str, ds: str, home: Path, extra: dict) -> bool:
+        """Run (mode, ds) in ``home`` unless done; False when a stop file asks to stop before it."""
+        if ds in out[mode]:
+            return True
+        if (work / "stop").exists():  # a stop between two runs: nothing is half-done, nothing re-run on resume
+            (work / "stop").unlink()
+            print(f"stopped before {mode} {ds} ({work / 'stop'} was there); --resume goes on from it", flush=True)
+            return False
+        resumed = (home / "runs" / ds).exists()
+        if resumed:
+            clear_day(home, ds)
+        sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
+        wall = run_day(home, ds, args.config, sets, log, stages=stages)
+        out[mode][ds] = day_record(home, ds, wall) | {"commit": commit()} | extra | (
+            {"resumed": True} if resumed else {})
+        print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
+        write_json(state_file, {"key": key, "out": out})
         if all(ds in out[m] for m in MODES):
             write(args, week, warm_day, out)
+        return True
+
+    if args.ahead and args.ahead not in out["full"]:
+        if args.ahead not in week:
+            sys.exit(f"--ahead {args.ahead}: not a day of --from {args.start} --to {args.end}")
+        for ds in week[:week.index(args.ahead) + 1]:  # the incremental days build on each other: in order
+            if not one("incremental", ds, work / "incremental", {}):
+                return 0
+        before = [d for d in week if d in out["full"]]
+        ahead_home = work / "full-ahead"
+        if not (ahead_home / "runs" / args.ahead).exists():  # a stopped ahead run goes on in its own copy
+            shutil.rmtree(ahead_home, ignore_errors=True)
+            shutil.copytree(work / "full", ahead_home, symlinks=True)
+        if not one("full", args.ahead, ahead_home, {"ahead": {"home": str(ahead_home),
+                                                           "caches_of": before[-1] if before else warm_day}}):
+            return 0
+    for ds in week:
+        for mode in MODES:
+            if not one(mode, ds, work / mode, {}):
+                return 0
     return 0
 
 

@@ -108,3 +108,41 @@ def test_a_stop_file_stops_between_two_runs_and_nothing_is_rerun(tmp_path, monke
     assert calls[2:] == [("incremental", "2014-07-02"), ("full", "2014-07-02")]
     state = json.loads((tmp_path / "replay_state.json").read_text())
     assert not any(r.get("resumed") for m in state["out"].values() for r in m.values())
+
+
+def test_ahead_runs_the_incremental_days_then_that_full_day_in_a_copy_and_keeps_it_out_of_the_mean(tmp_path,
+                                                                                                   monkeypatch):
+    calls: list[tuple[str, str]] = []
+
+    def run_day(home, ds, config, sets, log, until=None, stages=None):
+        (home / "runs" / ds).mkdir(parents=True, exist_ok=True)
+        (home / "runs" / ds / "summary.json").write_text("{}")
+        if home.name != "seed":
+            calls.append((home.name, ds))
+        return 1.0 if home.name == "incremental" else 4.0
+
+    written = []
+    monkeypatch.setattr(nightly_replay, "run_day", run_day)
+    monkeypatch.setattr(nightly_replay, "day_record", lambda home, ds, wall: {
+        "wall_seconds": wall, "stages": {}, "test_NDCG@10": {"sasrec": 0.05}})
+    monkeypatch.setattr(nightly_replay, "write_results", lambda name, payload, rows, notes: written.append(
+        (payload, notes)))
+    argv = ["nightly_replay.py", "--from", "2014-07-01", "--to", "2014-07-04", "--work", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--ahead", "2014-07-09"])
+    with pytest.raises(SystemExit, match="not a day"):
+        nightly_replay.main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--ahead", "2014-07-03"])
+    assert nightly_replay.main() == 0
+    assert calls == [("incremental", "2014-07-01"), ("incremental", "2014-07-02"), ("incremental", "2014-07-03"),
+                     ("full-ahead", "2014-07-03"), ("full", "2014-07-01"), ("full", "2014-07-02"),
+                     ("incremental", "2014-07-04"), ("full", "2014-07-04")]
+    assert not (tmp_path / "full" / "runs" / "2014-07-03").exists()  # the full home's own caches stay as they were
+    payload, notes = written[-1]
+    assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03", "2014-07-04"]
+    assert payload["ratio_days"] == ["2014-07-02", "2014-07-04"]
+    assert payload["detail"]["full"]["2014-07-03"]["ahead"]["caches_of"] == "2014-06-30"
+    assert any("--ahead" in n and "2014-07-03" in n for n in notes)
+    # once done, --ahead is a no-op on resume
+    calls.clear()
+    monkeypatch.setattr(sys, "argv", [*argv, "--ahead", "2014-07-03", "--resume"])
+    assert nightly_replay.main() == 0 and calls == []
