@@ -101,9 +101,11 @@ def sasrec_in_copy(ctx, data: str, epochs: int, suffix: str, launcher: list[str]
 
 
 def commit() -> str:
-    """The repository's short commit, with ``+uncommitted`` when tracked files differ from it."""
+    """The repository's short commit, with ``+uncommitted`` when tracked files differ from it (the results folder
+    aside: a benchmark rewrites its own results files there as it goes)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)tests/benchmarks/results"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
     return out.stdout.strip() + ("+uncommitted" if dirty else "")
 

@@ -127,8 +127,8 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
                          *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}" for m in models],
                          *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
     notes = [f"days done: {len(done)} of {len(week)}; stages left out: {args.skip_stages or 'none'}",
-             f"incremental / full wall time, mean over days 2..{len(done)}"
-             f"{' without the days marked resumed or ahead' if len(clean) < len(done[1:]) else ''}: "
+             f"incremental / full wall time, mean over {', '.join(clean) or 'no day'} (the days done after the "
+             f"first{', without those marked resumed or ahead' if len(clean) < len(done[1:]) else ''}): "
              f"{payload['incremental_over_full_seconds']}",
              f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
              "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
