@@ -82,22 +82,35 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     assert (tmp_path / "incremental" / "runs" / "2014-07-01").exists()
 
 
-def test_a_stop_file_stops_between_two_runs_and_nothing_is_rerun(tmp_path, monkeypatch):
+def fake_runs(monkeypatch, after=None) -> tuple[list[tuple[str, str]], list[tuple[dict, list[str]]]]:
+    """Days that only leave a summary.json: the (home, day) runs in order, and what write_results was given.
+    ``after(home_name, ds)`` is called after each run of a replay home."""
     calls: list[tuple[str, str]] = []
+    written: list[tuple[dict, list[str]]] = []
 
     def run_day(home, ds, config, sets, log, until=None, stages=None):
         (home / "runs" / ds).mkdir(parents=True, exist_ok=True)
         (home / "runs" / ds / "summary.json").write_text("{}")
         if home.name != "seed":
             calls.append((home.name, ds))
-            if (home.name, ds) == ("full", "2014-07-01"):
-                (tmp_path / "stop").write_text("")  # asked for while this run was going
+            if after:
+                after(home.name, ds)
         return 1.0 if home.name == "incremental" else 4.0
 
     monkeypatch.setattr(nightly_replay, "run_day", run_day)
     monkeypatch.setattr(nightly_replay, "day_record", lambda home, ds, wall: {
         "wall_seconds": wall, "stages": {}, "test_NDCG@10": {"sasrec": 0.05}})
-    monkeypatch.setattr(nightly_replay, "write_results", lambda *a: None)
+    monkeypatch.setattr(nightly_replay, "write_results", lambda name, payload, rows, notes: written.append(
+        (payload, notes)))
+    return calls, written
+
+
+def test_a_stop_file_stops_between_two_runs_and_nothing_is_rerun(tmp_path, monkeypatch):
+    def after(home_name, ds):
+        if (home_name, ds) == ("full", "2014-07-01"):
+            (tmp_path / "stop").write_text("")  # asked for while this run was going
+
+    calls, _ = fake_runs(monkeypatch, after)
     argv = ["nightly_replay.py", "--from", "2014-07-01", "--to", "2014-07-02", "--work", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     assert nightly_replay.main() == 0
@@ -112,21 +125,7 @@ def test_a_stop_file_stops_between_two_runs_and_nothing_is_rerun(tmp_path, monke
 
 def test_ahead_runs_the_incremental_days_then_that_full_day_in_a_copy_and_keeps_it_out_of_the_mean(tmp_path,
                                                                                                    monkeypatch):
-    calls: list[tuple[str, str]] = []
-
-    def run_day(home, ds, config, sets, log, until=None, stages=None):
-        (home / "runs" / ds).mkdir(parents=True, exist_ok=True)
-        (home / "runs" / ds / "summary.json").write_text("{}")
-        if home.name != "seed":
-            calls.append((home.name, ds))
-        return 1.0 if home.name == "incremental" else 4.0
-
-    written = []
-    monkeypatch.setattr(nightly_replay, "run_day", run_day)
-    monkeypatch.setattr(nightly_replay, "day_record", lambda home, ds, wall: {
-        "wall_seconds": wall, "stages": {}, "test_NDCG@10": {"sasrec": 0.05}})
-    monkeypatch.setattr(nightly_replay, "write_results", lambda name, payload, rows, notes: written.append(
-        (payload, notes)))
+    calls, written = fake_runs(monkeypatch)
     argv = ["nightly_replay.py", "--from", "2014-07-01", "--to", "2014-07-04", "--work", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", [*argv, "--ahead", "2014-07-09"])
     with pytest.raises(SystemExit, match="not a day"):
