@@ -118,15 +118,17 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
         "day7_is": last,
         "detail": out, "machine": machine(),
     }
-    stages = sorted({s for m in MODES for d in done for s in out[m][d]["stages"]})
+    ran = [(d, m) for d in week for m in MODES if d in out[m]]  # a day one mode has done gets its row too
+    stages = sorted({s for d, m in ran for s in out[m][d]["stages"]})
     rows = [("day", "mode", "wall s", *[f"{m} NDCG@10" for m in models], *[f"{s} s" for s in stages])]
-    for ds in done:
-        for mode in MODES:
-            r = out[mode][ds]
-            rows.append((ds, mode, f"{r['wall_seconds']:.0f}",
-                         *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}" for m in models],
-                         *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
-    notes = [f"days done: {len(done)} of {len(week)}; stages left out: {args.skip_stages or 'none'}",
+    for ds, mode in ran:
+        r = out[mode][ds]
+        rows.append((ds, mode, f"{r['wall_seconds']:.0f}",
+                     *[f"{r['test_NDCG@10'].get(m, float('nan')):.4f}" for m in models],
+                     *[f"{(r['stages'].get(s) or {}).get('seconds') or 0:.0f}" for s in stages]))
+    one_mode = ", ".join(f"{m} {d}" for d, m in ran if d not in done)
+    notes = [f"days done: {len(done)} of {len(week)}{f' (and in one mode only: {one_mode})' if one_mode else ''}; "
+             f"stages left out: {args.skip_stages or 'none'}",
              f"incremental / full wall time, mean over {', '.join(clean) or 'no day'} (the days done after the "
              f"first{', without those marked resumed or ahead' if len(clean) < len(done[1:]) else ''}): "
              f"{payload['incremental_over_full_seconds']}",

@@ -39,7 +39,7 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     monkeypatch.setattr(nightly_replay, "run_day", run_day)
     monkeypatch.setattr(nightly_replay, "day_record", day_record)
     monkeypatch.setattr(nightly_replay, "write_results", lambda name, payload, rows, notes: written.append(
-        (payload, notes)))
+        (payload, notes, rows)))
     argv = ["nightly_replay.py", "--from", "2014-07-01", "--to", "2014-07-03", "--work", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(Stop):
@@ -52,7 +52,7 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     assert nightly_replay.main() == 0
     assert calls == [("full", "2014-07-02"), ("incremental", "2014-07-03"), ("full", "2014-07-03")]
     assert not (tmp_path / "full" / "checkpoints" / "train_sequential" / "2014-07-02").exists()
-    payload, notes = written[-1]
+    payload, notes, _ = written[-1]
     assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03"]
     # the resumed day is reported but left out of the mean (its caches held part of the stopped run's work)
     assert payload["ratio_days"] == ["2014-07-03"] and payload["incremental_over_full_seconds"] == 0.25
@@ -82,11 +82,12 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     assert (tmp_path / "incremental" / "runs" / "2014-07-01").exists()
 
 
-def fake_runs(monkeypatch, after=None) -> tuple[list[tuple[str, str]], list[tuple[dict, list[str]]]]:
-    """Days that only leave a summary.json: the (home, day) runs in order, and what write_results was given.
+def fake_runs(monkeypatch, after=None) -> tuple[list[tuple[str, str]], list[tuple[dict, list[str], list]]]:
+    """Days that only leave a summary.json: the (home, day) runs in order, and what write_results was given
+    (payload, notes, table rows).
     ``after(home_name, ds)`` is called after each run of a replay home."""
     calls: list[tuple[str, str]] = []
-    written: list[tuple[dict, list[str]]] = []
+    written: list[tuple[dict, list[str], list]] = []
 
     def run_day(home, ds, config, sets, log, until=None, stages=None):
         (home / "runs" / ds).mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def fake_runs(monkeypatch, after=None) -> tuple[list[tuple[str, str]], list[tupl
     monkeypatch.setattr(nightly_replay, "day_record", lambda home, ds, wall: {
         "wall_seconds": wall, "stages": {}, "test_NDCG@10": {"sasrec": 0.05}})
     monkeypatch.setattr(nightly_replay, "write_results", lambda name, payload, rows, notes: written.append(
-        (payload, notes)))
+        (payload, notes, rows)))
     return calls, written
 
 
@@ -136,7 +137,14 @@ def test_ahead_runs_the_incremental_days_then_that_full_day_in_a_copy_and_keeps_
                      ("full-ahead", "2014-07-03"), ("full", "2014-07-01"), ("full", "2014-07-02"),
                      ("incremental", "2014-07-04"), ("full", "2014-07-04")]
     assert not (tmp_path / "full" / "runs" / "2014-07-03").exists()  # the full home's own caches stay as they were
-    payload, notes = written[-1]
+    # the first results, once the ahead day is done in both modes, also show the days one mode has done
+    payload, notes, rows = written[0]
+    assert payload["days_done"] == ["2014-07-03"] and payload["incremental_over_full_seconds"] is None
+    assert [r[:2] for r in rows[1:]] == [("2014-07-01", "incremental"), ("2014-07-02", "incremental"),
+                                         ("2014-07-03", "incremental"), ("2014-07-03", "full")]
+    assert "in one mode only: incremental 2014-07-01, incremental 2014-07-02" in notes[0]
+    payload, notes, rows = written[-1]
+    assert "one mode only" not in notes[0]
     assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03", "2014-07-04"]
     assert payload["ratio_days"] == ["2014-07-02", "2014-07-04"]
     assert payload["detail"]["full"]["2014-07-03"]["ahead"]["caches_of"] == "2014-06-30"
