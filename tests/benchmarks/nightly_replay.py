@@ -11,15 +11,18 @@ descriptions are cached in both modes, as in a pipeline that has been running fo
 A full-length week takes hours on 2 cores: with ``--resume`` a replay that was stopped goes on in the same ``--work``
 (same settings, checked) from the first (mode, day) it had not finished; that day's partial outputs (``runs/DAY``,
 its checkpoints) are removed first, under the day's lock, so it trains from its start; its record says ``resumed``
-and it stays out of the mean ratio (the content caches may hold what the stopped run had already described or
+and it stays out of the clean mean ratio (the content caches may hold what the stopped run had already described or
 embedded). ``touch WORK/stop`` stops a replay cleanly before its next (mode, day), so that nothing is re-run on
 resume. Each day's record names the commit it ran at. ``--ahead DAY`` runs, before the days in between, the
 incremental days up to DAY and then DAY's full retrain in a copy of the full home (``WORK/full-ahead``): the last
 day's comparison comes early in a week that spans sessions; that full run finds the caches of the last full day done
-(its describe writes the in-between days' changed users too), so it is marked ``ahead`` and left out of the mean.
+(its describe writes the in-between days' changed users too), so it is marked ``ahead`` and left out of the clean
+mean.
 Per day and stage it records the wall time, what the stage says it recomputed and reused, and every model's test
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
-``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N), ``day7_ndcg10`` (the last
+``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N),
+``incremental_over_full_seconds_clean`` (the same over the days neither resumed nor ahead: ``ratio_days``),
+``day7_ndcg10`` (the last
 day's test NDCG@10 per model and mode; named for the week this was made for) and the per-day, per-stage detail.
 """
 from __future__ import annotations
@@ -101,17 +104,19 @@ def clear_day(home: Path, ds: str) -> None:
 
 def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -> None:
     done = [d for d in week if all(d in out[m] for m in MODES)]
-    # a day re-run after a stop (--resume) found part of its describe/embed work in the caches: not in the mean
+    # a day re-run after a stop (--resume) found part of its describe/embed work in the caches: not in the clean mean
     # (and a full day run --ahead found an earlier day's caches)
     clean = [d for d in done[1:] if not any(out[m][d].get("resumed") or out[m][d].get("ahead") for m in MODES)]
     ratio = {d: out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]}
-    ratios = [ratio[d] for d in clean]
+    mean = {k: round(sum(ratio[d] for d in ds) / len(ds), 4) if ds else None
+            for k, ds in (("all", done[1:]), ("clean", clean))}
     last = done[-1]
     models = sorted(out["full"][last]["test_NDCG@10"])
     payload = {
         "days": week, "days_done": done, "warm_day": warm_day, "config": args.config, "overrides": args.sets,
         "full_every_days": args.full_every_days, "skipped_stages": args.skip_stages,
-        "incremental_over_full_seconds": round(sum(ratios) / len(ratios), 4) if ratios else None,
+        "incremental_over_full_seconds": mean["all"],
+        "incremental_over_full_seconds_clean": mean["clean"],
         "per_day_ratio": {d: round(r, 4) for d, r in ratio.items()},
         "ratio_days": clean,
         "day7_ndcg10": {m: {k: out[k][last]["test_NDCG@10"].get(m) for k in MODES} for m in models},
@@ -129,9 +134,10 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
     one_mode = ", ".join(f"{m} {d}" for d, m in ran if d not in done)
     notes = [f"days done: {len(done)} of {len(week)}{f' (and in one mode only: {one_mode})' if one_mode else ''}; "
              f"stages left out: {args.skip_stages or 'none'}",
-             f"incremental / full wall time, mean over {', '.join(clean) or 'no day'} (the days done after the "
-             f"first{', without those marked resumed or ahead' if len(clean) < len(done[1:]) else ''}): "
-             f"{payload['incremental_over_full_seconds']}",
+             f"incremental / full wall time, mean over the days done after the first "
+             f"({', '.join(done[1:]) or 'no day'}): {mean['all']}"
+             + (f"; over those neither resumed nor run ahead ({', '.join(clean) or 'no day'}): {mean['clean']}"
+                if len(clean) < len(done[1:]) else ""),
              f"caches (describe, embed) filled by one run of {warm_day} up to embed, copied into both homes",
              "test NDCG@10: full ranking over all items, user history excluded, leave-one-out of each day's data"]
     notes.append("code: " + ", ".join(sorted({out[m][d].get("commit", "not recorded") for d in done for m in MODES})))
@@ -140,7 +146,7 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
         notes.append(f"re-run from its start after the replay was stopped in it (--resume): {', '.join(resumed)}")
     ahead = [f"{d} (caches of {out['full'][d]['ahead']['caches_of']})" for d in done if out["full"][d].get("ahead")]
     if ahead:
-        notes.append(f"full retrain run ahead of the days before it (--ahead), out of the mean: {', '.join(ahead)}")
+        notes.append(f"full retrain run ahead of the days before it (--ahead), out of the clean mean: {', '.join(ahead)}")
     write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
 
 
@@ -158,7 +164,7 @@ def main() -> int:
                    "the results), e.g. train_llmrec on a CPU budget")
     p.add_argument("--resume", action="store_true", help="go on with a stopped replay in --work (same settings)")
     p.add_argument("--ahead", default=None, help="a day whose full retrain runs next (in a copy of the full home, "
-                   "after the incremental days up to it), before the days in between; left out of the mean ratio")
+                   "after the incremental days up to it), before the days in between; left out of the clean mean ratio")
     args = p.parse_args()
     work = Path(args.work)
     week = days(args.start, args.end)

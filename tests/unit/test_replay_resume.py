@@ -54,8 +54,8 @@ def test_a_stopped_replay_resumes_at_the_unfinished_day_from_its_start(tmp_path,
     assert not (tmp_path / "full" / "checkpoints" / "train_sequential" / "2014-07-02").exists()
     payload, notes, _ = written[-1]
     assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03"]
-    # the resumed day is reported but left out of the mean (its caches held part of the stopped run's work)
-    assert payload["ratio_days"] == ["2014-07-03"] and payload["incremental_over_full_seconds"] == 0.25
+    # the resumed day is reported but left out of the clean mean (its caches held part of the stopped run's work)
+    assert payload["ratio_days"] == ["2014-07-03"] and payload["incremental_over_full_seconds_clean"] == 0.25
     assert set(payload["per_day_ratio"]) == {"2014-07-02", "2014-07-03"}
     assert payload["detail"]["full"]["2014-07-02"]["resumed"] is True
     assert all("commit" in payload["detail"][m][d] for m in ("full", "incremental") for d in payload["days_done"])
@@ -96,7 +96,7 @@ def fake_runs(monkeypatch, after=None) -> tuple[list[tuple[str, str]], list[tupl
             calls.append((home.name, ds))
             if after:
                 after(home.name, ds)
-        return 1.0 if home.name == "incremental" else 4.0
+        return {"incremental": 1.0, "full-ahead": 2.0}.get(home.name, 4.0)
 
     monkeypatch.setattr(nightly_replay, "run_day", run_day)
     monkeypatch.setattr(nightly_replay, "day_record", lambda home, ds, wall: {
@@ -146,7 +146,10 @@ def test_ahead_runs_the_incremental_days_then_that_full_day_in_a_copy_and_keeps_
     payload, notes, rows = written[-1]
     assert "one mode only" not in notes[0]
     assert payload["days_done"] == ["2014-07-01", "2014-07-02", "2014-07-03", "2014-07-04"]
+    # the mean takes every day after the first; the clean one leaves the ahead day (1 s / 2 s) out
     assert payload["ratio_days"] == ["2014-07-02", "2014-07-04"]
+    assert payload["incremental_over_full_seconds"] == round((0.25 + 0.5 + 0.25) / 3, 4)
+    assert payload["incremental_over_full_seconds_clean"] == 0.25
     assert payload["detail"]["full"]["2014-07-03"]["ahead"]["caches_of"] == "2014-06-30"
     assert any("--ahead" in n and "2014-07-03" in n for n in notes)
     # once done, --ahead is a no-op on resume
