@@ -22,8 +22,8 @@ Per day and stage it records the wall time, what the stage says it recomputed an
 NDCG@10 (full ranking, the shared protocol). Results: ``results/nightly_replay{suffix}.{json,md}``; the JSON holds
 ``days``, ``incremental_over_full_seconds`` (mean of the per-day ratio over days 2..N),
 ``incremental_over_full_seconds_clean`` (the same over the days neither resumed nor ahead: ``ratio_days``),
-``day7_ndcg10`` (the last
-day's test NDCG@10 per model and mode; named for the week this was made for) and the per-day, per-stage detail.
+``day7_ndcg10`` (the last day's test NDCG@10 per model and mode; named for the week this was made for) and the
+per-day, per-stage detail.
 """
 from __future__ import annotations
 
