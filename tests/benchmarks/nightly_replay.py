@@ -108,8 +108,8 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
     # (and a full day run --ahead found an earlier day's caches)
     clean = [d for d in done[1:] if not any(out[m][d].get("resumed") or out[m][d].get("ahead") for m in MODES)]
     ratio = {d: out["incremental"][d]["wall_seconds"] / out["full"][d]["wall_seconds"] for d in done[1:]}
-    mean = {k: round(sum(ratio[d] for d in ds) / len(ds), 4) if ds else None
-            for k, ds in (("all", done[1:]), ("clean", clean))}
+    mean = {k: round(sum(ratio[d] for d in over) / len(over), 4) if over else None
+            for k, over in (("all", done[1:]), ("clean", clean))}
     last = done[-1]
     models = sorted(out["full"][last]["test_NDCG@10"])
     payload = {
