@@ -27,7 +27,7 @@ from pathlib import Path
 from features import ingest as T
 from features import synthetic
 from features.errors import DataError
-from jobs.common import base_parser, check_spark, spark_session, write_arrow, write_json, write_spark
+from jobs.warehouse import base_parser, check_spark, spark_session, write_arrow, write_json, write_spark
 
 STAGING = "staging"  # validate publishes these partitions into the warehouse
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from features import split as S
 from features.errors import DataError
-from jobs.common import base_parser, check_spark, partition_path, spark_session, write_json, write_spark
+from jobs.warehouse import base_parser, check_spark, partition_path, spark_session, write_json, write_spark
 
 
 def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf: dict | None = None) -> dict[str, int]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from features.errors import DataError
-from jobs.common import base_parser, partition_path, spark_session, write_json, write_spark
+from jobs.warehouse import base_parser, partition_path, spark_session, write_json, write_spark
 
 
 def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf: dict | None = None) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from jobs import common
+from jobs import warehouse
 from pipelines.context import StageContext
 
 
@@ -25,13 +25,13 @@ class Catalogue:
 
 
 def load_catalogue(ctx: StageContext) -> Catalogue:
-    imap = common.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
-    umap = common.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
-    by_id = {r["item_id"]: r for r in common.read_arrow(ctx.home, "items", ctx.ds).to_pylist()}
+    imap = warehouse.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
+    umap = warehouse.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
+    by_id = {r["item_id"]: r for r in warehouse.read_arrow(ctx.home, "items", ctx.ds).to_pylist()}
     item_ids = imap.column("item_id").to_pylist()
     rows = {int(i): by_id.get(iid, {"item_id": iid})
             for i, iid in zip(imap.column("item_idx").to_pylist(), item_ids, strict=True)}
-    seq = common.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "item_idx", "position", "split"])
+    seq = warehouse.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "item_idx", "position", "split"])
     train = seq.filter(pc.equal(seq.column("split"), "train")).sort_by([("user_idx", "ascending"),
                                                                         ("position", "ascending")])
     u = train.column("user_idx").to_numpy()

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from jobs.common import swap_in
+from jobs.warehouse import swap_in
 
 
 def _partitions(warehouse: Path, ds: str) -> dict[str, Path]:

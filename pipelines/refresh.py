@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.common import write_json
+from jobs.warehouse import write_json
 from pipelines.context import StageContext
 from pipelines.summary import read_json
 

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jobs.common import partition_path
+from jobs.warehouse import partition_path
 from pipelines.config import Config, to_dict
 
 CHALLENGER, CHAMPION = "challenger", "champion"

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from jobs.common import write_json
+from jobs.warehouse import write_json
 from pipelines.config import Config, dump_yaml, load_config
 from pipelines.context import StageContext, StageResult, resolve_home
 from pipelines.generations import Generation

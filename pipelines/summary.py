@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs.common import write_json
+from jobs.warehouse import write_json
 from pipelines.graph import ORDER
 
 TABLE_KEYS = ("interactions", "items", "users", "train", "valid", "test", "user_map", "item_map",

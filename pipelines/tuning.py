@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from features.interactions import count_matrix
-from jobs import common
+from jobs import warehouse
 from pipelines import runner
 from pipelines.backends.wals import fit_implicit
 from pipelines.config import Config, dump_yaml, set_path
@@ -42,7 +42,7 @@ def tune_wals(cfg: Config, ds: str, home: Path) -> dict:
     ctx = StageContext(cfg, ds, home)
     data, _, _ = load_eval_data(ctx)
     neg = negatives_for(ctx, data)
-    m = count_matrix(common.read_arrow(home, "sequences", ds), data.n_users, data.n_items, ("train",))
+    m = count_matrix(warehouse.read_arrow(home, "sequences", ds), data.n_users, data.n_items, ("train",))
     grid = cfg.wals.grid or DEFAULT_GRID
     keys = sorted(grid)
     results = []
@@ -56,7 +56,7 @@ def tune_wals(cfg: Config, ds: str, home: Path) -> dict:
     best = max(results, key=lambda r: r["valid_NDCG@10"])
     chosen = {k: best[k] for k in keys}
     tuned = dataclasses.replace(cfg, wals=dataclasses.replace(cfg.wals, **chosen))
-    common.write_json(ctx.run_dir / "tuning" / "wals.json",
+    warehouse.write_json(ctx.run_dir / "tuning" / "wals.json",
                       {"selected_by": "valid NDCG@10 (full ranking)", "chosen": chosen, "grid": results})
     summary = runner.run(tuned, ds, home, ["wals", "evaluate", "register"])
     conf = write_config(ctx, "wals", tuned)
@@ -141,7 +141,7 @@ def tune_sequential(model: str, cfg: Config, ds: str, home: Path) -> dict:
     chosen = {k: best[k] for k in keys}
     ts = with_point(t, chosen)
     tuned = dataclasses.replace(cfg, train_sequential=with_model_point(cfg.train_sequential, model, chosen))
-    common.write_json(ctx.run_dir / "tuning" / f"{model}.json",
+    warehouse.write_json(ctx.run_dir / "tuning" / f"{model}.json",
                       {"selected_by": "best valid NDCG@10 (full ranking) of each point's early-stopped training",
                        "chosen": chosen, "grid": results})
     summary = runner.run(dataclasses.replace(base, train_sequential=dataclasses.replace(ts, models=(model,))), ds,

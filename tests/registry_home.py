@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from jobs import common
+from jobs import warehouse
 
 DS = "2026-01-01"
 ITEMS = ["i1", "i2", "i3", "i4", "i5", "i6"]       # item_idx 1..6
@@ -21,17 +21,17 @@ WORSE = [6, 5, 4, 3, 2, 1]
 
 def write_day(home: Path, ds: str = DS) -> Path:
     """The day's sequences, user map and item map under ``home`` (a copy of the first day's for a later ``ds``)."""
-    if ds != DS and common.partition_path(home, "sequences", DS).exists():
+    if ds != DS and warehouse.partition_path(home, "sequences", DS).exists():
         for table in ("sequences", "user_map", "item_map"):
-            shutil.copytree(common.partition_path(home, table, DS), common.partition_path(home, table, ds))
+            shutil.copytree(warehouse.partition_path(home, table, DS), warehouse.partition_path(home, table, ds))
         return home
     u, i, p, s = zip(*SEQ, strict=True)
-    common.write_arrow(pa.table({"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()),
+    warehouse.write_arrow(pa.table({"user_idx": pa.array(u, pa.int32()), "item_idx": pa.array(i, pa.int32()),
                                  "position": pa.array(p, pa.int32()), "split": pa.array(s, pa.string())}),
                        home, "sequences", ds)
-    common.write_arrow(pa.table({"user_idx": pa.array([0, 1, 2], pa.int32()),
+    warehouse.write_arrow(pa.table({"user_idx": pa.array([0, 1, 2], pa.int32()),
                                  "user_id": pa.array(["u0", "u1", "u2"], pa.string())}), home, "user_map", ds)
-    common.write_arrow(pa.table({"item_idx": pa.array(range(1, 7), pa.int32()),
+    warehouse.write_arrow(pa.table({"item_idx": pa.array(range(1, 7), pa.int32()),
                                  "item_id": pa.array(ITEMS, pa.string())}), home, "item_map", ds)
     return home
 

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from features.interactions import count_matrix
-from jobs import common
+from jobs import warehouse
 from pipelines.config import WalsConfig
 from pipelines.context import StageContext
 
@@ -57,7 +57,7 @@ def _factor_table(ids: list[str], vecs: np.ndarray, id_col: str, idx_col: str, s
 
 def spark_regularization(ctx: StageContext, reg: float, splits: tuple[str, ...]) -> float:
     """Spark's regParam for implicit's penalty ``reg``: divided by the mean interactions per user (ALS-WR)."""
-    seq = common.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "split"])
+    seq = warehouse.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "split"])
     n = int(np.isin(seq.column("split").to_numpy(zero_copy_only=False), splits).sum())
     n_users = len(np.unique(seq.column("user_idx").to_numpy()))
     return reg / max(n / n_users, 1.0)
@@ -70,7 +70,7 @@ def warm_init(ctx: StageContext, base: str, zone: str, users: list[str], items: 
     from pipelines.refresh import rows_by_id
 
     try:
-        prev = {t: common.read_arrow(ctx.home, t, base, zone=zone) for t in ("user_factors", "item_factors")}
+        prev = {t: warehouse.read_arrow(ctx.home, t, base, zone=zone) for t in ("user_factors", "item_factors")}
     except FileNotFoundError:
         return None, {"warm": False, "reason": f"no {zone} factors of {base}"}
     dims = {len(prev[t].column("factors")[0]) for t in prev if prev[t].num_rows}
@@ -105,16 +105,16 @@ def fit(ctx: StageContext, p: WalsConfig, splits: tuple[str, ...], zone: str, ba
                 if base else {"warm": False}}
     if p.engine != "implicit":
         raise ValueError(f"wals.engine must be 'implicit' or 'spark', got '{p.engine}'")
-    umap = common.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
-    imap = common.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
-    m = count_matrix(common.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows, splits)
+    umap = warehouse.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
+    imap = warehouse.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
+    m = count_matrix(warehouse.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows, splits)
     users, items = umap.column("user_id").to_pylist(), [""] + imap.column("item_id").to_pylist()
     init, warm = warm_init(ctx, base, zone, users, items, p) if base else (None, {"warm": False})
     uf, itf, secs = fit_implicit(m, p, init, warm_iterations if init is not None else None)
     warm["iterations"] = warm_iterations if init is not None else p.iterations
-    return {"user_factors": common.write_arrow(_factor_table(users, uf, "user_id", "user_idx", 0), ctx.home,
+    return {"user_factors": warehouse.write_arrow(_factor_table(users, uf, "user_id", "user_idx", 0), ctx.home,
                                                "user_factors", ctx.ds, zone),
-            "item_factors": common.write_arrow(_factor_table(items, itf, "item_id", "item_idx", 1), ctx.home,
+            "item_factors": warehouse.write_arrow(_factor_table(items, itf, "item_id", "item_idx", 1), ctx.home,
                                                "item_factors", ctx.ds, zone),
             "fit_seconds": round(secs, 3), "refresh": warm}
 
@@ -122,7 +122,7 @@ def fit(ctx: StageContext, p: WalsConfig, splits: tuple[str, ...], zone: str, ba
 def load_factors(ctx: StageContext, zone: str, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """(U, F) and (N + 1, F) arrays indexed by user_idx / item_idx (row 0 of items and unseen rows are zero)."""
     def dense(table: str, idx: str, rows: int) -> np.ndarray:
-        t = common.read_arrow(ctx.home, table, ctx.ds, zone=zone)
+        t = warehouse.read_arrow(ctx.home, table, ctx.ds, zone=zone)
         vals = t.column("factors").combine_chunks()
         f = len(vals[0]) if len(vals) else 0
         out = np.zeros((rows, f), np.float32)

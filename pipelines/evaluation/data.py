@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from jobs import common
+from jobs import warehouse
 from pipelines.config import Config, EvalConfig
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import EvalData, draw_negatives, from_sequences
@@ -12,18 +12,18 @@ from pipelines.evaluation.protocol import EvalData, draw_negatives, from_sequenc
 
 def load_eval_data(ctx: StageContext) -> tuple[EvalData, list[str], list[str]]:
     """EvalData and the id lists (``user_ids[idx]``, ``item_ids[idx]`` with ``item_ids[0] = ''``)."""
-    umap = common.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
-    imap = common.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
-    data = from_sequences(common.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows)
+    umap = warehouse.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
+    imap = warehouse.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
+    data = from_sequences(warehouse.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows)
     return data, umap.column("user_id").to_pylist(), [""] + imap.column("item_id").to_pylist()
 
 
 def negatives_for(ctx: StageContext, data: EvalData) -> np.ndarray:
     """(U, n) stored sampled negatives of ``ds``; drawn once (seeded) and written on first use."""
-    path = common.partition_path(ctx.home, "negatives", ctx.ds)
+    path = warehouse.partition_path(ctx.home, "negatives", ctx.ds)
     n, seed = ctx.cfg.eval.n_negatives, ctx.cfg.eval.negatives_seed
     if path.exists():
-        t = common.read_arrow(ctx.home, "negatives", ctx.ds).sort_by("user_idx")
+        t = warehouse.read_arrow(ctx.home, "negatives", ctx.ds).sort_by("user_idx")
         neg = np.asarray(t.column("items").combine_chunks().values, np.int32).reshape(t.num_rows, -1)
         if neg.shape == (data.n_users, n) and (path / "_seed").exists() and (path / "_seed").read_text() == str(seed):
             return neg
@@ -31,7 +31,7 @@ def negatives_for(ctx: StageContext, data: EvalData) -> np.ndarray:
     tbl = pa.table({"user_idx": pa.array(np.arange(data.n_users), pa.int32()),
                     "items": pa.FixedSizeListArray.from_arrays(pa.array(neg.ravel(), pa.int32()), n)
                     .cast(pa.list_(pa.int32()))})
-    common.write_arrow(tbl, ctx.home, "negatives", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "negatives", ctx.ds)
     (path / "_seed").write_text(str(seed))
     return neg
 

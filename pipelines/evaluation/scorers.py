@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from jobs import common
+from jobs import warehouse
 from pipelines.backends.wals import SCRATCH, load_factors
 from pipelines.context import StageContext
 from pipelines.evaluation.data import evaluation_users
@@ -111,7 +111,7 @@ def popularity(data: EvalData) -> Served:
 def wals(ctx: StageContext, data: EvalData) -> Served:
     """WALS: test-phase factors (fit on train + valid when ``wals.refit_on_valid``), valid-phase from train only."""
     test = load_factors(ctx, "warehouse", data.n_users, data.n_items)
-    scratch = common.partition_path(ctx.home, "user_factors", ctx.ds, SCRATCH)
+    scratch = warehouse.partition_path(ctx.home, "user_factors", ctx.ds, SCRATCH)
     has_valid = ctx.cfg.wals.refit_on_valid and scratch.exists()
     valid = load_factors(ctx, SCRATCH, data.n_users, data.n_items) if has_valid else test
     return FactorScorer({"valid": valid, "test": test}), {
@@ -137,7 +137,7 @@ def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
     """The models to evaluate this day: name -> factory(data). Popularity always; WALS and trained models when
     their outputs exist."""
     zoo: dict[str, Callable[[EvalData], Served]] = {"popularity": popularity}
-    if common.partition_path(ctx.home, "user_factors", ctx.ds).exists():
+    if warehouse.partition_path(ctx.home, "user_factors", ctx.ds).exists():
         zoo["wals"] = lambda d: wals(ctx, d)
     for stage in STAGES:
         for name in stage.models:

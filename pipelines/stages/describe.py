@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from features import schemas
 from features import text as T
-from jobs import common
+from jobs import warehouse
 from pipelines.backends.llm import (
     Backend,
     CTranslate2Backend,
@@ -234,7 +234,7 @@ def run(ctx: StageContext) -> StageResult:
         "status": [r["status"] for _, _, r in keep], "reason": [r.get("reason") for _, _, r in keep],
         "tokens": [r["tokens"] for _, _, r in keep],
     }, schema=schemas.DESCRIPTIONS)
-    common.write_arrow(tbl, ctx.home, "descriptions", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "descriptions", ctx.ds)
     degenerate = sum(r["status"] != "ok" for _, _, r in keep)
     regenerated = {kind: sorted(todo_all[i].id for i in miss if todo_all[i].kind == kind) for kind in ("item", "user")}
     out = {"generated": counts["generated"] + counts["degenerate"], "cached": cached_before,
@@ -250,5 +250,5 @@ def run(ctx: StageContext) -> StageResult:
     print(f"  describe: generated {out['generated']}, cached {out['cached']}, failed {out['failed']} "
           f"({degenerate} degenerate, {failed} transport errors), {out['llm_calls']} LLM calls, "
           f"{out['tokens_per_s']} tokens/s, {time.perf_counter() - t0:.1f} s", flush=True)
-    return StageResult(tbl.num_rows, {"descriptions": str(common.partition_path(ctx.home, "descriptions", ctx.ds))},
+    return StageResult(tbl.num_rows, {"descriptions": str(warehouse.partition_path(ctx.home, "descriptions", ctx.ds))},
                        tables={"descriptions": tbl.num_rows}, details=out)

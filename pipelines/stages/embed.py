@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from features import schemas
 from features import text as T
-from jobs import common
+from jobs import warehouse
 from pipelines.backends.encoder import Encoder
 from pipelines.cache import Cache
 from pipelines.catalogue import Catalogue, load_catalogue
@@ -53,11 +53,11 @@ def texts_for(ctx: StageContext, source: str, meta: list[dict]) -> list[dict]:
     """``metadata_rows`` under ``source``: for ``descriptions`` the good LLM text replaces the metadata text."""
     if source == "metadata":
         return meta
-    desc_path = common.partition_path(ctx.home, "descriptions", ctx.ds)
+    desc_path = warehouse.partition_path(ctx.home, "descriptions", ctx.ds)
     if not desc_path.exists():
         raise FileNotFoundError(f"embed.sources has 'descriptions' but {desc_path} does not exist: run the describe "
                                 "stage for this ds first, or set embed.sources=[metadata]")
-    d = common.read_arrow(ctx.home, "descriptions", ctx.ds, columns=["kind", "idx", "text", "status"])
+    d = warehouse.read_arrow(ctx.home, "descriptions", ctx.ds, columns=["kind", "idx", "text", "status"])
     cols = (d.column(c).to_pylist() for c in ("kind", "idx", "text", "status"))
     good = {(k, i): t for k, i, t, s in zip(*cols, strict=True)
             if s == "ok"}
@@ -88,11 +88,11 @@ def run(ctx: StageContext) -> StageResult:
                 .cast(pa.list_(pa.float32())),
             }, schema=schemas.TEXT_EMBEDDINGS))
     tbl = pa.concat_tables(parts)
-    common.write_arrow(tbl, ctx.home, "text_embeddings", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "text_embeddings", ctx.ds)
     if encoder.sentences:
         out["sentences_per_s"] = round(encoder.sentences / encoder.seconds, 1)
     print(f"  embed: {tbl.num_rows} vectors ({', '.join(cfg.sources)}), {out['encoded']} encoded, {out['cached']} "
           f"from cache, metadata stood in for {out['fallback']}", flush=True)
-    path = common.partition_path(ctx.home, "text_embeddings", ctx.ds)
+    path = warehouse.partition_path(ctx.home, "text_embeddings", ctx.ds)
     return StageResult(tbl.num_rows, {"text_embeddings": str(path)},
                        tables={"text_embeddings": tbl.num_rows}, details=out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs import common
+from jobs import warehouse
 from pipelines import serving
 from pipelines.context import StageContext, StageResult
 from pipelines.evaluation import report
@@ -54,8 +54,8 @@ def run(ctx: StageContext) -> StageResult:
                                                        hist_indices=hist.indices, **arrays))
         print(f"  evaluate {name}: test full NDCG@10={metrics[name]['full']['NDCG@10']:.4f} "
               f"HR@10={metrics[name]['full']['HR@10']:.4f} ({seconds[name]} s for {metrics[name]['full']['users']} users)")
-    common.write_json(ctx.run_dir / "metrics.json", metrics)
-    common.write_json(ctx.run_dir / "models.json", model_dirs)
+    warehouse.write_json(ctx.run_dir / "metrics.json", metrics)
+    warehouse.write_json(ctx.run_dir / "models.json", model_dirs)
     report.write(ctx, metrics, data)
     return StageResult(int((data.test > 0).sum()) if users is None else len(users),
                        {"metrics": str(ctx.run_dir / "metrics.json"), **model_dirs},

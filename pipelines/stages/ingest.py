@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobs import common
+from jobs import warehouse
 from jobs import ingest as job
 from pipelines.context import StageContext, StageResult
 
@@ -12,5 +12,5 @@ def run(ctx: StageContext) -> StageResult:
     params = {**dataclasses.asdict(ctx.cfg.data), "synthetic": dataclasses.asdict(ctx.cfg.synthetic)}
     counts = job.run(str(ctx.home), ctx.ds, params, *ctx.spark_args())
     return StageResult(counts["interactions"],
-                       {t: str(common.partition_path(ctx.home, t, ctx.ds, job.STAGING)) for t in counts},
+                       {t: str(warehouse.partition_path(ctx.home, t, ctx.ds, job.STAGING)) for t in counts},
                        tables=counts)

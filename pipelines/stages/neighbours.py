@@ -13,7 +13,7 @@ import pyarrow as pa
 from features import schemas
 from features.embeddings import vectors_of
 from features.neighbours import exact_topk, faiss_topk
-from jobs import common
+from jobs import warehouse
 from pipelines import refresh
 from pipelines.context import StageContext, StageResult
 
@@ -21,7 +21,7 @@ from pipelines.context import StageContext, StageResult
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.cfg.neighbours
     plan = refresh.plan(ctx)
-    emb = common.read_arrow(ctx.home, "text_embeddings", ctx.ds)
+    emb = warehouse.read_arrow(ctx.home, "text_embeddings", ctx.ds)
     parts, seconds = [], {}
     for source in sorted(set(emb.column("source").to_pylist())):
         for kind in ("item", "user"):
@@ -44,10 +44,10 @@ def run(ctx: StageContext) -> StageResult:
     if not parts:
         raise ValueError(f"text_embeddings of ds={ctx.ds} has fewer than two vectors per kind: nothing to compare")
     tbl = pa.concat_tables(parts)
-    common.write_arrow(tbl, ctx.home, "neighbours", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "neighbours", ctx.ds)
     print(f"  neighbours: top-{cfg.k} by cosine ({cfg.engine}) for "
           + ", ".join(f"{b} in {s} s" for b, s in seconds.items()), flush=True)
-    return StageResult(tbl.num_rows, {"neighbours": str(common.partition_path(ctx.home, "neighbours", ctx.ds))},
+    return StageResult(tbl.num_rows, {"neighbours": str(warehouse.partition_path(ctx.home, "neighbours", ctx.ds))},
                        tables={"neighbours": tbl.num_rows},
                        details={"k": cfg.k, "engine": cfg.engine, "seconds_by_block": seconds,
                                 "refresh": {"mode": plan.mode, "recomputed": "all", "rows": tbl.num_rows,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs import common
+from jobs import warehouse
 from pipelines import registry
 from pipelines.config import dump_yaml
 from pipelines.context import StageContext, StageResult
@@ -18,7 +18,7 @@ def run(ctx: StageContext) -> StageResult:
     (ctx.run_dir / "config.yaml").write_text(dump_yaml(ctx.cfg))
     write_summary(ctx.run_dir, ctx.ds, ctx.cfg.dataset)  # so the logged summary.json holds every stage so far
     info = registry.log_run(ctx.cfg, ctx.ds, ctx.home, ctx.run_dir, metrics, model_dirs)
-    common.write_json(ctx.run_dir / "mlflow.json", info)
+    warehouse.write_json(ctx.run_dir / "mlflow.json", info)
     print(f"  mlflow run {info['run_id']} at {info['tracking_uri']}; registered "
           + ", ".join(f"{m['name']} v{m['version']} {m['aliases']}" for m in info["models"]))
     return StageResult(len(info["models"]), {"mlflow": str(ctx.run_dir / "mlflow.json")},

@@ -23,7 +23,7 @@ import pyarrow as pa
 from features import schemas
 from features import text as T
 from features.sanitise import sanitise
-from jobs import common
+from jobs import warehouse
 from pipelines.backends.search import WEB_BACKENDS, LocalBM25, corpus_hash, read_corpus
 from pipelines.catalogue import load_catalogue
 from pipelines.context import StageContext, StageResult
@@ -37,8 +37,8 @@ def item_documents(ctx: StageContext) -> list[dict]:
     """One document per catalogue item: its facts, and its LLM description when ``describe`` wrote a good one."""
     cat = load_catalogue(ctx)
     desc: dict[int, str] = {}
-    if common.partition_path(ctx.home, "descriptions", ctx.ds).exists():
-        d = common.read_arrow(ctx.home, "descriptions", ctx.ds, columns=["kind", "idx", "text", "status"])
+    if warehouse.partition_path(ctx.home, "descriptions", ctx.ds).exists():
+        d = warehouse.read_arrow(ctx.home, "descriptions", ctx.ds, columns=["kind", "idx", "text", "status"])
         for kind, idx, text, status in zip(*(d.column(c).to_pylist() for c in ("kind", "idx", "text", "status")),
                                            strict=True):
             if kind == "item" and status == "ok":
@@ -65,10 +65,10 @@ def run(ctx: StageContext) -> StageResult:
         print("  retrieve: skipped (llmrec.retrieval=none: nothing reads the documents)", flush=True)
         return StageResult(0, details={"skipped": "llmrec.retrieval=none"})
     w = ctx.cfg.web
-    if not common.partition_path(ctx.home, "queries", ctx.ds).exists():
+    if not warehouse.partition_path(ctx.home, "queries", ctx.ds).exists():
         raise FileNotFoundError(f"retrieve needs the queries of ds={ctx.ds}: run the 'web_queries' stage first "
                                 f"(recpipe run --ds {ctx.ds} --stages web_queries)")
-    q = common.read_arrow(ctx.home, "queries", ctx.ds).to_pylist()
+    q = warehouse.read_arrow(ctx.home, "queries", ctx.ds).to_pylist()
     t0 = time.perf_counter()
     backend = backend_for(ctx)
     t_index = time.perf_counter() - t0
@@ -90,7 +90,7 @@ def run(ctx: StageContext) -> StageResult:
             for c in out:
                 out[c].append(vals[c])
     tbl = pa.Table.from_pydict(out, schema=schemas.RETRIEVED)
-    common.write_arrow(tbl, ctx.home, "retrieved", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "retrieved", ctx.ds)
     details: dict = {"backend": backend.name, "queries": len(q), "documents": tbl.num_rows,
                      "sanitised": {"documents_with_removed_lines": int(removed_docs),
                                    "removed_lines": int(removed_lines)},
@@ -102,7 +102,7 @@ def run(ctx: StageContext) -> StageResult:
         details["api"] = dict(backend.stats)
     print(f"  retrieve: {tbl.num_rows} documents for {len(q)} queries ({backend.name}); "
           f"{removed_lines} instruction-like lines removed from {removed_docs} documents", flush=True)
-    return StageResult(tbl.num_rows, {"retrieved": str(common.partition_path(ctx.home, "retrieved", ctx.ds))},
+    return StageResult(tbl.num_rows, {"retrieved": str(warehouse.partition_path(ctx.home, "retrieved", ctx.ds))},
                        tables={"retrieved": tbl.num_rows}, details=details)
 
 

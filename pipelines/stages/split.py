@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jobs import common
+from jobs import warehouse
 from jobs import split as job
 from pipelines.context import StageContext, StageResult
 
@@ -11,5 +11,5 @@ from pipelines.context import StageContext, StageResult
 def run(ctx: StageContext) -> StageResult:
     counts = job.run(str(ctx.home), ctx.ds, dataclasses.asdict(ctx.cfg.split), *ctx.spark_args())
     tables = ("sequences", "user_map", "item_map")
-    return StageResult(counts["sequences"], {t: str(common.partition_path(ctx.home, t, ctx.ds)) for t in tables},
+    return StageResult(counts["sequences"], {t: str(warehouse.partition_path(ctx.home, t, ctx.ds)) for t in tables},
                        tables=counts)

@@ -28,7 +28,7 @@ import torch
 from features import schemas
 from features import text as T
 from features.embeddings import vectors_of
-from jobs import common
+from jobs import warehouse
 from models.llmrec import LLMRec, add_lora
 from pipelines import refresh
 from pipelines.backends.llm import TransformersBackend
@@ -64,10 +64,10 @@ def _fingerprint(*parts) -> str:
 def item_text(ctx: StageContext, n_items: int) -> np.ndarray:
     """(N + 1, Dt) item text embeddings of ``llmrec.text_source`` (zero rows for items without one)."""
     source = ctx.cfg.llmrec.text_source
-    if not common.partition_path(ctx.home, "text_embeddings", ctx.ds).exists():
+    if not warehouse.partition_path(ctx.home, "text_embeddings", ctx.ds).exists():
         raise FileNotFoundError(f"the LLM recommender needs the text_embeddings of ds={ctx.ds}: run the 'embed' stage "
                                 f"first (recpipe run --ds {ctx.ds} --until embed)")
-    emb = common.read_arrow(ctx.home, "text_embeddings", ctx.ds)
+    emb = warehouse.read_arrow(ctx.home, "text_embeddings", ctx.ds)
     vec, idx, _ = vectors_of(emb, "item", source)
     if len(idx) == 0:
         raise ValueError(f"text_embeddings of ds={ctx.ds} has no item vectors from source '{source}': add it to "
@@ -105,11 +105,11 @@ def init_from(c, module: LLMRec) -> tuple[str, bool]:
 
 def retrieved_texts(ctx: StageContext) -> dict[str, dict[int, list[str]]]:
     """``{phase: {user_idx: [document text, ...] best first}}`` from the ``retrieved`` table of ``ds``."""
-    if not common.partition_path(ctx.home, "retrieved", ctx.ds).exists():
+    if not warehouse.partition_path(ctx.home, "retrieved", ctx.ds).exists():
         raise FileNotFoundError(f"llmrec.retrieval={ctx.cfg.llmrec.retrieval} needs the retrieved documents of "
                                 f"ds={ctx.ds}: run web_queries and retrieve first (recpipe run --ds {ctx.ds} --stages "
                                 "web_queries,retrieve), or set llmrec.retrieval=none")
-    t = common.read_arrow(ctx.home, "retrieved", ctx.ds, columns=["user_idx", "phase", "rank", "title", "text"])
+    t = warehouse.read_arrow(ctx.home, "retrieved", ctx.ds, columns=["user_idx", "phase", "rank", "title", "text"])
     out: dict[str, dict[int, list[tuple[int, str]]]] = {}
     for u, ph, rank, title, text in zip(*(t.column(c).to_pylist() for c in ("user_idx", "phase", "rank", "title",
                                                                             "text")), strict=True):
@@ -241,7 +241,7 @@ def run(ctx: StageContext) -> StageResult:
         if c.reasons_users:
             out["reasons"] = _reasons(ctx, causal, tok, model_dir, module, vectors, data, cat, scored, key)
         out["seconds"] = round(time.perf_counter() - t0, 2)
-        common.write_json(d / "result.json", {**out, "history": {s: r["history"] for s, r in results.items()}})
+        warehouse.write_json(d / "result.json", {**out, "history": {s: r["history"] for s, r in results.items()}})
         outputs[MODEL] = str(d)
         best = results.get("stage2", results["stage1"])
         print(f"  llmrec: best valid NDCG@10 {best['best_valid_NDCG@10']:.4f} (stage {len(results)}), "
@@ -315,10 +315,10 @@ def _reasons(ctx: StageContext, causal, tok, model_dir, module: LLMRec, vectors:
         "grounded": pa.array(grounded, pa.float32()), "unsupported": unsupported,
         "prompt_version": [T.REASON_PROMPT_VERSION] * len(users), "model": [model_key] * len(users)},
         schema=schemas.REASONS)
-    common.write_arrow(tbl, ctx.home, "reasons", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "reasons", ctx.ds)
     ok = [i for i, st in enumerate(status) if st == "ok"]
     served = {cat.user_ids[users[i]]: [cat.item_ids[int(top[i]) - 1], texts[i]] for i in ok}
-    common.write_json(ctx.model_dir(STAGE, MODEL) / "reasons.json", served)  # served beside the top item
+    warehouse.write_json(ctx.model_dir(STAGE, MODEL) / "reasons.json", served)  # served beside the top item
     summary = {"users": len(users), "ok": len(ok), "degenerate": len(users) - len(ok),
                "grounded_share": round(float(np.mean([grounded[i] for i in ok])), 4) if ok else None,
                "unsupported_share": round(float(np.mean([bool(unsupported[i]) for i in ok])), 4) if ok else None}

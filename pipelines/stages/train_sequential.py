@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from jobs import common
+from jobs import warehouse
 from pipelines import refresh
 from pipelines.context import StageContext, StageResult
 from pipelines.evaluation.data import load_eval_data
@@ -71,7 +71,7 @@ def warm_start(ctx: StageContext, base: str, name: str, model, items: list[str])
     best = ctx.home / "checkpoints" / STAGE / base / prev.get("model_key", "?") / "best.pt"  # in this home, moved or not
     if not best.exists():
         return None, ""
-    imap = common.read_arrow(ctx.home, "item_map", base).sort_by("item_idx")
+    imap = warehouse.read_arrow(ctx.home, "item_map", base).sort_by("item_idx")
     state, info = carry_item_rows(torch.load(best, map_location="cpu"), [""] + imap.column("item_id").to_pylist(),
                                   items, model)
     if info["tensors_skipped"]:  # another architecture or size: a fine-tune would start half cold
@@ -137,7 +137,7 @@ def run(ctx: StageContext) -> StageResult:
             tmp = d / "vectors.tmp.npz"
             np.savez(tmp, user_valid=uv, user_test=ut, items=items)
             tmp.replace(d / "vectors.npz")
-            common.write_json(d / "result.json", summary)
+            warehouse.write_json(d / "result.json", summary)
             outputs[name] = str(d)
             print(f"  {name}: best valid NDCG@10 {res.best_valid_ndcg10:.4f} at epoch {res.best_epoch} of "
                   f"{res.epochs_run}, {summary['epoch_seconds']} s/epoch", flush=True)

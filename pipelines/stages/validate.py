@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from features.errors import DataError
-from jobs.common import publish, read_arrow, write_json
+from jobs.warehouse import publish, read_arrow, write_json
 from pipelines.config import Config
 from pipelines.context import StageContext, StageResult
 

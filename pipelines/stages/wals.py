@@ -6,7 +6,7 @@ the ``scratch`` zone. ``recpipe tune wals`` (``pipelines.tuning``) chooses the h
 """
 from __future__ import annotations
 
-from jobs import common
+from jobs import warehouse
 from pipelines import refresh
 from pipelines.backends.wals import SCRATCH, fit
 from pipelines.context import StageContext, StageResult
@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> StageResult:
     print(f"  wals[{p.engine}] factors={p.factors} reg={p.regularization} alpha={p.alpha} {how}: fit {fit_s:.1f} s")
     final = out["final_fit"]
     return StageResult(final["user_factors"] + final["item_factors"],
-                       {t: str(common.partition_path(ctx.home, t, ctx.ds)) for t in ("user_factors", "item_factors")},
+                       {t: str(warehouse.partition_path(ctx.home, t, ctx.ds)) for t in ("user_factors", "item_factors")},
                        tables={"user_factors": final["user_factors"], "item_factors": final["item_factors"]},
                        details={"engine": p.engine, "fit_seconds": round(fit_s, 3), "refit_on_valid": p.refit_on_valid,
                                 "refresh": {"mode": plan.mode, "reason": plan.reason,

@@ -24,7 +24,7 @@ import pyarrow as pa
 from features import schemas
 from features import text as T
 from features.query_scoring import keywords, merge_words, naive_query
-from jobs import common
+from jobs import warehouse
 from pipelines.backends.weights import default_model_dir
 from pipelines.cache import Cache
 from pipelines.catalogue import load_catalogue
@@ -100,7 +100,7 @@ def run(ctx: StageContext) -> StageResult:
         for c in out:
             out[c].append(vals[c])
     tbl = pa.Table.from_pydict(out, schema=schemas.QUERIES)
-    common.write_arrow(tbl, ctx.home, "queries", ctx.ds)
+    warehouse.write_arrow(tbl, ctx.home, "queries", ctx.ds)
     details = {"users": {p: int(len(u)) for p, (u, _) in phases.items()}, "generated": len(todo),
                "reused": len(rows) - len(todo), "model": model_key}
     if writer is not None and todo:
@@ -110,5 +110,5 @@ def run(ctx: StageContext) -> StageResult:
         details["tokens_per_s"] = round(writer.tokens / max(writer.seconds["generate"], 1e-9), 1)
     print(f"  web_queries: {len(rows)} queries ({len(todo)} generated, {len(rows) - len(todo)} from the cache)",
           flush=True)
-    return StageResult(tbl.num_rows, {"queries": str(common.partition_path(ctx.home, "queries", ctx.ds))},
+    return StageResult(tbl.num_rows, {"queries": str(warehouse.partition_path(ctx.home, "queries", ctx.ds))},
                        tables={"queries": tbl.num_rows}, details=details)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 
 from features.embeddings import vectors_of
-from jobs import common
+from jobs import warehouse
 from models.grasp import build, mean_neighbours
 from models.sasrec import SASRec, bce_loss, ce_loss
 from pipelines.config import Config
@@ -149,11 +149,11 @@ class SequentialTask(Task):
 def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -> dict[str, np.ndarray]:
     """``item_sem``/``item_nb`` (N + 1, D) and ``user_sem``/``user_nb`` (U, D): own vectors and neighbours' mean."""
     for table, stage in (("text_embeddings", "embed"), ("neighbours", "neighbours")):
-        if not common.partition_path(ctx.home, table, ctx.ds).exists():
+        if not warehouse.partition_path(ctx.home, table, ctx.ds).exists():
             raise FileNotFoundError(f"GRASP needs the '{table}' table of ds={ctx.ds}: run the '{stage}' stage first "
                                     f"(recpipe run --ds {ctx.ds} --until neighbours)")
-    emb = common.read_arrow(ctx.home, "text_embeddings", ctx.ds)
-    nb = common.read_arrow(ctx.home, "neighbours", ctx.ds, columns=["kind", "source", "idx", "rank", "neighbour_idx"])
+    emb = warehouse.read_arrow(ctx.home, "text_embeddings", ctx.ds)
+    nb = warehouse.read_arrow(ctx.home, "neighbours", ctx.ds, columns=["kind", "source", "idx", "rank", "neighbour_idx"])
     out = {}
     for kind, rows in (("item", n_items + 1), ("user", n_users)):
         vec, idx, _ = vectors_of(emb, kind, source)

@@ -39,7 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from features.text import content_hash  # noqa: E402
-from jobs.common import write_json  # noqa: E402
+from jobs.warehouse import write_json  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
 from pipelines.training import llmrec as llmrec_training  # noqa: E402

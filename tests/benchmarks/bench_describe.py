@@ -33,7 +33,7 @@ N_ITEMS = 200
 
 
 def generation(ctx) -> dict:
-    from jobs import common
+    from jobs import warehouse
     from pipelines import runner
     from pipelines.backends.llm import TransformersBackend
     from pipelines.backends.weights import default_model_dir
@@ -60,7 +60,7 @@ def generation(ctx) -> dict:
     print(f"  one prompt at a time: {len(todo)} prompts ...", flush=True)
     seq_text = {todo[i].id: g.text for i, g in seq.stream([e.messages for e in todo])}
     print(f"  one prompt at a time: {seq.stats.tokens_per_s:.1f} tokens/s", flush=True)
-    d = common.read_arrow(ctx.home, "descriptions", ctx.ds)
+    d = warehouse.read_arrow(ctx.home, "descriptions", ctx.ds)
     batched_text = dict(zip(d.column("id").to_pylist(), d.column("text").to_pylist(), strict=True))
     from features.text import clean_output
 
@@ -106,10 +106,10 @@ def encoder_and_neighbours(ctx) -> dict:
            "items": len(item_texts), "users": len(user_texts)}
 
     item_source = "metadata"
-    from jobs import common
+    from jobs import warehouse
 
-    if common.partition_path(ctx.home, "descriptions", ctx.ds).exists():
-        d = common.read_arrow(ctx.home, "descriptions", ctx.ds)
+    if warehouse.partition_path(ctx.home, "descriptions", ctx.ds).exists():
+        d = warehouse.read_arrow(ctx.home, "descriptions", ctx.ds)
         kinds = d.column("kind").to_pylist()
         if sum(k == "item" for k in kinds) == len(item_ids):
             ctx_texts = embed.texts_for(ctx, "descriptions", meta)

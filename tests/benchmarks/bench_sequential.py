@@ -93,16 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     other = "descriptions" if args.text_source == "metadata" else "metadata"
     sources = [args.text_source] + ([other] if args.compare_text_source else [])
 
-    from jobs import common
+    from jobs import warehouse
     from pipelines import runner
 
     overrides = [f"train_sequential.text_source={args.text_source}", f"embed.sources=[{','.join(sources)}]",
                  "describe.entities=[items]"]
     ctx = prepare_beauty(args.data, args.home, overrides)
-    if "descriptions" in sources and not common.partition_path(ctx.home, "descriptions", BEAUTY_DS).exists():
+    if "descriptions" in sources and not warehouse.partition_path(ctx.home, "descriptions", BEAUTY_DS).exists():
         runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["describe"])
-    have = [common.partition_path(ctx.home, t, BEAUTY_DS).exists() for t in ("text_embeddings", "neighbours")]
-    emb = common.read_arrow(ctx.home, "text_embeddings", BEAUTY_DS, columns=["source"]) if have[0] else None
+    have = [warehouse.partition_path(ctx.home, t, BEAUTY_DS).exists() for t in ("text_embeddings", "neighbours")]
+    emb = warehouse.read_arrow(ctx.home, "text_embeddings", BEAUTY_DS, columns=["source"]) if have[0] else None
     if emb is None or not set(sources) <= set(emb.column("source").to_pylist()) or not have[1]:
         runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["embed", "neighbours"])
     if args.fresh:

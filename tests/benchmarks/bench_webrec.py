@@ -130,13 +130,13 @@ def splice_test_phase(clean_home: Path, poisoned_home: Path, target_home: Path) 
     import pyarrow.compute as pc
 
     from features import schemas
-    from jobs import common
+    from jobs import warehouse
 
-    clean = common.read_arrow(clean_home, "retrieved", BEAUTY_DS)
-    bad = common.read_arrow(poisoned_home, "retrieved", BEAUTY_DS)
+    clean = warehouse.read_arrow(clean_home, "retrieved", BEAUTY_DS)
+    bad = warehouse.read_arrow(poisoned_home, "retrieved", BEAUTY_DS)
     tbl = pa.concat_tables([clean.filter(pc.not_equal(clean.column("phase"), "test")),
                             bad.filter(pc.equal(bad.column("phase"), "test"))]).cast(schemas.RETRIEVED)
-    common.write_arrow(tbl, target_home, "retrieved", BEAUTY_DS)
+    warehouse.write_arrow(tbl, target_home, "retrieved", BEAUTY_DS)
     test = bad.filter(pc.equal(bad.column("phase"), "test")).to_pylist()
     injected = [r for r in test if r["doc_id"].startswith("inject:")]
     return {"injected_in_top_docs": len(injected),

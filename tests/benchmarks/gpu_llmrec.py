@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from jobs.common import write_json  # noqa: E402
+from jobs.warehouse import write_json  # noqa: E402
 from tests.benchmarks.common import BEAUTY_DS, ROOT, copy_partitions, machine, write_results  # noqa: E402
 
 TABLES = ("sequences", "user_map", "item_map", "items")
@@ -264,11 +264,11 @@ def _say(name: str, m: dict) -> None:
 
 
 def _reasons_table(ctx) -> list[dict]:
-    from jobs import common
+    from jobs import warehouse
 
-    if not common.partition_path(ctx.home, "reasons", ctx.ds).exists():
+    if not warehouse.partition_path(ctx.home, "reasons", ctx.ds).exists():
         return []
-    t = common.read_arrow(ctx.home, "reasons", ctx.ds, columns=["user_id", "item_id", "reason", "status",
+    t = warehouse.read_arrow(ctx.home, "reasons", ctx.ds, columns=["user_id", "item_id", "reason", "status",
                                                                   "grounded", "unsupported"])
     return t.to_pylist()
 

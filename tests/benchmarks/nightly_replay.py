@@ -36,7 +36,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from jobs.common import write_json  # noqa: E402
+from jobs.warehouse import write_json  # noqa: E402
 from pipelines import locks  # noqa: E402
 from pipelines.graph import STAGES  # noqa: E402
 from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402

@@ -234,7 +234,7 @@ def test_a_huge_header_is_not_echoed_whole(good, capsys, tmp_path):
 
 def test_rfc4180_quoted_fields_and_a_folder_of_csv_parts_are_read_as_written(tmp_path):
     """Quoted user ids holding a comma, a doubled quote and a newline; the interactions as two CSV part files."""
-    from jobs import common
+    from jobs import warehouse
 
     odd = {"U00": "U,comma", "U01": 'U"quote', "U02": "U\nnewline"}
 
@@ -251,7 +251,7 @@ def test_rfc4180_quoted_fields_and_a_folder_of_csv_parts_are_read_as_written(tmp
     args = table_args(home, folder)
     args[args.index("data.interactions_file=interactions.csv")] = "data.interactions_file=interactions"
     assert main(args) == 0
-    users = set(common.read_arrow(home, "interactions", DS).column("user_id").to_pylist())
+    users = set(warehouse.read_arrow(home, "interactions", DS).column("user_id").to_pylist())
     assert set(odd.values()) <= users and not set(odd) & users
     assert len(users) == N_USERS
 
@@ -277,7 +277,7 @@ def test_parquet_with_integer_ids_is_read_with_the_ids_as_text(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs import common
+    from jobs import warehouse
 
     folder = table_input(tmp_path / "in")
     rows = good_interactions()
@@ -291,6 +291,6 @@ def test_parquet_with_integer_ids_is_read_with_the_ids_as_text(tmp_path):
     args = table_args(home, folder)
     args[args.index("data.interactions_file=interactions.csv")] = "data.interactions_file=interactions.parquet"
     assert main(args) == 0
-    t = common.read_arrow(home, "interactions", DS)
+    t = warehouse.read_arrow(home, "interactions", DS)
     assert t.schema.field("user_id").type == pa.string() and t.schema.field("item_id").type == pa.string()
     assert set(t.column("user_id").to_pylist()) == {str(u) for u in range(N_USERS)}

@@ -11,7 +11,7 @@ import pytest
 
 from features.errors import DataError
 from jobs import ingest
-from jobs.common import read_arrow
+from jobs.warehouse import read_arrow
 
 pytestmark = pytest.mark.slow
 BEAUTY = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "amazon-beauty"

@@ -37,11 +37,11 @@ def test_two_runs_of_one_day_started_together(tmp_path):
 
 def _tables(home, ds) -> dict:
     """Every warehouse partition of ``ds`` as a sorted pyarrow table (the order rows were written in may differ)."""
-    from jobs import common
+    from jobs import warehouse
 
     out = {}
     for part in sorted((home / "warehouse").glob(f"*/ds={ds}")):
-        t = common.read_arrow(home, part.parent.name, ds)
+        t = warehouse.read_arrow(home, part.parent.name, ds)
         keys = [c for c in t.column_names if not str(t.schema.field(c).type).startswith(("list", "large_list",
                                                                                           "fixed_size"))]
         out[part.parent.name] = t.sort_by([(c, "ascending") for c in keys])

@@ -8,7 +8,7 @@ import json
 import pyarrow.compute as pc
 import pytest
 
-from jobs import common
+from jobs import warehouse
 from pipelines import runner
 from pipelines.config import load_config
 from tests.conftest import DS, private_home
@@ -25,12 +25,12 @@ SETS = ["refresh.mode=incremental", "refresh.wals_iterations=2", "refresh.finetu
 
 def _histories(home, ds: str) -> dict[str, list[str]]:
     """Each user's train items by id, in order: what the user prompt is written from."""
-    seq = common.read_arrow(home, "sequences", ds)
+    seq = warehouse.read_arrow(home, "sequences", ds)
     seq = seq.filter(pc.equal(seq.column("split"), "train")).sort_by([("user_idx", "ascending"),
                                                                       ("position", "ascending")])
-    users = dict(zip(*[common.read_arrow(home, "user_map", ds).column(c).to_pylist() for c in ("user_idx", "user_id")],
+    users = dict(zip(*[warehouse.read_arrow(home, "user_map", ds).column(c).to_pylist() for c in ("user_idx", "user_id")],
                      strict=True))
-    items = dict(zip(*[common.read_arrow(home, "item_map", ds).column(c).to_pylist() for c in ("item_idx", "item_id")],
+    items = dict(zip(*[warehouse.read_arrow(home, "item_map", ds).column(c).to_pylist() for c in ("item_idx", "item_id")],
                      strict=True))
     out: dict[str, list[str]] = {}
     for u, i in zip(seq.column("user_idx").to_pylist(), seq.column("item_idx").to_pylist(), strict=True):
@@ -55,8 +55,8 @@ def test_the_second_day_builds_on_the_first(_synthetic_split, tmp_path):
     assert json.loads((home / "runs" / D2 / "refresh.json").read_text())["base"] == DS
 
     # WALS: the first day's users and items start from their factors, the new ones cold, two sweeps
-    users1, users2 = (set(common.read_arrow(home, "user_map", d).column("user_id").to_pylist()) for d in (DS, D2))
-    items1, items2 = (set(common.read_arrow(home, "item_map", d).column("item_id").to_pylist()) for d in (DS, D2))
+    users1, users2 = (set(warehouse.read_arrow(home, "user_map", d).column("user_id").to_pylist()) for d in (DS, D2))
+    items1, items2 = (set(warehouse.read_arrow(home, "item_map", d).column("item_id").to_pylist()) for d in (DS, D2))
     assert users2 - users1 and items2 - items1                          # the synthetic shop grows every day
     final = day2["wals"]["refresh"]["final_fit"]
     assert final["warm"] and final["base"] == DS and final["iterations"] == 2

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from jobs.common import read_arrow
+from jobs.warehouse import read_arrow
 from pipelines import cli
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from jobs import common
+from jobs import warehouse
 from pipelines import runner
 from pipelines.config import load_config
 from pipelines.context import StageContext
@@ -37,7 +37,7 @@ def stage(ctx, name):
 
 
 def table(home, name):
-    return common.read_arrow(home, name, DS)
+    return warehouse.read_arrow(home, name, DS)
 
 
 def test_describe_caches_and_regenerates_only_what_changed(synthetic_home, tiny_llm_dir):
@@ -62,7 +62,7 @@ def test_describe_caches_and_regenerates_only_what_changed(synthetic_home, tiny_
     item_id = d.filter(pc.equal(d.column("kind"), "item")).column("id")[0].as_py()
     titles = [t + " (new formula)" if i == item_id else t
               for i, t in zip(items.column("item_id").to_pylist(), items.column("title").to_pylist(), strict=True)]
-    common.write_arrow(items.set_column(items.schema.get_field_index("title"), "title", [titles]),
+    warehouse.write_arrow(items.set_column(items.schema.get_field_index("title"), "title", [titles]),
                        synthetic_home, "items", DS)
     imap = table(synthetic_home, "item_map")
     idx = imap.filter(pc.equal(imap.column("item_id"), item_id)).column("item_idx")[0].as_py()
@@ -156,7 +156,7 @@ def test_describe_fails_clearly_when_the_server_is_down_and_keeps_nothing_half_w
     msg = str(err.value)
     assert "HTTP 503" in msg and "re-run the stage" in msg and "0 generated in this run are cached" in msg
     assert "stopped early" in msg and server.behaviour.requests < 10 * 2, "kept calling after the run had failed"
-    assert not common.partition_path(synthetic_home, "descriptions", DS).exists()
+    assert not warehouse.partition_path(synthetic_home, "descriptions", DS).exists()
 
 
 def test_embed_and_neighbours(synthetic_home, tiny_llm_dir):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import common
+from jobs import warehouse
 
 CONF = Path(__file__).resolve().parents[2] / "pipelines" / "conf" / "amazon_beauty.yaml"
 
@@ -40,7 +40,7 @@ def test_the_venv_binary_runs_spark_stages_from_another_folder_without_the_venv_
                            "ingest", "--config", str(CONF), "--set", f"data.path={data}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert common.partition_path(home, "interactions", "2026-01-01", zone="staging").exists()
+    assert warehouse.partition_path(home, "interactions", "2026-01-01", zone="staging").exists()
 
 
 def test_describe_switched_off_leaves_embed_on_metadata_text(synthetic_home):
@@ -54,8 +54,8 @@ def test_describe_switched_off_leaves_embed_on_metadata_text(synthetic_home):
     out = runner.run_stage("describe", ctx)
     assert out["generated"] == 0 and out["llm_calls"] == 0 and out["rows_out"] == 0
     emb = runner.run_stage("embed", ctx)
-    n = (common.read_arrow(synthetic_home, "item_map", "2026-01-01").num_rows
-         + common.read_arrow(synthetic_home, "user_map", "2026-01-01").num_rows)
+    n = (warehouse.read_arrow(synthetic_home, "item_map", "2026-01-01").num_rows
+         + warehouse.read_arrow(synthetic_home, "user_map", "2026-01-01").num_rows)
     assert emb["fallback"] == {"descriptions": n}
 
 

@@ -11,7 +11,7 @@ import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
 
 from features import schemas  # noqa: E402
-from jobs import common  # noqa: E402
+from jobs import warehouse  # noqa: E402
 from jobs import split as job  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -48,12 +48,12 @@ def _interactions(rows) -> pa.Table:
 
 @pytest.fixture
 def home(tmp_path):
-    common.write_arrow(_interactions(ROWS), tmp_path, "interactions", DS)
+    warehouse.write_arrow(_interactions(ROWS), tmp_path, "interactions", DS)
     return tmp_path
 
 
 def _table(home, name) -> list[tuple]:
-    t = common.read_arrow(home, name, DS)
+    t = warehouse.read_arrow(home, name, DS)
     schemas.check_schema(name, t.schema)  # names and types (Spark does not keep the non-null flags)
     assert t.column_names == schemas.TABLES[name].names, name
     return sorted(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
@@ -70,7 +70,7 @@ def test_split_exact(home):
 
 def test_split_is_independent_of_row_order(home, tmp_path_factory):
     other = tmp_path_factory.mktemp("shuffled")
-    common.write_arrow(_interactions(list(reversed(ROWS))), other, "interactions", DS)
+    warehouse.write_arrow(_interactions(list(reversed(ROWS))), other, "interactions", DS)
     job.run(str(other), DS, {}, *SPARK)   # defaults: kcore 0, min_interactions 3, drop
     assert _table(other, "sequences") == EXPECTED
 
@@ -119,7 +119,7 @@ def test_main_without_interactions_fails_naming_the_partition(tmp_path, capsys):
 
 
 def test_no_user_long_enough_fails(tmp_path):
-    common.write_arrow(_interactions([("u", "a", 1, 0), ("u", "b", 2, 1)]), tmp_path, "interactions", DS)
+    warehouse.write_arrow(_interactions([("u", "a", 1, 0), ("u", "b", 2, 1)]), tmp_path, "interactions", DS)
     with pytest.raises(job.DataError, match="no user has at least 3 interactions"):
         job.run(str(tmp_path), DS, {"min_interactions": 3}, *SPARK)
-    assert not common.partition_path(tmp_path, "sequences", DS).exists()
+    assert not warehouse.partition_path(tmp_path, "sequences", DS).exists()

@@ -48,7 +48,7 @@ def _out(home: Path) -> Path:
 
 
 def test_trains_both_stages_evaluates_with_the_cascade_and_registers(home, tiny_llm_dir):
-    from jobs import common
+    from jobs import warehouse
     from pipelines import runner
     from pipelines.config import load_config
 
@@ -68,7 +68,7 @@ def test_trains_both_stages_evaluates_with_the_cascade_and_registers(home, tiny_
     # the cascade only reorders WALS's top 20: its HR@20 is WALS's (the same 20 candidates), its ranks below too
     assert m["llmrec_cascade_wals"]["full"]["HR@20"] == pytest.approx(m["wals"]["full"]["HR@20"])
     assert {x["name"] for x in summary["mlflow"]["models"]} == {"popularity", "wals", "llmrec"}  # cascade not served
-    r = common.read_arrow(home, "reasons", DS)
+    r = warehouse.read_arrow(home, "reasons", DS)
     assert r.num_rows == 4 and set(r.column("status").to_pylist()) <= {"ok", "degenerate"}
     assert set(r.column("model").to_pylist()) == {st["model_key"]}
     from mlflow import MlflowClient

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import common
+from jobs import warehouse
 from pipelines import runner
 from pipelines.config import load_config
 from pipelines.context import StageContext
@@ -18,7 +18,7 @@ DS = "2026-01-01"
 
 def _embeddings(home) -> None:
     vec = np.array([[1, 0], [0.8, 0.6], [0, 1], [-0.6, 0.8]], np.float32)  # items 1..4, unit vectors, no ties
-    common.write_arrow(pa.table({
+    warehouse.write_arrow(pa.table({
         "kind": ["item"] * 4, "source": ["metadata"] * 4, "id": ["a", "b", "c", "d"],
         "idx": pa.array([1, 2, 3, 4], pa.int32()), "fallback": [False] * 4, "text_hash": ["h"] * 4,
         "vector": pa.array(list(vec), pa.list_(pa.float32()))}), home, "text_embeddings", DS)
@@ -31,7 +31,7 @@ def test_run_stage_records_outputs_and_rebuilds_the_summary(tmp_path):
     assert rec["status"] == "success" and rec["rows_out"] == 8 and rec["tables"] == {"neighbours": 8}
     assert rec["outputs"] == {"neighbours": str(tmp_path / "warehouse" / "neighbours" / f"ds={DS}")}
     assert (rec["k"], rec["engine"]) == (2, "exact")
-    nb = common.read_arrow(tmp_path, "neighbours", DS).sort_by([("idx", "ascending"), ("rank", "ascending")])
+    nb = warehouse.read_arrow(tmp_path, "neighbours", DS).sort_by([("idx", "ascending"), ("rank", "ascending")])
     assert nb.column("neighbour_id").to_pylist() == ["b", "c", "a", "c", "d", "b", "c", "b"]
     assert json.loads((ctx.run_dir / "stages" / "neighbours.json").read_text()) == rec
     summary = json.loads((ctx.run_dir / "summary.json").read_text())

@@ -1,4 +1,5 @@
-"""What every Spark job shares: the session, partition paths and the atomic partition swap.
+"""The warehouse's read/write layer (every job and stage reads and writes tables through it): the Spark session,
+partition paths, the atomic partition swap, JSON records.
 
 A partition ``warehouse/<table>/ds=<ds>/`` is always written to a sibling temporary directory first and
 renamed into place only when complete, so a failed or repeated run never leaves a half-written or
