@@ -6,7 +6,9 @@
 * 100 sampled negatives per user, uniform over items the user never touched, drawn once with a seeded
   generator (``draw_negatives``) and stored, so every model is ranked on the same 101 candidates.
 * Rank of the target = number of candidates scoring strictly higher + number of *other* candidates tying
-  with it (ties count against the target, so constant scores earn nothing).
+  with it (ties count against the target, so constant scores earn nothing). A NaN score is the worst: a NaN
+  target is beaten by every candidate, a NaN candidate beats no target but a NaN one (``against_target``, the
+  one place this rule lives; the torch fast path ``pipelines.training.ranking`` uses it too).
 * HR@k = 1[rank < k]; NDCG@k = 1[rank < k] / log2(rank + 2); MRR = mean 1 / (rank + 1) (untruncated).
 * Slices: ``short_history`` users (history length at or below the ``short_quantile`` quantile) and
   ``tail_items`` (users whose target is outside the most popular ``1 - tail_fraction`` of items by train
@@ -133,6 +135,17 @@ def draw_negatives(data: EvalData, n: int, seed: int) -> np.ndarray:
     return out
 
 
+def against_target(scores, target_scores):
+    """(B, C) mask of the candidates that count against each row's target: those scoring at or above it (ties count
+    against the target), and every candidate where the target scores NaN (a NaN score is the worst, so a diverged
+    model ranks its target last). A NaN candidate never beats a finite target (``NaN >= t`` is false).
+
+    ``scores`` (B, C) and ``target_scores`` (B,), numpy arrays or torch tensors alike (only ``>=``, ``!=`` and ``|``).
+    """
+    t = target_scores[:, None]
+    return (scores >= t) | (t != t)                                            # t != t: the target is NaN
+
+
 def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, negatives: np.ndarray,
                  batch: int, candidates: tuple[int, ...] = ()) -> tuple[np.ndarray, ...]:
     """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass; then,
@@ -147,21 +160,27 @@ def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, n
                    disable=len(users) <= 4 * batch or None):
         b = users[lo:lo + batch]
         rows = np.arange(len(b))
-        s = np.array(model.score(b, phase), dtype=np.float32)                 # (B, N + 1), a private copy
-        np.nan_to_num(s, copy=False, nan=-np.inf)                             # a NaN score never wins
+        s = np.asarray(model.score(b, phase), dtype=np.float32)               # (B, N + 1), read only
         ts = s[rows, targets[b]]                                              # (B,)
         ns = np.take_along_axis(s, negatives[b].astype(np.int64), axis=1)     # (B, n_neg)
-        beats = ns >= ts[:, None]                                              # ties count against the target
+        beats = against_target(ns, ts)                                        # ties and NaN against the target
         sampled[lo:lo + len(b)] = beats.sum(1)
         for n, ranks in subsets.items():
             ranks[lo:lo + len(b)] = beats[:, : n - 1].sum(1)
         r, items = hist.rows(b)
-        cand = np.ones(s.shape, bool)                                         # (B, N + 1); a mask, not -inf,
-        cand[r, items] = False                                                # so a -inf target is not tied by
-        cand[:, 0] = False                                                    # history or padding
-        cand[rows, targets[b]] = True                                         # the target is always a candidate
-        full[lo:lo + len(b)] = ((s >= ts[:, None]) & cand).sum(1) - 1         # minus the target itself
+        cand = candidates_mask(s.shape, r, items, targets[b])                 # (B, N + 1)
+        full[lo:lo + len(b)] = (against_target(s, ts) & cand).sum(1) - 1      # minus the target itself
     return (full, sampled, *subsets.values())
+
+
+def candidates_mask(shape: tuple[int, int], rows: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(B, N + 1) full-ranking candidates: every item but the history (``rows``, ``items``) and the padding column;
+    the target always is one. A mask, not -inf scores, so a -inf or NaN target is not tied by history or padding."""
+    cand = np.ones(shape, bool)
+    cand[rows, items] = False
+    cand[:, 0] = False
+    cand[np.arange(shape[0]), targets] = True
+    return cand
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:

@@ -135,3 +135,24 @@ def test_min_batches_shrinks_the_batch_of_a_small_dataset_only():
     assert task.per_batch == pytest.approx(task.train.n_targets.sum() / 4)  # the loss's divisor follows the batch
     with pytest.raises(Exception, match="min_batches"):
         load_config(None, ["train_sequential.min_batches=-1"])
+
+
+def test_full_ranks_nan_target_is_the_worst_and_nan_items_never_beat_a_finite_target():
+    # a diverged epoch (NaN scores) must rank its target last, never -1 (which made NDCG@10 infinite and let early
+    # stopping keep the epoch); NaN items must not beat a finite target. Same rule as the evaluation protocol.
+    from pipelines.evaluation.protocol import metrics_from_ranks
+
+    n_items = 6
+    hist = _csr([[1, 2], [1], [3]])                                    # candidates: u0 4, u1 5, u2 5 items
+    targets = np.array([3, 2, 1], np.int32)
+    u = np.array([[1.0], [1.0], [np.nan]], np.float32)                # u2's scores are all NaN
+    v = np.array([[0.0], [1.0], [2.0], [np.nan], [0.5], [3.0], [np.nan]], np.float32)  # item 3 and 6 score NaN
+    got = full_ranks(torch.from_numpy(u), torch.from_numpy(v), hist, targets)
+    # u0: target 3 is NaN -> last of its 4 candidates (3, 4, 5, 6) -> rank 3
+    # u1: target 2 (2.0): only item 5 (3.0) beats it; NaN items 3 and 6 do not -> rank 1
+    # u2: every score NaN -> the target is last of its 5 candidates (1, 2, 4, 5, 6) -> rank 4
+    assert got.tolist() == [3, 1, 4]
+    data = EvalData(3, n_items, hist, targets, np.zeros(3, np.int32))
+    ref, *_ = target_ranks(FactorScorer({"valid": (u, v)}), data, "valid", np.arange(3), np.ones((3, 1), np.int32), 2)
+    np.testing.assert_array_equal(got, ref)
+    assert np.isfinite(metrics_from_ranks(got, (10,))["NDCG@10"])
