@@ -109,11 +109,26 @@ def popularity(data: EvalData) -> Served:
 
 
 def wals(ctx: StageContext, data: EvalData) -> Served:
-    """WALS: test-phase factors (fit on train + valid when ``wals.refit_on_valid``), valid-phase from train only."""
+    """WALS: test-phase factors (fit on train + valid when ``wals.refit_on_valid``), valid-phase from train only.
+
+    With ``refit_on_valid`` the train-only fit (zone ``scratch``) must exist: scoring the valid targets with the
+    train + valid fit would let the factors see the targets, so a missing one is an error, never a silent fallback.
+    """
     test = load_factors(ctx, "warehouse", data.n_users, data.n_items)
-    scratch = warehouse.partition_path(ctx.home, "user_factors", ctx.ds, SCRATCH)
-    has_valid = ctx.cfg.wals.refit_on_valid and scratch.exists()
-    valid = load_factors(ctx, SCRATCH, data.n_users, data.n_items) if has_valid else test
+    if not ctx.cfg.wals.refit_on_valid:
+        return _factors(data, test, test)                                    # the warehouse fit is train-only
+    for table in ("user_factors", "item_factors"):
+        scratch = warehouse.partition_path(ctx.home, table, ctx.ds, SCRATCH)
+        if not scratch.exists():
+            raise FileNotFoundError(
+                f"evaluate needs WALS's train-only fit for the valid phase, but {scratch} (table '{table}', zone "
+                f"'{SCRATCH}', ds={ctx.ds}) does not exist; the warehouse factors were fit on train + valid "
+                f"(wals.refit_on_valid) and would see the valid targets. Fix: re-run the 'wals' stage for "
+                f"ds={ctx.ds} (recpipe stage wals --ds {ctx.ds}), which writes both fits.")
+    return _factors(data, load_factors(ctx, SCRATCH, data.n_users, data.n_items), test)
+
+
+def _factors(data: EvalData, valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Served:
     return FactorScorer({"valid": valid, "test": test}), {
         "user_emb": test[0], "item_emb": test[1], "item_bias": np.zeros(data.n_items + 1, np.float32)}
 

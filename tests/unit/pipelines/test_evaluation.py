@@ -481,3 +481,41 @@ def test_a_constant_scorer_gets_the_tie_averse_candidate_rank():
     out = evaluate(Fixed(flat), d, np.array([[1, 5, 6], [1, 3, 4], [2, 3, 4]], np.int32), "test", ks=(1,),
                    candidates=(3,))
     assert out["cand3"]["HR@1"] == 0.0 and out["cand3"]["MRR"] == approx(1 / 3)  # last of 3, never lucky
+
+
+def _wals_factors(home, zone: str, ds: str, n_users: int, n_items: int, value: float) -> None:
+    from jobs import warehouse
+
+    f = 2
+    for table, id_col, idx_col, n, start in (("user_factors", "user_id", "user_idx", n_users, 0),
+                                             ("item_factors", "item_id", "item_idx", n_items + 1, 1)):
+        rows = list(range(start, n))
+        warehouse.write_arrow(pa.table({id_col: pa.array([f"x{i}" for i in rows], pa.string()),
+                                        idx_col: pa.array(rows, pa.int32()),
+                                        "factors": pa.array([[value] * f for _ in rows], pa.list_(pa.float32()))}),
+                              home, table, ds, zone)
+
+
+def test_wals_scorer_refuses_to_score_valid_with_the_train_plus_valid_fit(tmp_path):
+    # with wals.refit_on_valid the warehouse factors saw the valid targets; if the train-only (scratch) fit is
+    # missing, evaluate must stop and say how to get it, not score valid with the train + valid fit
+    from pathlib import Path
+
+    from pipelines.backends.wals import SCRATCH
+    from pipelines.config import load_config
+    from pipelines.context import StageContext
+    from pipelines.evaluation.scorers import wals
+
+    d, ds = shop(), "2026-01-01"
+    _wals_factors(tmp_path, "warehouse", ds, d.n_users, d.n_items, 1.0)
+    ctx = StageContext(load_config(None), ds, Path(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"user_factors.*scratch.*re-run the 'wals' stage"):
+        wals(ctx, d)
+    _wals_factors(tmp_path, SCRATCH, ds, d.n_users, d.n_items, 2.0)
+    scorer, _ = wals(ctx, d)
+    assert scorer.score(np.array([0]), "valid")[0, 1] == 8.0          # the train-only fit: 2 * 2 * 2
+    assert scorer.score(np.array([0]), "test")[0, 1] == 2.0           # the train + valid fit: 1 * 1 * 2
+    no_refit = StageContext(load_config(None, ["wals.refit_on_valid=false"]), ds, Path(tmp_path / "other"))
+    _wals_factors(no_refit.home, "warehouse", ds, d.n_users, d.n_items, 1.0)
+    scorer, _ = wals(no_refit, d)                                      # the warehouse fit is train-only: fine
+    assert scorer.score(np.array([0]), "valid")[0, 1] == 2.0
