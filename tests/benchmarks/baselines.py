@@ -1,4 +1,5 @@
-"""Baselines over seeds with paired bootstrap intervals: SASRec and GRASP (both text sources), every choice on valid.
+"""Baselines over seeds with paired intervals that include training variance: SASRec and GRASP (both text
+sources), every choice on valid.
 
     python tests/benchmarks/baselines.py --config pipelines/conf/amazon_beauty.yaml \
         --set data.path=../shared/datasets/amazon-beauty [--seeds 42,43,44] [--variants sasrec,grasp,grasp[metadata]]
@@ -6,15 +7,19 @@
 ``--variants sasrec,llmrec`` measures the LLM recommender the same way (``recpipe stage train_llmrec``).
 
 The day is prepared once (``recpipe run --until neighbours``: split, WALS, descriptions, embeddings, neighbours);
-then for every seed and variant its training stage (``recpipe stage train_sequential``; ``train_llmrec`` for llmrec)
-and ``recpipe stage evaluate`` run with ``--set seed=S`` (the protocol's negatives keep their own seed), and the
+then for every seed and variant (SASRec, the reference, first; the others in ``VARIANTS``' order, whatever the order
+of ``--variants``) its training stage (``recpipe stage train_sequential``; ``train_llmrec`` for llmrec) and
+``recpipe stage evaluate`` run with ``--set seed=S`` (the protocol's negatives keep their own seed), and the
 evaluate stage's per-user ranks (``runs/<ds>/ranks/<model>.npz``) are kept. Reported per variant: mean and standard
 deviation over seeds of every headline metric (test, full ranking; sampled 100; the short-history and tail-item
-slices; valid NDCG@10), epoch time and time to the best epoch; for every variant but SASRec the paired bootstrap 95%
-interval, over users, of its NDCG@10 difference to SASRec (seed i paired with seed i, the difference averaged over
-seeds per user), overall and per slice, and a verdict that says "better" or "worse" only where the interval excludes
-0. Each setting of the config is listed with the split that chose it (``PROVENANCE``). Results:
-``results/baselines<suffix>.{json,md}``.
+slices; valid NDCG@10), epoch time and time to the best epoch; for every variant but SASRec its NDCG@10 delta to
+SASRec, overall and per slice: the per-seed paired deltas (seed i minus SASRec's seed i, on the users every run
+scored), their mean and the harness's 95% interval (``--interval t``, the default: Student t over the per-seed
+deltas; ``two-level``: a bootstrap over seeds, then users), which includes run-to-run training variance; a verdict
+that says "better" or "worse" only where that interval excludes 0; and, for comparison, the user-only bootstrap
+(``*_ci95_users_only``), which leaves training variance out. Where a run scored other users than the pairs share,
+the payload and the table's notes say so (the means are each run's own users). Each setting of the config is
+listed with the split that chose it (``PROVENANCE``). Results: ``results/baselines<suffix>.{json,md}``.
 
 Every finished (seed, variant) leaves its ranks and a record (metrics, training figures) under ``HOME/baselines/``;
 a re-run with the same day, resolved config and model code takes those from there instead of training again,
@@ -25,6 +30,10 @@ so a killed run loses at most the run it was in. The key does not cover the data
 the same SASRec models (checked: every per-seed figure and best epoch of SASRec must agree, as they do when a run
 reuses the other's finished SASRec checkpoints, whose key covers settings, code and data, or retrains it
 deterministically). Each delta stays the one computed in its own run.
+
+``--reinterval FILE.json`` trains nothing: it recomputes every delta's t-interval from the file's per-seed figures
+(valid where every run scored the same users, as with ``users: all``), keeps the earlier interval as
+``*_ci95_users_only`` and rewrites ``results/baselines<suffix>``.
 """
 from __future__ import annotations
 
@@ -44,7 +53,20 @@ from pipelines.config import load_config  # noqa: E402
 from pipelines.evaluation.stats import paired_bootstrap, paired_difference  # noqa: E402
 from pipelines.training import llmrec as llmrec_training  # noqa: E402
 from pipelines.training.sequential import code_version  # noqa: E402
-from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import (  # noqa: E402
+    INTERVALS,
+    commit,
+    day_args,
+    interval_record,
+    machine,
+    paired_interval,
+    paired_interval_from_deltas,
+    parser,
+    recpipe,
+    run_variants,
+    variant_order,
+    write_results,
+)
 
 # label -> (overrides of its stage's section, the model name the stage writes, the stage that trains it)
 VARIANTS = {
@@ -79,8 +101,9 @@ PROVENANCE = {
     "train_sequential.grasp.text_init": ("valid", "worst case over Beauty (results/grasp_tuning.md) and "
                                                   "MovieLens-100k (results/heldout_ml100k.md)"),
     "train_sequential.grasp.item_adapter_ids": ("valid", "as text_init"),
-    "train_sequential.grasp.user_neighbours": ("valid", "results/grasp_user_neighbours.md (first set on test, "
-                                                         "results/beauty_sequential_gpu*.md; the valid choice kept it)"),
+    "train_sequential.grasp.user_neighbours": ("test, then valid", "first set after reading test figures (the GPU "
+                                               "runs of 2026-11-24), then confirmed on valid: "
+                                               "results/grasp_user_neighbours.md (false 0.0627, true 0.0601)"),
     "web.keywords": ("valid", "results/webrec_beauty.md"),
     "llmrec.rerank_mix": ("valid", "chosen per run on valid (evaluate stage)"),
 }
@@ -108,10 +131,6 @@ def metric(m: dict, where: str, name: str) -> float:
     if where == "valid":
         return m["valid"]["full"][name]
     return m[where][name]
-
-
-def verdict(ci: tuple[float, float]) -> str:
-    return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "not distinguishable"
 
 
 def training_figures(result: dict) -> tuple[dict, bool]:
@@ -142,28 +161,53 @@ def report(payload: dict) -> tuple[list[tuple], list[str]]:
                      f"{v['short_history:NDCG@10']:.4f}", f"{v['tail_items:NDCG@10']:.4f}",
                      f"{v['valid:NDCG@10']:.4f}", "-", "-", "-", "-"))
     notes = [f"dataset {payload['dataset']}, ds {payload['ds']}, seeds {payload['seeds']} (mean ± std over seeds); "
-             f"{payload['protocol']}",
-             f"delta: paired bootstrap over users ({payload['bootstrap']['resamples']:,} resamples), seed i paired "
-             "with seed i; 'better'/'worse' only where the 95% interval excludes 0"]
+             f"{payload['protocol']}", interval_note(payload)]
     for label, r in models.items():
         if label != "sasrec":
             notes.append(f"{label} vs SASRec by slice: " + "; ".join(
                 f"{s} {r[f'{s}_delta_vs_sasrec']:+.4f} [{r[f'{s}_delta_vs_sasrec_ci95'][0]:+.4f}, "
                 f"{r[f'{s}_delta_vs_sasrec_ci95'][1]:+.4f}] ({r[f'{s}_verdict']})" for s in SLICES))
-    for src in payload.get("sources", []):
-        notes.append(f"{', '.join(src['models'])}: from {src['file']} (`{src['command']}`, {src['date']}; its "
-                     f"SASRec: {', '.join(src['sasrec_commits'])})")
-    if "sources" in payload:
-        notes.append("merged: each delta was computed in the run that trained its model, paired with that run's "
-                     "SASRec; SASRec's per-seed figures and best epochs are the same in every source (checked when "
-                     "merging), so every delta is against the same SASRec models")
-    if "llmrec" in models:
-        notes.append("llmrec's s/epoch and s to best are those of its last training stage (stage 2 when LoRA is on)")
+        if r.get("users_differ"):
+            notes.append(f"{label}: {r['users_differ']}")
+    notes += source_notes(payload)
     notes.append("trained at commit: " + "; ".join(
         f"{label} {', '.join(sorted({t['commit'] for t in r['training']}))}" for label, r in models.items()))
     notes.append("settings and the split that chose them: " + "; ".join(
         f"{k}: {v['chosen_on']} ({v['source']})" for k, v in payload["settings"].items()))
     return rows, notes
+
+
+def interval_note(payload: dict) -> str:
+    """What the deltas and their intervals are (files written before ``interval`` existed: the user-only one)."""
+    if "interval" not in payload:
+        return (f"delta: paired bootstrap over users ({payload['bootstrap']['resamples']:,} resamples), seed i paired "
+                "with seed i; 'better'/'worse' only where the 95% interval excludes 0")
+    iv, models = payload["interval"], payload["models"]
+    users_only = "; ".join(f"{label} [{r['delta_vs_sasrec_ci95_users_only'][0]:+.4f}, "
+                           f"{r['delta_vs_sasrec_ci95_users_only'][1]:+.4f}]" for label, r in models.items()
+                           if "delta_vs_sasrec_ci95_users_only" in r)
+    return (f"delta: the mean of the per-seed paired deltas ({iv['deltas']}); 95% interval: {iv['method']}"
+            f"{' from ' + iv['from'] if iv.get('from') else ''}, which includes run-to-run training variance; "
+            "'better'/'worse' only where it excludes 0"
+            + (f"; for comparison, the paired bootstrap over users alone ({payload['bootstrap']['resamples']:,} "
+               f"resamples), which leaves training variance out: {users_only}" if users_only else ""))
+
+
+def source_notes(payload: dict) -> list[str]:
+    """Where a merged file's models came from (files that may since have left the tree: git keeps them)."""
+    notes = []
+    for src in payload.get("sources", []):
+        where = (f"{src['file']} (since removed; in git at {src['in_git_at']})" if src.get("in_git_at")
+                 else src["file"])
+        notes.append(f"{', '.join(src['models'])}: from the run that wrote {where} (`{src['command']}`, "
+                     f"{src['date']}; its SASRec: {', '.join(src['sasrec_commits'])})")
+    if "sources" in payload:
+        notes.append("merged: each delta was computed in the run that trained its model, paired with that run's "
+                     "SASRec; SASRec's per-seed figures and best epochs are the same in every source (checked when "
+                     "merging), so every delta is against the same SASRec models")
+    if "llmrec" in payload["models"]:
+        notes.append("llmrec's s/epoch and s to best are those of its last training stage (stage 2 when LoRA is on)")
+    return notes
 
 
 def merge(files: list[Path], suffix: str) -> int:
@@ -184,7 +228,7 @@ def merge(files: list[Path], suffix: str) -> int:
     for f, d in loaded:
         if "sasrec" not in d.get("models", {}):
             sys.exit(f"--merge: {f} has no SASRec run; merge results/baselines*.json files written by this script")
-        for k in ("ds", "dataset", "protocol", "bootstrap", "seeds", "references"):
+        for k in ("ds", "dataset", "protocol", "bootstrap", "interval", "seeds", "references"):
             if d.get(k) != d0.get(k):
                 sys.exit(f"--merge: {f} has {k} = {d.get(k)!r} but {f0} has {d0.get(k)!r}; only runs of one day, "
                          "protocol and seeds merge")
@@ -207,7 +251,7 @@ def merge(files: list[Path], suffix: str) -> int:
                         "sasrec_commits": sorted({t.get("commit", "not recorded") for t in s["training"]}),
                         "command": d["machine"]["command"], "date": d["machine"]["date"]})
     models = {label: models[label] for label in [*VARIANTS, *models] if label in models}  # the usual order
-    payload = {k: d0[k] for k in ("seeds", "ds", "config", "dataset", "protocol", "bootstrap")}
+    payload = {k: d0[k] for k in ("seeds", "ds", "config", "dataset", "protocol", "bootstrap", "interval") if k in d0}
     payload.update({"models": {"sasrec": d0["models"]["sasrec"], **models}, "references": d0["references"],
                     "sources": sources,
                     "settings": {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()},
@@ -216,107 +260,160 @@ def merge(files: list[Path], suffix: str) -> int:
     return 0
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="sets", action="append", default=[])
-    p.add_argument("--seeds", default="42,43,44")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+def train_one(args: argparse.Namespace, seed: int, label: str, spec: tuple[list[str], str, str]) -> dict:
+    """One (seed, variant): kept from ``HOME/baselines`` when its record's key matches, else trained and evaluated.
+    Returns ``ranks`` (the evaluate stage's per-user ranks and slice masks), ``metrics`` (the model's entry of
+    ``metrics.json``), ``training`` (figures, wall time, commit) and ``references`` (popularity, WALS)."""
+    extra, name, stage = spec
+    sets = [*args.sets, *extra, f"seed={seed}", "refresh.mode=full"]
+    out = Path(args.home) / "baselines" / f"seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    safe = label.replace("[", "_").replace("]", "")
+    key = run_key(args.ds, args.config, sets, name)
+    record_file = out / f"{safe}.json"
+    record = json.loads(record_file.read_text()) if record_file.exists() and not args.fresh else {}
+    if record.get("key") == key and (out / f"{safe}.npz").exists():
+        print(f"seed {seed} {label}: kept from {record_file}", flush=True)
+    else:
+        record = train_and_evaluate(args, sets, key, name, stage, out / safe)
+    with np.load(out / f"{safe}.npz") as z:
+        ranks = {k: z[k] for k in z.files}
+    m = record["metrics"]
+    print(f"seed {seed} {label}: test NDCG@10 {m['full']['NDCG@10']:.4f}, valid {m['valid']['full']['NDCG@10']:.4f}, "
+          f"{record['training']['wall_seconds']:.0f} s", flush=True)
+    return {"ranks": ranks, "metrics": m, "references": record["references"],
+            "training": record["training"] | {"commit": record.get("commit", "not recorded")}}
+
+
+def train_and_evaluate(args: argparse.Namespace, sets: list[str], key: str, name: str, stage: str, out: Path) -> dict:
+    """The variant's training stage and ``evaluate`` in HOME; its ranks to ``OUT.npz``, then its record to
+    ``OUT.json`` (last, atomically: the record vouches for the ranks beside it). Returns the record."""
+    home, log = Path(args.home), Path(args.home) / "baselines.log"
+    wall = cli(home, args.ds, args.config, sets, "stage", stage, log=log)
+    cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
+    run = home / "runs" / args.ds
+    m = json.loads((run / "metrics.json").read_text())
+    figures, trained = training_figures(json.loads((run / stage / name / "result.json").read_text()))
+    record = {"key": key, "overrides": sets, "metrics": m[name],
+              "commit": commit() if trained else f"reused checkpoint, evaluated at {commit()}",
+              "references": {r: m[r] for r in ("popularity", "wals") if r in m},
+              "training": figures | {"wall_seconds": wall}}
+    shutil.copy2(run / "ranks" / f"{name}.npz", out.with_suffix(".npz"))
+    write_json(out.with_suffix(".json"), record)
+    return record
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean, standard deviation and per-seed list of every headline figure over a variant's seeds; training."""
+    r: dict = {}
+    for where, name in HEADLINE:
+        key = name if where == "full" else f"{where}_{name}"
+        per_seed = [metric(x["metrics"], where, name) for x in runs]
+        r[f"{key}_mean"], r[f"{key}_std"] = stats(per_seed)
+        r[f"{key}_per_seed"] = per_seed
+    training = [x["training"] for x in runs]
+    for k in ("epoch_seconds", "seconds_to_best", "best_epoch"):
+        r[f"{k}_mean"] = stats([t[k] for t in training if t[k] is not None])[0]
+    r["training"] = training
+    return r
+
+
+def compare(runs: list[dict], sasrec: list[dict], method: str, resamples: int) -> dict:
+    """A variant's NDCG@10 deltas to SASRec, overall and per slice: per-seed paired deltas on the users every run
+    scored, their mean, the harness's interval, the verdict, and the user-only bootstrap for comparison."""
+    mine, ref = [x["ranks"] for x in runs], [x["ranks"] for x in sasrec]
+    r: dict = {}
+    for where in (None, *SLICES):
+        pre = f"{where}_" if where else ""
+        diffs = paired_difference(mine, ref, mask=where, per_seed=True)
+        iv = paired_interval_from_deltas(diffs, method, resamples=resamples)
+        r |= {f"{pre}delta_vs_sasrec": iv["delta"], f"{pre}delta_vs_sasrec_ci95": iv["ci95"],
+              f"{pre}delta_vs_sasrec_per_seed": iv["per_seed_deltas"], f"{pre}verdict": iv["verdict"],
+              f"{pre}delta_vs_sasrec_ci95_users_only": list(paired_bootstrap(np.mean(diffs, axis=0),
+                                                                             n_boot=resamples, seed=0))}
+        if where is None:
+            r["paired_users"] = int(diffs[0].size)
+    scored = sorted({int(x["metrics"]["full"]["users"]) for x in (*runs, *sasrec)})
+    if scored != [r["paired_users"]]:
+        r["users_differ"] = (f"the deltas pair the {r['paired_users']:,} users every run scored; the means are over "
+                             f"each run's own users ({', '.join(f'{n:,}' for n in scored)})")
+    return r
+
+
+def build_payload(args: argparse.Namespace, cfg, results: dict[str, list[dict]]) -> dict:
+    """The results payload from every (seed, variant)'s run; SASRec (the reference) is ``results``' first entry."""
+    models = {label: summarise(runs) for label, runs in results.items()}
+    for label, runs in results.items():
+        if label != "sasrec":
+            models[label] |= compare(runs, results["sasrec"], args.interval, args.bootstrap)
+            models[label]["relative_vs_sasrec"] = models[label]["delta_vs_sasrec"] / models["sasrec"]["NDCG@10_mean"]
+    reference: dict[str, dict] = {}
+    for run in (run for runs in results.values() for run in runs):  # seed-independent (WALS is fitted once)
+        for ref, mr in run["references"].items():
+            reference.setdefault(ref, {f"{w}:{n}": metric(mr, w, n) for w, n in HEADLINE})
+    users = "all" if not cfg.eval.users else f"{cfg.eval.users} seeded (eval.users_seed={cfg.eval.users_seed})"
+    return {"seeds": args.seeds, "ds": args.ds, "config": args.config, "overrides": args.sets, "dataset": cfg.dataset,
+            "protocol": "leave-one-out; test phase; full ranking over all items with the user's train + valid items "
+                        "excluded, ties counted against the target; sampled100: the stored negatives (seed "
+                        f"{cfg.eval.negatives_seed}); users: {users}",
+            "interval": interval_record(args.interval, resamples=args.bootstrap, reference="SASRec"),
+            "bootstrap": {"resamples": args.bootstrap, "level": 0.95, "over": "users",
+                          "pairing": "seed i of each model with seed i of SASRec; per-user difference averaged "
+                                     "over seeds", "keys": "*_ci95_users_only (for comparison)"},
+            "models": models, "references": reference,
+            "settings": {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()},
+            "machine": machine()}
+
+
+def reinterval(path: Path, suffix: str) -> int:
+    """``--reinterval``: every delta's t-interval recomputed from ``path``'s per-seed figures (seed i of the model
+    minus seed i of SASRec; every run scored the same users); the interval it had before kept as
+    ``*_ci95_users_only`` when the file predates ``interval`` (then it was the user-only bootstrap)."""
+    payload = json.loads(path.read_text())
+    sasrec, before = payload["models"]["sasrec"], "interval" not in payload
+    for label, r in payload["models"].items():
+        if label == "sasrec":
+            continue
+        for where in (None, *SLICES):
+            pre, key = (f"{where}_", f"{where}_NDCG@10") if where else ("", "NDCG@10")
+            iv = paired_interval(r[f"{key}_per_seed"], sasrec[f"{key}_per_seed"], "t")
+            if before:
+                r[f"{pre}delta_vs_sasrec_ci95_users_only"] = r[f"{pre}delta_vs_sasrec_ci95"]
+            r |= {f"{pre}delta_vs_sasrec_ci95": iv["ci95"], f"{pre}delta_vs_sasrec_per_seed": iv["per_seed_deltas"],
+                  f"{pre}verdict": iv["verdict"]}
+    payload["interval"] = interval_record("t", reference="SASRec") | {
+        "from": "the per-seed figures of the results file (every run scored the same users)"}
+    write_results(f"baselines{suffix}", payload, *report(payload), meta=payload.get("meta"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, home="/tmp/recpipe-baselines")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; sasrec (the reference) required")
     p.add_argument("--ds", default="2026-11-24")
-    p.add_argument("--home", default="/tmp/recpipe-baselines")
-    p.add_argument("--skip-prepare", action="store_true", help="the day's upstream stages already ran in --home")
-    p.add_argument("--bootstrap", type=int, default=2000)
-    p.add_argument("--suffix", default="")
+    p.add_argument("--interval", default="t", choices=sorted(INTERVALS), help="t: Student t over the per-seed paired "
+                   "deltas (default); two-level: bootstrap over seeds, then users")
+    p.add_argument("--bootstrap", type=int, default=2000, help="resamples of the bootstrap intervals")
     p.add_argument("--fresh", action="store_true", help="train every run again, ignoring the records in HOME/baselines")
     p.add_argument("--merge", metavar="A.json,B.json", help="train nothing: write results/baselines<suffix> from "
                    "earlier results files whose SASRec runs are identical (each adds its other variants)")
-    args = p.parse_args()
+    p.add_argument("--reinterval", metavar="FILE.json", help="train nothing: recompute the intervals of FILE from "
+                   "its per-seed figures into results/baselines<suffix>")
+    args = p.parse_args(argv)
     if args.merge:
         return merge([Path(f) for f in args.merge.split(",")], args.suffix)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    labels = [v.strip() for v in args.variants.split(",")]
-    unknown = [v for v in labels if v not in VARIANTS]
-    if unknown or "sasrec" not in labels:
-        sys.exit(f"--variants: {unknown or 'sasrec is required (the reference)'}; known: {', '.join(VARIANTS)}")
+    if args.reinterval:
+        return reinterval(Path(args.reinterval), args.suffix)
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
-    keep = home / "baselines"
-    log = home / "baselines.log"
     cfg = load_config(args.config, args.sets)  # the config is checked before anything runs
+    labels = variant_order(VARIANTS, [v.strip() for v in args.variants.split(",")], "sasrec")  # checked first
     if not args.skip_prepare:
         print("preparing the day (recpipe run --until neighbours) ...", flush=True)
-        cli(home, args.ds, args.config, args.sets, "run", "--until", "neighbours", log=log)
-    runs: dict[str, list[dict]] = {v: [] for v in labels}
-    metrics: dict[str, list[dict]] = {v: [] for v in labels}
-    training: dict[str, list[dict]] = {v: [] for v in labels}
-    reference: dict[str, dict] = {}
-    for seed in seeds:
-        for label in labels:
-            sets, name, stage = VARIANTS[label]
-            sets = [*args.sets, *sets, f"seed={seed}", "refresh.mode=full"]
-            out = keep / f"seed{seed}"
-            out.mkdir(parents=True, exist_ok=True)
-            safe = label.replace("[", "_").replace("]", "")
-            key = run_key(args.ds, args.config, sets, name)
-            record_file = out / f"{safe}.json"
-            record = json.loads(record_file.read_text()) if record_file.exists() and not args.fresh else {}
-            if record.get("key") == key and (out / f"{safe}.npz").exists():
-                print(f"seed {seed} {label}: kept from {record_file}", flush=True)
-            else:
-                wall = cli(home, args.ds, args.config, sets, "stage", stage, log=log)
-                cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
-                run = home / "runs" / args.ds
-                m = json.loads((run / "metrics.json").read_text())
-                figures, trained = training_figures(json.loads((run / stage / name / "result.json").read_text()))
-                record = {"key": key, "overrides": sets, "metrics": m[name],
-                          "commit": commit() if trained else f"reused checkpoint, evaluated at {commit()}",
-                          "references": {r: m[r] for r in ("popularity", "wals") if r in m},
-                          "training": figures | {"wall_seconds": wall}}
-                shutil.copy2(run / "ranks" / f"{name}.npz", out / f"{safe}.npz")
-                write_json(record_file, record)  # the record last (atomically): it vouches for the ranks beside it
-            with np.load(out / f"{safe}.npz") as z:
-                runs[label].append({k: z[k] for k in z.files})
-            m = record["metrics"]
-            metrics[label].append(m)
-            training[label].append(record["training"] | {"commit": record.get("commit", "not recorded")})
-            for ref, mr in record["references"].items():  # seed-independent (WALS is fitted once, with --set seed)
-                reference.setdefault(ref, {f"{w}:{n}": metric(mr, w, n) for w, n in HEADLINE})
-            print(f"seed {seed} {label}: test NDCG@10 {m['full']['NDCG@10']:.4f}, "
-                  f"valid {m['valid']['full']['NDCG@10']:.4f}, {record['training']['wall_seconds']:.0f} s", flush=True)
-    models: dict[str, dict] = {}
-    for label in labels:
-        r: dict = {}
-        for where, name in HEADLINE:
-            key = name if where == "full" else f"{where}_{name}"
-            r[f"{key}_mean"], r[f"{key}_std"] = stats([metric(m, where, name) for m in metrics[label]])
-            r[f"{key}_per_seed"] = [metric(m, where, name) for m in metrics[label]]
-        for k in ("epoch_seconds", "seconds_to_best", "best_epoch"):
-            r[f"{k}_mean"] = stats([t[k] for t in training[label] if t[k] is not None])[0]
-        r["training"] = training[label]
-        if label != "sasrec":
-            d = paired_difference(runs[label], runs["sasrec"])
-            ci = paired_bootstrap(d, n_boot=args.bootstrap, seed=0)
-            r.update({"delta_vs_sasrec": float(d.mean()), "delta_vs_sasrec_ci95": list(ci),
-                      "relative_vs_sasrec": float(d.mean() / models["sasrec"]["NDCG@10_mean"]),
-                      "verdict": verdict(ci), "paired_users": int(d.size)})
-            for s in SLICES:
-                ds_ = paired_difference(runs[label], runs["sasrec"], mask=s)
-                cs = paired_bootstrap(ds_, n_boot=args.bootstrap, seed=0)
-                r[f"{s}_delta_vs_sasrec"] = float(ds_.mean())
-                r[f"{s}_delta_vs_sasrec_ci95"] = list(cs)
-                r[f"{s}_verdict"] = verdict(cs)
-        models[label] = r
-    payload = {"seeds": seeds, "ds": args.ds, "config": args.config, "overrides": args.sets,
-               "dataset": cfg.dataset, "protocol": "leave-one-out; test phase; full ranking over all items with the "
-               "user's train + valid items excluded, ties counted against the target; sampled100: the stored "
-               f"negatives (seed {cfg.eval.negatives_seed}); users: "
-               f"{'all' if not cfg.eval.users else f'{cfg.eval.users} seeded (eval.users_seed={cfg.eval.users_seed})'}",
-               "bootstrap": {"resamples": args.bootstrap, "level": 0.95, "over": "users",
-                             "pairing": "seed i of each model with seed i of SASRec; per-user difference averaged "
-                                        "over seeds"},
-               "models": models, "references": reference,
-               "settings": {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()},
-               "machine": machine()}
+        cli(home, args.ds, args.config, args.sets, "run", "--until", "neighbours", log=home / "baselines.log")
+    results = run_variants(args.seeds, VARIANTS, labels, lambda seed, label, spec: train_one(args, seed, label, spec),
+                           reference="sasrec")
+    payload = build_payload(args, cfg, results)
     write_results(f"baselines{args.suffix}", payload, *report(payload))
     return 0
 

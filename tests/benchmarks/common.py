@@ -1,6 +1,20 @@
-"""Shared helpers of the benchmarks: data preparation, machine description, result files."""
+"""The benchmarks' harness: shared arguments, the variant table runner, paired intervals over seeds, the results
+writer; and shared helpers (data preparation, the machine's description, the commit, running ``recpipe``).
+
+* ``parser(doc, **defaults)``: ``--config``, ``--set`` (repeatable, ``args.sets``), ``--home``, ``--seeds`` (a comma
+  list, ``args.seeds``: ``list[int]``), ``--suffix``, ``--skip-prepare``, and on request ``--data`` (the Beauty folder).
+* ``run_variants(seeds, table, labels, run, reference)``: every (seed, variant) through ``run``, in the table's order
+  (the reference first) whatever the order of ``labels`` (``variant_order``); returns ``{label: [result per seed]}``.
+* ``paired_interval(model, reference)``: per-seed paired deltas, their mean and the harness's interval (``INTERVALS``:
+  a t-interval over the per-seed deltas by default, or a two-level bootstrap over seeds then users;
+  ``pipelines/evaluation/stats.py`` says why), with the verdict; ``interval_record`` is the payload's ``interval``.
+* ``write_results(name, payload, rows, notes)``: ``results/<name>.json`` (the payload, plus ``report``: the .md's
+  table and notes, and ``meta``: dataset, protocol, seeds, command, commit, date, machine; what
+  ``results_doc.py`` renders docs/results.md from) and ``results/<name>.md``.
+"""
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import os
@@ -10,11 +24,137 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BEAUTY_DS = "2026-11-24"
+BEAUTY_DATA = ROOT.parent / "shared" / "datasets" / "amazon-beauty"
+T = TypeVar("T")
+
+# ----------------------------------------------------------------------------- arguments
+
+SHARED = ("config", "set", "home", "seeds", "suffix", "skip_prepare")
+_ARGUMENTS = {  # name: (flag, argparse keywords); the default of each is overridable by parser(**defaults)
+    "config": ("--config", {"default": None, "help": "the config file (default: the embedded synthetic one)"}),
+    "set": ("--set", {"dest": "sets", "action": "append", "default": [], "metavar": "KEY=VALUE",
+                      "help": "a config override (repeatable)"}),
+    "home": ("--home", {"default": "/tmp/recpipe-bench-beauty", "help": "the benchmark's RECPIPE_HOME"}),
+    "seeds": ("--seeds", {"default": "42,43,44", "help": "training seeds, comma-separated (seed i of every variant is "
+                          "paired with seed i of the reference)"}),
+    "suffix": ("--suffix", {"default": "", "help": "results/<name><suffix>.{json,md}"}),
+    "skip_prepare": ("--skip-prepare", {"action": "store_true", "default": False, "help": "the day's upstream stages already ran in "
+                                                                        "--home"}),
+    "data": ("--data", {"default": str(BEAUTY_DATA), "help": "the Amazon Beauty folder"}),
+}
+
+
+def seed_list(text: str) -> list[int]:
+    """``"42,43,44"`` -> ``[42, 43, 44]`` (distinct integers, at least one)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers expected, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"one or more distinct seeds expected, got {text!r}")
+    return seeds
+
+
+def parser(doc: str, *, shared: Iterable[str] = SHARED, **defaults) -> argparse.ArgumentParser:
+    """An argument parser described by ``doc``'s first line with the shared arguments named in ``shared`` (any of
+    ``SHARED`` and ``"data"``; ``args.sets`` holds ``--set``, ``args.seeds`` a ``list[int]``); ``defaults``: the
+    default of a shared argument (by its name: ``home="/tmp/x"``, ``seeds="42"``)."""
+    shared = list(shared)
+    if unknown := [n for n in [*shared, *defaults] if n not in _ARGUMENTS]:
+        raise TypeError(f"not a shared argument: {unknown}; known: {', '.join(_ARGUMENTS)}")
+    if missing := [n for n in defaults if n not in shared]:
+        raise TypeError(f"defaults for arguments not asked for: {missing}")
+    p = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    for name in shared:
+        flag, kw = _ARGUMENTS[name]
+        kw = {**kw, "default": defaults.get(name, kw["default"])}
+        p.add_argument(flag, **kw, **({"type": seed_list} if name == "seeds" else {}))
+    return p
+
+
+# ----------------------------------------------------------------------------- variants and intervals
+
+def variant_order(table: Mapping[str, object], labels: Iterable[str], reference: str | None = None) -> list[str]:
+    """``labels`` in the table's order, ``reference`` first, whatever order they came in; exits naming the table's
+    labels when one is unknown or the reference is missing."""
+    chosen = list(dict.fromkeys(labels))
+    unknown = [v for v in chosen if v not in table]
+    if unknown or (reference is not None and reference not in chosen):
+        sys.exit(f"variants: {unknown or f'{reference} is required (the reference)'}; known: {', '.join(table)}")
+    order = [v for v in table if v in chosen]
+    return [reference, *[v for v in order if v != reference]] if reference is not None else order
+
+
+def run_variants(seeds: Sequence[int], table: Mapping[str, T], labels: Iterable[str],
+                 run: Callable[[int, str, T], object], reference: str | None = None) -> dict[str, list]:
+    """``run(seed, label, table[label])`` for every seed (in the given order) and every label in
+    ``variant_order(table, labels, reference)``; returns ``{label: [result per seed]}`` in that order, so nothing
+    computed from it depends on the order the labels were given in."""
+    order = variant_order(table, labels, reference)
+    out: dict[str, list] = {v: [] for v in order}
+    for seed in seeds:
+        for label in order:
+            out[label].append(run(seed, label, table[label]))
+    return out
+
+
+INTERVALS = {"t": "t over per-seed paired deltas", "two-level": "two-level bootstrap (seeds, then users)"}
+
+
+def verdict(ci: Sequence[float]) -> str:
+    return "better" if ci[0] > 0 else "worse" if ci[1] < 0 else "not distinguishable"
+
+
+def paired_interval(model: Sequence[float], reference: Sequence[float], method: str = "t", level: float = 0.95,
+                    user_diffs: list[np.ndarray] | None = None, resamples: int = 2000, seed: int = 0) -> dict:
+    """A model's delta to the reference over seeds from per-seed figures (``model[i]`` and ``reference[i]``: seed
+    i's figure of each, over the same users): ``per_seed_deltas``, ``delta`` (their mean), ``ci95`` (``method``:
+    ``"t"``, the harness's default, or ``"two-level"``, which needs ``user_diffs``, the per-user differences of
+    every seed pair), ``method`` (its name in ``INTERVALS``) and ``verdict``."""
+    deltas = [float(a) - float(b) for a, b in zip(model, reference, strict=True)]
+    return _interval(deltas, method, level, user_diffs, resamples, seed)
+
+
+def paired_interval_from_deltas(user_diffs: list[np.ndarray], method: str = "t", level: float = 0.95,
+                                resamples: int = 2000, seed: int = 0) -> dict:
+    """``paired_interval`` from the per-user differences of every seed pair (one array per pair, e.g.
+    ``paired_difference(..., per_seed=True)``): seed i's delta is the mean of its array."""
+    return _interval([float(np.mean(d)) for d in user_diffs], method, level, user_diffs, resamples, seed)
+
+
+def _interval(deltas: list[float], method: str, level: float, user_diffs: list[np.ndarray] | None,
+              resamples: int, seed: int) -> dict:
+    from pipelines.evaluation.stats import seed_t_interval, two_level_bootstrap
+
+    if method == "t":
+        ci = seed_t_interval(deltas, level)
+    elif method == "two-level":
+        if user_diffs is None:
+            raise ValueError("the two-level bootstrap needs the per-user differences of every seed pair")
+        ci = two_level_bootstrap(user_diffs, resamples, seed, level)
+    else:
+        raise ValueError(f"interval method {method!r}: one of {', '.join(INTERVALS)}")
+    return {"delta": float(np.mean(deltas)), "per_seed_deltas": deltas, "ci95": [float(ci[0]), float(ci[1])],
+            "method": INTERVALS[method], "verdict": verdict(ci)}
+
+
+def interval_record(method: str = "t", level: float = 0.95, resamples: int | None = None,
+                    reference: str = "the reference") -> dict:
+    """The payload's ``interval``: which interval the deltas carry, and over what."""
+    rec = {"method": INTERVALS[method], "level": level,
+           "deltas": f"seed i of each model minus seed i of {reference}, each over the same users"}
+    if method == "two-level":
+        rec["resamples"] = resamples
+    return rec
 
 
 def machine() -> dict:
@@ -129,9 +269,35 @@ def recpipe(args: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str]) -> None:
+def describe_machine(m: dict) -> str:
+    """``machine()`` (or a results file's ``machine``) in words."""
+    words = f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, {m.get('platform')}, Python {m.get('python')}"
+    return words + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+
+
+def results_meta(payload: dict, meta: dict | None = None) -> dict:
+    """A results file's ``meta``: what the payload says (top level, else its ``_meta``; the command and date of
+    its ``machine``) and the commit now, then ``meta``'s entries over them; ``None`` where not known."""
+    inner = payload.get("_meta") if isinstance(payload.get("_meta"), dict) else {}
+    m = payload.get("machine") or inner.get("machine") or {}
+    seed = payload.get("seed", inner.get("seed"))
+    out = {"dataset": payload.get("dataset", inner.get("dataset")),
+           "protocol": payload.get("protocol", inner.get("protocol")),
+           "seeds": payload.get("seeds") or ([seed] if seed is not None else None),
+           "command": m.get("command"), "commit": commit(), "date": m.get("date"),
+           "machine": describe_machine(m) if m else None}
+    return out | (meta or {})
+
+
+def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str], meta: dict | None = None,
+                  tail: list[str] | None = None) -> None:
+    """``results/<name>.json`` (``payload`` with ``report``: ``columns``, ``rows`` and ``notes`` of the .md, and
+    ``meta``: ``results_meta(payload, meta)``) and ``results/<name>.md`` (the machine, the table, the notes, then
+    ``tail``'s lines)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    report = {"columns": list(rows[0]), "rows": [list(r) for r in rows[1:]], "notes": list(notes)}
+    full = {**payload, "report": report, "meta": results_meta(payload, meta)}
+    (RESULTS / f"{name}.json").write_text(json.dumps(full, indent=2) + "\n")
     m = payload.get("machine", machine())
     lines = [f"# {name}", "", f"- command: `{m['command']}`",
              f"- machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}, Python {m['python']}",
@@ -139,6 +305,6 @@ def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str])
     lines.append("| " + " | ".join(rows[0]) + " |")
     lines.append("|" + "---|" * len(rows[0]))
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lines += [""] + [f"- {n}" for n in notes] + [""]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    lines += [""] + [f"- {n}" for n in notes] + [""] + list(tail or [])
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + ("\n" if tail else ""))
     print(f"wrote {RESULTS / (name + '.json')}")
