@@ -152,14 +152,14 @@ class Encoder:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def _run_session(self, sess, tok, texts: list[str]) -> np.ndarray:
-        from tqdm.auto import tqdm
+        from pipelines.progress import progress
 
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths share a batch
         out = None
         # progress with an ETA on long work, as the torch engine's bar (batches are length-sorted, short texts first, so
         # the first ETA is optimistic)
         starts = range(0, len(texts), self.batch_size)
-        for start in tqdm(starts, desc="embed", unit="batch", disable=len(texts) <= 2000, mininterval=10):
+        for start in progress(starts, desc="embed", unit="batch", disable=len(texts) <= 2000, every_s=10):
             idx = order[start:start + self.batch_size]
             enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_tokens,
                       return_tensors="np")

@@ -150,14 +150,14 @@ def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, n
                  batch: int, candidates: tuple[int, ...] = ()) -> tuple[np.ndarray, ...]:
     """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass; then,
     for each ``n`` of ``candidates``, among the first ``n - 1`` negatives (the n-candidate protocol)."""
-    from tqdm.auto import tqdm
+    from pipelines.progress import progress
 
     hist, targets = data.history(phase), data.targets(phase)
     full = np.empty(len(users), np.int64)
     sampled = np.empty(len(users), np.int64)
     subsets = {n: np.empty(len(users), np.int64) for n in candidates}
-    for lo in tqdm(range(0, len(users), batch), desc=f"evaluate {phase}", unit="batch", leave=False,
-                   disable=len(users) <= 4 * batch or None):
+    for lo in progress(range(0, len(users), batch), desc=f"evaluate {phase}", unit="batch", leave=False,
+                       disable=len(users) <= 4 * batch or None):
         b = users[lo:lo + batch]
         rows = np.arange(len(b))
         s = np.asarray(model.score(b, phase), dtype=np.float32)               # (B, N + 1), read only

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,12 +124,12 @@ PROGRESS_EVERY_S = 10.0
 
 
 def _progress(total: int, desc: str, every: int = 1):
-    from tqdm import tqdm
+    from pipelines.progress import progress
 
     # rate and ETA on stderr, refreshed at most every PROGRESS_EVERY_S (Airflow logs stay readable) and only once a
-    # whole batch has arrived, so the first ETA is the first batch's rate, not one entity's share of it
-    return tqdm(total=total, desc=desc, unit="entity", mininterval=PROGRESS_EVERY_S, miniters=max(1, every),
-                file=sys.stderr, dynamic_ncols=False)
+    # whole batch has arrived; no ETA before the first whole batch, so the first is that batch's rate, not one
+    # entity's share of it (pipelines.progress)
+    return progress(total=total, desc=desc, unit="entity", first=every, every=every, every_s=PROGRESS_EVERY_S)
 
 
 def generate(backend: Backend, todo: list[Entity], keys: list[str], cache: Cache, flush_every: int,

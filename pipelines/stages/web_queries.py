@@ -46,9 +46,9 @@ def run(ctx: StageContext) -> StageResult:
         print("  web_queries: skipped (llmrec.retrieval=none: nothing reads the documents)", flush=True)
         return StageResult(0, details={"skipped": "llmrec.retrieval=none"})
     import torch
-    from tqdm.auto import tqdm
 
     from pipelines.backends.rationale import Rationale, RationaleWriter
+    from pipelines.progress import progress
 
     w = ctx.cfg.web
     if w.threads:
@@ -74,7 +74,7 @@ def run(ctx: StageContext) -> StageResult:
     t0 = time.perf_counter()
     if todo:
         writer = RationaleWriter(model_dir, w.max_new_tokens, w.batch_size, tuple(w.attention_layers))
-        bar = tqdm(total=len(todo), desc="web_queries rationales", unit="user", mininterval=5)
+        bar = progress(total=len(todo), desc="web_queries rationales", unit="user", first=CHUNK, every_s=5)
         for lo in range(0, len(todo), CHUNK):
             keys = todo[lo:lo + CHUNK]
             res = writer([writer.prompt_ids(by_key[k]["messages"]) for k in keys])

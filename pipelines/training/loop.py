@@ -172,13 +172,14 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
 def _train_epoch(engine, task: Task, epoch_seed: int, step: Step, desc: str, res: FitResult) -> float:
     """One pass over the task's batches; appends the epoch's seconds and returns the mean loss over all ranks."""
     import torch.distributed as dist
-    from tqdm.auto import tqdm
+
+    from pipelines.progress import progress
 
     engine.train()
     t0 = time.perf_counter()
     total, count = 0.0, 0
-    for batch in tqdm(task.batches(epoch_seed), desc=desc, unit="batch", leave=False,
-                      disable=step.rank != 0 or None):
+    for batch in progress(task.batches(epoch_seed), desc=desc, unit="batch", leave=False,
+                          disable=step.rank != 0 or None):
         out = task.loss(engine, batch, step)
         engine.backward(out.loss)
         engine.step()
