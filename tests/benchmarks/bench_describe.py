@@ -17,7 +17,8 @@ Writes tests/benchmarks/results/describe.json and describe.md.
 """
 from __future__ import annotations
 
-import argparse
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.common import machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import RESULTS, machine, parser, prepare_beauty, write_results  # noqa: E402
 
 N_ITEMS = 200
 
@@ -170,22 +171,13 @@ def encoder_int8_probe(ctx, n: int = 2000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap = parser(__doc__, shared=("data", "home", "set"))
     ap.add_argument("--gen-home", default="/tmp/recpipe-bench-describe",
                     help="home for the generation part (its describe cache is reset)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--part", choices=["all", "generation", "encoder", "encoder-int8"], default="all",
                     help="run one part and merge it into results/describe.json (the generation part takes ~15 min)")
     args = ap.parse_args(argv)
-
-    import json
-    import shutil
-
-    from tests.benchmarks.common import RESULTS
-
-    ctx = prepare_beauty(args.data, args.home, args.overrides)
+    ctx = prepare_beauty(args.data, args.home, args.sets)
     prev = RESULTS / "describe.json"
     res = json.loads(prev.read_text()) if args.part != "all" and prev.exists() else {}
     res["dataset"] = "amazon-beauty (items.tsv titles and attributes)"
@@ -195,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         gen_home = Path(args.gen_home)
         if not (gen_home / "warehouse").exists():
             shutil.copytree(ctx.home / "warehouse", gen_home / "warehouse")
-        res["generation"] = generation(prepare_beauty(args.data, str(gen_home), args.overrides))
+        res["generation"] = generation(prepare_beauty(args.data, str(gen_home), args.sets))
         res["generation"]["machine"] = machine()
         RESULTS.mkdir(parents=True, exist_ok=True)
         prev.write_text(json.dumps(res, indent=2) + "\n")  # keep the slow part even if a later one fails
@@ -209,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     g = res["generation"]
     res.update({k: g[k] for k in ("batched_tokens_per_s", "sequential_tokens_per_s", "rerun_llm_calls")})
+    write_results("describe", res, *report(res))
+    return 0
+
+
+def report(res: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/describe.md, from the merged parts."""
+    g = res["generation"]
     rows = [("measure", "value"),
             ("batched tokens/s (batch %d)" % g["batch_size"], str(g["batched_tokens_per_s"])),
             ("one-at-a-time tokens/s", str(g["sequential_tokens_per_s"])),
@@ -228,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
              "user vectors: metadata texts (recent purchases' titles), item vectors: " + res["item_vectors_source"]]
     if "encoder_int8_probe" in res:
         notes.append(f"int8 probe (dynamic quantisation, not used by the pipeline): {res['encoder_int8_probe']}")
-    write_results("describe", res, rows, notes)
-    return 0
+    return rows, notes
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes (merging parts) tests/benchmarks/results/engines.json and engines.md.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -30,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.common import RESULTS, machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import RESULTS, machine, parser, prepare_beauty, write_results  # noqa: E402
 
 N_ITEMS = 200
 
@@ -156,9 +155,7 @@ def peak_part() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap = parser(__doc__, shared=("data", "home"))
     ap.add_argument("--part", choices=["all", "describe", "catalogue", "embed", "peak"], default="all")
     args = ap.parse_args(argv)
     ctx = prepare_beauty(args.data, args.home, [])
@@ -178,6 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         res.setdefault("embed", {})["peak"] = peak_part()
     res.setdefault("beauty_night_seconds", None)
     res["machine"] = machine()
+    write_results("engines", res, *report(res))
+    return 0
+
+
+def report(res: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/engines.md, from the merged parts."""
     rows = [("measure", "value")]
     dsc, emb = res.get("describe", {}), res.get("embed", {})
     for name, r in dsc.get("runs", {}).items():
@@ -213,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cores." if "peak" in emb else "."))
     for p in dsc.get("pairs", []):
         notes.append(f"{p['item']}: fp32: {p['transformers_fp32']!r} | int8: {p['ctranslate2_int8']!r}")
-    write_results("engines", res, rows, notes)
-    return 0
+    return rows, notes
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ configured model re-ranking GRASP's top 50, from the first variant's evaluate).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from tests.benchmarks.common import (  # noqa: E402
     ROOT,
     ensure_llm_base,
     machine,
+    parser,
     prepare_beauty,
     write_results,
 )
@@ -86,16 +86,13 @@ def run_variant(data: str, home: Path, name: str, sets: list[str], stages: str =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap = parser(__doc__, shared=("data", "home", "set"))
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--only", action="append", default=[], help="run only these variants (repeatable)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="llmrec_beauty")
     ap.add_argument("--evaluate-only", action="store_true", help="re-run only evaluate in existing variant homes")
     args = ap.parse_args(argv)
-    sets = [*BASE, f"eval.users={args.users}", *args.overrides]
+    sets = [*BASE, f"eval.users={args.users}", *args.sets]
     ctx = prepare_beauty(args.data, args.home, sets)
     ensure_llm_base(ctx)
     runs, models = {}, {}
@@ -129,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                          "chosen_on": "llmrec's epochs by early stopping on valid NDCG@10 (500 seeded valid users); "
                                       "its other settings are the config's, not chosen on test"},
                "machine": machine()}
+    write_results(args.out, payload, *report(payload))
+    return 0
+
+
+def report(payload: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/llmrec_beauty.md (``--out``), from the payload alone."""
+    models, meta = payload["models"], payload["_meta"]
     order = [*BASELINES, *VARIANTS, "llmrec_cascade_grasp"]
     rows = [("model", "HR@10", "NDCG@10", "short-history NDCG@10", "tail-item NDCG@10", "valid NDCG@10",
              "train examples/s", "peak RSS MB", "wall s")]
@@ -137,15 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, f"{r['HR@10']:.4f}", f"{r['NDCG@10']:.4f}", f"{r['short_history_NDCG@10']:.4f}",
                      f"{r['tail_items_NDCG@10']:.4f}", f"{r['valid_NDCG@10']:.4f}", str(r.get("examples_per_s", "-")),
                      str(r.get("peak_rss_mb", "-")), str(r.get("wall_seconds", "-"))))
-    notes = [f"Amazon Beauty, ds {BEAUTY_DS}, seed {ctx.cfg.seed}; {payload['_meta']['protocol']}.",
-             f"settings: {payload['_meta']['settings']}; {payload['_meta']['chosen_on']}.",
+    notes = [f"Amazon Beauty, ds {BEAUTY_DS}, seed {meta['seed']}; {meta['protocol']}.",
+             f"settings: {meta['settings']}; {meta['chosen_on']}.",
              "wall s: the train_llmrec and evaluate stages of the variant (loading, both stages, scoring, reasons).",
              "llmrec_cascade_grasp: llmrec_stage2 re-ranking GRASP's top 50 (llmrec.rerank_from=grasp, rerank_k=50), "
              "mixing the two models' standardised scores within them with the weight chosen on valid: "
              + json.dumps({k: models.get("llmrec_cascade_grasp", {}).get(k) for k in ("rerank_mix",
                                                                                     "valid_NDCG@10_by_mix")})]
-    write_results(args.out, payload, rows, notes)
-    return 0
+    return rows, notes
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ subprocess's ``sys.path`` so recpipe's own torch, numpy and pandas are the ones 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -25,7 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, RESULTS, ROOT, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
+from tests.benchmarks.common import (  # noqa: E402
+    BEAUTY_DS,
+    RESULTS,
+    ROOT,
+    machine,
+    parser,
+    prepare_beauty,
+    sasrec_in_copy,
+    write_results,
+)
 
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements-recbole.txt"
 
@@ -154,9 +162,7 @@ def report(payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap = parser(__doc__, shared=("data", "home"))
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--report-only", action="store_true", help="rewrite the .md from the last results .json")
     args = ap.parse_args(argv)

@@ -17,6 +17,7 @@ main comparison is the configured GRASP, chosen before these runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipelines.training.distributed import free_port  # noqa: E402
-from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, prepare_beauty, sasrec_in_copy, write_results  # noqa: E402
+from tests.benchmarks.common import (  # noqa: E402
+    BEAUTY_DS,
+    RESULTS,
+    machine,
+    parser,
+    prepare_beauty,
+    sasrec_in_copy,
+    write_results,
+)
 
 
 def two_process(ctx, data: str, source: str, epochs: int) -> dict:
@@ -79,9 +88,7 @@ def grasp_run(ctx, label: str, overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap = parser(__doc__, shared=("data", "home"))
     ap.add_argument("--text-source", default="metadata", choices=["metadata", "descriptions"])
     ap.add_argument("--skip-two-process", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="delete this ds's checkpoints first (else finished or "
@@ -91,8 +98,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grasp-variant", action="append", default=[], metavar="train_sequential.SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
     other = "descriptions" if args.text_source == "metadata" else "metadata"
-    sources = [args.text_source] + ([other] if args.compare_text_source else [])
+    ctx = prepare(args, [args.text_source] + ([other] if args.compare_text_source else []))
+    if args.fresh:
+        shutil.rmtree(ctx.home / "checkpoints" / "train_sequential" / BEAUTY_DS, ignore_errors=True)
+    out, summary, wall = train_and_score(ctx)
+    s, g = out["sasrec"], out["grasp"]
+    comparison = {"grasp_vs_sasrec_NDCG@10": ndcg_gains(g, s)}
+    if (tp := two_process_comparison(ctx, args, s)) is not None:
+        comparison["two_process"] = tp
+    variants = grasp_variants(ctx, args, other)
+    for label, v in variants.items():
+        comparison[f"{label}_vs_sasrec_NDCG@10"] = ndcg_gains(v, s)
+    if args.compare_text_source:
+        ds_, md = (variants[f"grasp[{other}]"], g) if other == "descriptions" else (g, variants[f"grasp[{other}]"])
+        comparison["descriptions_vs_metadata_NDCG@10"] = {
+            **ndcg_gains(ds_, md), "valid": gain(best_valid(ds_), best_valid(md))}  # at each model's best epoch
+    payload = {**out, **variants, "_comparison": comparison,
+               "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
+                         "protocol": "leave-one-out; full ranking over all items (history excluded) and 100 sampled "
+                                     "negatives (seed %d); test phase reads train + valid" % ctx.cfg.eval.negatives_seed,
+                         "text_source": args.text_source,
+                         "train_sequential": dataclasses.asdict(ctx.cfg.train_sequential),
+                         "stage_seconds": {k: v["seconds"] for k, v in summary["stages"].items()},
+                         "wall_seconds": round(wall, 1), "machine": machine()}}
+    write_results("beauty_sequential", {**payload, "machine": machine()}, *report(payload, out, variants, args))
+    return 0
 
+
+def prepare(args: argparse.Namespace, sources: list[str]):
+    """The bench home with the day split and, for every text source, its embeddings and neighbours (the LLM's item
+    descriptions first where ``descriptions`` is one); returns its StageContext."""
     from jobs import warehouse
     from pipelines import runner
 
@@ -105,8 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     emb = warehouse.read_arrow(ctx.home, "text_embeddings", BEAUTY_DS, columns=["source"]) if have[0] else None
     if emb is None or not set(sources) <= set(emb.column("source").to_pylist()) or not have[1]:
         runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["embed", "neighbours"])
-    if args.fresh:
-        shutil.rmtree(ctx.home / "checkpoints" / "train_sequential" / BEAUTY_DS, ignore_errors=True)
+    return ctx
+
+
+def train_and_score(ctx) -> tuple[dict, dict, float]:
+    """wals, train_sequential and evaluate in the bench home: every model's figures (and its training record's),
+    the run's summary and its wall seconds."""
+    from pipelines import runner
+
     t0 = time.perf_counter()
     summary = runner.run(ctx.cfg, BEAUTY_DS, ctx.home, ["wals", "train_sequential", "evaluate"])
     wall = time.perf_counter() - t0
@@ -120,25 +161,30 @@ def main(argv: list[str] | None = None) -> int:
             out[model].update({k: r[k] for k in ("epoch_seconds", "best_epoch", "epochs_run", "seconds_to_best",
                                                  "train_seconds", "peak_rss_mb", "parameters", "history")})
             out[model]["text_source"] = r.get("text_source")
-    s, g = out["sasrec"], out["grasp"]
-    comparison = {"grasp_vs_sasrec_NDCG@10": ndcg_gains(g, s)}
+    return out, summary, wall
+
+
+def two_process_comparison(ctx, args: argparse.Namespace, sasrec: dict) -> dict | None:
+    """SASRec's first epochs under 2 processes against 1; with ``--skip-two-process`` the last measured one, marked
+    as carried over (None when there is none)."""
     if not args.skip_two_process:
         tp = two_process(ctx, args.data, args.text_source, args.two_process_epochs)
-        one = s["history"][: args.two_process_epochs]
-        comparison["two_process"] = {
-            "epochs": args.two_process_epochs, "epoch_seconds_2proc": tp["epoch_seconds"],
-            "epoch_seconds_1proc": round(sum(h["seconds"] for h in one) / len(one), 3),
-            "valid_NDCG@10_2proc": [h["valid_NDCG@10"] for h in tp["history"]],
-            "valid_NDCG@10_1proc": [h["valid_NDCG@10"] for h in one],
-            "peak_rss_mb_per_process": tp["peak_rss_mb"], "command": tp["command"]}
-    else:  # keep the last measured two-process run, marked as such
-        from tests.benchmarks.common import RESULTS
+        one = sasrec["history"][: args.two_process_epochs]
+        return {"epochs": args.two_process_epochs, "epoch_seconds_2proc": tp["epoch_seconds"],
+                "epoch_seconds_1proc": round(sum(h["seconds"] for h in one) / len(one), 3),
+                "valid_NDCG@10_2proc": [h["valid_NDCG@10"] for h in tp["history"]],
+                "valid_NDCG@10_1proc": [h["valid_NDCG@10"] for h in one],
+                "peak_rss_mb_per_process": tp["peak_rss_mb"], "command": tp["command"]}
+    prev = RESULTS / "beauty_sequential.json"
+    old = json.loads(prev.read_text()).get("_comparison", {}).get("two_process") if prev.exists() else None
+    if not old:
+        return None
+    return {**old, "carried_over_from": old.get("carried_over_from")
+            or json.loads(prev.read_text())["_meta"]["machine"]["date"]}
 
-        prev = RESULTS / "beauty_sequential.json"
-        old = json.loads(prev.read_text()).get("_comparison", {}).get("two_process") if prev.exists() else None
-        if old:
-            comparison["two_process"] = {**old, "carried_over_from": old.get("carried_over_from")
-                                         or json.loads(prev.read_text())["_meta"]["machine"]["date"]}
+
+def grasp_variants(ctx, args: argparse.Namespace, other: str) -> dict:
+    """GRASP on the other text source (``--compare-text-source``) and each ``--grasp-variant``."""
     variants = {}
     if args.compare_text_source:
         variants[f"grasp[{other}]"] = grasp_run(ctx, other, [f"train_sequential.text_source={other}"])
@@ -146,19 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         key = v if v.startswith("train_sequential.") else f"train_sequential.{v}"
         variants[f"grasp[{key.split('.', 1)[1]}]"] = grasp_run(
             ctx, key.split(".", 1)[1].replace("=", "-"), [f"train_sequential.text_source={args.text_source}", key])
-    for label, v in variants.items():
-        comparison[f"{label}_vs_sasrec_NDCG@10"] = ndcg_gains(v, s)
-    if args.compare_text_source:
-        ds_, md = (variants[f"grasp[{other}]"], g) if other == "descriptions" else (g, variants[f"grasp[{other}]"])
-        comparison["descriptions_vs_metadata_NDCG@10"] = {
-            **ndcg_gains(ds_, md), "valid": gain(best_valid(ds_), best_valid(md))}  # at each model's best epoch
-    payload = {**out, **variants, "_comparison": comparison,
-               "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
-                         "protocol": "leave-one-out; full ranking over all items (history excluded) and 100 sampled "
-                                     "negatives (seed %d); test phase reads train + valid" % ctx.cfg.eval.negatives_seed,
-                         "text_source": args.text_source, "train_sequential": __import__("dataclasses").asdict(ctx.cfg.train_sequential),
-                         "stage_seconds": {k: v["seconds"] for k, v in summary["stages"].items()},
-                         "wall_seconds": round(wall, 1), "machine": machine()}}
+    return variants
+
+
+def report(payload: dict, out: dict, variants: dict, args: argparse.Namespace) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/beauty_sequential.md."""
+    comparison = payload["_comparison"]
     rows = [("model", "full NDCG@10", "full HR@10", "sampled100 NDCG@10", "short-history NDCG@10",
              "tail-items NDCG@10", "s/epoch", "epochs (best)")]
     for model, m in {**out, **variants}.items():
@@ -167,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{m['slices']['tail_items']['full']['NDCG@10']:.4f}", str(m.get("epoch_seconds", "-")),
                      f"{m['epochs_run']} ({m['best_epoch']})" if "epochs_run" in m else "-"))
     notes = [f"GRASP vs SASRec, NDCG@10 relative gain: {comparison['grasp_vs_sasrec_NDCG@10']}",
-             f"GRASP text source: {args.text_source}", f"seed {ctx.cfg.seed}; {payload['_meta']['protocol']}"]
+             f"GRASP text source: {args.text_source}", f"seed {payload['_meta']['seed']}; {payload['_meta']['protocol']}"]
     for k, v in comparison.items():
         if k.startswith("grasp[") or k.startswith("descriptions_vs"):
             notes.append(f"{k}: {v}")
@@ -177,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             if "history" in v))
     if "two_process" in comparison:
         notes.append(f"2 processes (torchrun, OMP_NUM_THREADS=1): {comparison['two_process']}")
-    write_results("beauty_sequential", {**payload, "machine": machine()}, rows, notes)
-    return 0
+    return rows, notes
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Writes tests/benchmarks/results/wals_engines.json and wals_engines.md.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -19,22 +18,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks.common import machine, prepare_beauty, write_results  # noqa: E402
+from tests.benchmarks.common import machine, parser, prepare_beauty, write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args(argv)
+    args = parser(__doc__, shared=("data", "home", "set")).parse_args(argv)
 
     from pipelines.backends import wals
     from pipelines.evaluation.data import load_eval_data, negatives_for
     from pipelines.evaluation.protocol import evaluate
     from pipelines.evaluation.scorers import FactorScorer, Popularity
 
-    ctx = prepare_beauty(args.data, args.home, args.overrides)
+    ctx = prepare_beauty(args.data, args.home, args.sets)
     data, _, _ = load_eval_data(ctx)
     neg = negatives_for(ctx, data)
     out: dict = {"dataset": "amazon-beauty (sequences.txt, 5-core)", "protocol": "leave-one-out test, full ranking "

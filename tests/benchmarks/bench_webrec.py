@@ -39,6 +39,7 @@ from tests.benchmarks.common import (  # noqa: E402
     ROOT,
     ensure_llm_base,
     machine,
+    parser,
     prepare_beauty,
     write_results,
 )
@@ -211,29 +212,61 @@ def mp_gate(vh: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
-    ap.add_argument("--home", default="/tmp/recpipe-bench-beauty")
+    ap = parser(__doc__, shared=("data", "home", "set"))
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--train-users", type=int, default=1500)
     ap.add_argument("--valid-users", type=int, default=300)
     ap.add_argument("--only", action="append", default=[])
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--reuse", action="store_true", help="keep the web stage and the variants an earlier run finished")
     args = ap.parse_args(argv)
     sets = [*BASE, f"eval.users={args.users}", f"llmrec.train_users={args.train_users}",
-            f"llmrec.valid_users={args.valid_users}", *args.overrides]
+            f"llmrec.valid_users={args.valid_users}", *args.sets]
     ctx = prepare_beauty(args.data, args.home, sets)
     ensure_llm_base(ctx)
-    home = ctx.home
-    web_home = Path(f"{home}-webrec-web")
-    done = (web_home / "runs" / BEAUTY_DS / "stages" / "retrieve.json").exists()
-    if not (args.reuse and done):
-        web_home = copy_home(home, "web")
+    web_home = Path(f"{ctx.home}-webrec-web")
+    if not (args.reuse and (web_home / "runs" / BEAUTY_DS / "stages" / "retrieve.json").exists()):
+        web_home = copy_home(ctx.home, "web")
         run(cli(web_home, "web_queries,retrieve", [*sets, "llmrec.retrieval=prompt"], args.data))
     wq, rt = record(web_home, "web_queries"), record(web_home, "retrieve")
-    web_wall = wq["seconds"] + rt["seconds"]
+    models, runs = train_variants(args, sets, web_home)
+    robust = robustness(args, sets, ctx, web_home, models, runs)
+    gates = {name: mp_gate(Path(f"{web_home}-webrec-{name}")) for name in models if "head" in name}
+    examples = rationale_examples(web_home)
+    from pipelines.evaluation.protocol import random_baseline
 
+    rb = random_baseline(20, 10)
+    latency = {"rationale_generation_s": wq.get("seconds_per_user", {}).get("generate"),
+               "query_scoring_s": wq.get("seconds_per_user", {}).get("score"),
+               "retrieval_s": rt["seconds_per_query"],
+               "recommender_scoring_s": {n: r["score_seconds_per_user"] for n, r in runs.items()
+                                         if n != "baselines"}}
+    grid = keyword_grid(ctx, web_home)
+    payload = {"query_recall@10": rt["query_recall@10"]["test"], "query_recall@10_valid": rt["query_recall@10"]
+               ["valid"], "query_recall@10_valid_by_setting": grid, "models": models,
+               "baselines": runs.pop("baselines", {}), "cand20_random": {"HR@10": rb["HR@10"], "NDCG@10": rb["NDCG@10"]},
+               "latency_per_user_s": latency, "robustness": robust, "rationales": examples, "mp_head_gates": gates,
+               "web_queries": wq, "retrieve": rt, "runs": runs,
+               "web_wall_seconds": round(wq["seconds"] + rt["seconds"], 1),
+               "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
+                         "protocol": "leave-one-out, test phase; full ranking over all items with each user's train + "
+                                     "valid items excluded, and cand20 (target + the first 19 stored negatives); "
+                                     f"the same seeded {args.users} test users (eval.users_seed="
+                                     f"{ctx.cfg.eval.users_seed}) for every model",
+                         "settings": "pipelines/conf/amazon_beauty.yaml with " + " ".join(sets),
+                         "chosen_on": "epochs by early stopping on valid NDCG@10 of the validation users; nothing "
+                                      "chosen on test"},
+               "machine": machine()}
+    tail = ["## Twenty seeded rationales (valid users) and their attention x entropy queries", ""]
+    tail += [f"- newest: *{e['last_title']}* | rationale: \"{e['rationale']}\" | query: `{e['query']}`"
+             for e in examples]
+    write_results("webrec_beauty", payload, *report(payload, rb), tail=tail)
+    return 0
+
+
+def train_variants(args: argparse.Namespace, sets: list[str], web_home: Path) -> tuple[dict, dict]:
+    """Every variant (``--only``: those) trained and evaluated in its copy of the web home (kept with ``--reuse``
+    where finished): its figures, and its run's record (``runs["baselines"]``: the baselines' figures, scored on
+    the same users in the first variant's run)."""
     models, runs = {}, {}
     for name, extra in VARIANTS.items():
         if args.only and name not in args.only:
@@ -250,14 +283,19 @@ def main(argv: list[str] | None = None) -> int:
                       "score_seconds_per_user": tr.get("score_seconds_per_user")}
         if "baselines" not in runs:
             runs["baselines"] = {b: metrics_row(m[b]) for b in ("popularity", "wals", "sasrec", "grasp")}
+    return models, runs
 
-    # robustness: poisoned test-phase documents, models trained on the clean corpus reused
-    rng = np.random.default_rng(11)
+
+def robustness(args: argparse.Namespace, sets: list[str], ctx, web_home: Path, models: dict, runs: dict) -> dict:
+    """Poisoned test-phase documents for 10% of the test users (seeded); the models trained on the clean corpus
+    reused and scored again."""
     import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(11)
     test_users = sorted({r["user_idx"] for r in pq.read_table(web_home / "warehouse" / "queries" / f"ds={BEAUTY_DS}")
                          .to_pylist() if r["phase"] == "test"})
     chosen = sorted(rng.choice(test_users, len(test_users) // 10, replace=False).tolist())
-    corpus = Path(f"{home}-webrec-poison.jsonl")
+    corpus = Path(f"{ctx.home}-webrec-poison.jsonl")
     kinds = poison_corpus(web_home, corpus, chosen, 11)
     ph = Path(f"{web_home}-webrec-poison-retrieve")
     if not (args.reuse and (ph / "runs" / BEAUTY_DS / "stages" / "retrieve.json").exists()):
@@ -285,36 +323,24 @@ def main(argv: list[str] | None = None) -> int:
             "targeted_users": {"clean": targeted(vh, chosen, ctx), "poisoned": targeted(pv, chosen, ctx)},
             "retrained": record(pv, "train_llmrec")["stages"]["stage1"]["epochs_run"]
             != runs[name]["train"]["stage1"]["epochs_run"]}
-    gates = {name: mp_gate(Path(f"{web_home}-webrec-{name}")) for name in models if "head" in name}
+    return robust
+
+
+def rationale_examples(web_home: Path) -> list[dict]:
+    """Twenty seeded validation users' rationales and the queries made from them."""
+    import pyarrow.parquet as pq
 
     qrows = pq.read_table(web_home / "warehouse" / "queries" / f"ds={BEAUTY_DS}").to_pylist()
     valid_rows = [r for r in qrows if r["phase"] == "valid"]
     pick = np.random.default_rng(20).choice(len(valid_rows), min(20, len(valid_rows)), replace=False)
-    examples = [{"user_id": valid_rows[i]["user_id"], "last_title": valid_rows[i]["last_title"],
-                 "rationale": valid_rows[i]["rationale"], "query": valid_rows[i]["query"]} for i in sorted(pick)]
-    from pipelines.evaluation.protocol import random_baseline
+    return [{"user_id": valid_rows[i]["user_id"], "last_title": valid_rows[i]["last_title"],
+             "rationale": valid_rows[i]["rationale"], "query": valid_rows[i]["query"]} for i in sorted(pick)]
 
-    rb = random_baseline(20, 10)
-    latency = {"rationale_generation_s": wq.get("seconds_per_user", {}).get("generate"),
-               "query_scoring_s": wq.get("seconds_per_user", {}).get("score"),
-               "retrieval_s": rt["seconds_per_query"],
-               "recommender_scoring_s": {n: r["score_seconds_per_user"] for n, r in runs.items()
-                                         if n != "baselines"}}
-    grid = keyword_grid(ctx, web_home)
-    payload = {"query_recall@10": rt["query_recall@10"]["test"], "query_recall@10_valid": rt["query_recall@10"]
-               ["valid"], "query_recall@10_valid_by_setting": grid, "models": models, "baselines": runs.pop("baselines", {}),
-               "cand20_random": {"HR@10": rb["HR@10"], "NDCG@10": rb["NDCG@10"]},
-               "latency_per_user_s": latency, "robustness": robust, "rationales": examples, "mp_head_gates": gates,
-               "web_queries": wq, "retrieve": rt, "runs": runs, "web_wall_seconds": round(web_wall, 1),
-               "_meta": {"dataset": "amazon-beauty", "ds": BEAUTY_DS, "seed": ctx.cfg.seed,
-                         "protocol": "leave-one-out, test phase; full ranking over all items with each user's train + "
-                                     "valid items excluded, and cand20 (target + the first 19 stored negatives); "
-                                     f"the same seeded {args.users} test users (eval.users_seed="
-                                     f"{ctx.cfg.eval.users_seed}) for every model",
-                         "settings": "pipelines/conf/amazon_beauty.yaml with " + " ".join(sets),
-                         "chosen_on": "epochs by early stopping on valid NDCG@10 of the validation users; nothing "
-                                      "chosen on test"},
-               "machine": machine()}
+
+def report(payload: dict, rb: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/webrec_beauty.md."""
+    models, runs, meta, grid = payload["models"], payload["runs"], payload["_meta"], \
+        payload["query_recall@10_valid_by_setting"]
     rows = [("model", "HR@10", "NDCG@10", "short NDCG@10", "tail NDCG@10", "cand20 HR@10", "cand20 NDCG@10",
              "best valid NDCG@10 (epoch)")]
     for name, r in [*payload["baselines"].items(), *models.items()]:
@@ -324,29 +350,23 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['cand20']['HR@10']:.4f}", f"{r['cand20']['NDCG@10']:.4f}",
                      f"{tr['best_valid_NDCG@10']:.4f} ({tr['best_epoch']})" if tr else "-"))
     rows.append(("random (cand20)", "-", "-", "-", "-", f"{rb['HR@10']:.4f}", f"{rb['NDCG@10']:.4f}", "-"))
-    qr = rt["query_recall@10"]
-    notes = [f"Amazon Beauty, ds {BEAUTY_DS}, seed {ctx.cfg.seed}; {payload['_meta']['protocol']}.",
-             f"settings: {payload['_meta']['settings']}; {payload['_meta']['chosen_on']}.",
+    qr = payload["retrieve"]["query_recall@10"]
+    notes = [f"Amazon Beauty, ds {BEAUTY_DS}, seed {meta['seed']}; {meta['protocol']}.",
+             f"settings: {meta['settings']}; {meta['chosen_on']}.",
              "Query recall@10 of the target's own document (local BM25 corpus of item documents): valid "
              + json.dumps(qr["valid"]) + "; test " + json.dumps(qr["test"]) + ".",
              "web.keywords chosen on valid (recall@10 by token score and number of keywords): " + json.dumps(grid)
              + ".",
-             "Latency per user, 2 cores (s): " + json.dumps(latency) + ".",
+             "Latency per user, 2 cores (s): " + json.dumps(payload["latency_per_user_s"]) + ".",
              "Robustness (injected documents for 10% of test users, test-phase documents only; models trained on "
-             "the clean corpus): " + json.dumps(robust) + ".",
-             "Trained MP-Head gates (0 at the start): " + json.dumps(gates) + ".",
+             "the clean corpus): " + json.dumps(payload["robustness"]) + ".",
+             "Trained MP-Head gates (0 at the start): " + json.dumps(payload["mp_head_gates"]) + ".",
              "best valid NDCG@10: the training's early-stopping figure on the validation users (with their "
              "documents); the untrained start (the WALS fold-in score, the same for every variant) is not a "
              "candidate (llmrec.stage1.validate_at_start=false).",
              "Paper (Beauty, LLaMA-7B, 20 candidates): HR@10 0.4921, NDCG@10 0.3441 (MP-Head 1-hop); a cand20 figure "
              "near the random baseline says little."]
-    lines_rat = ["", "## Twenty seeded rationales (valid users) and their attention x entropy queries", ""]
-    lines_rat += [f"- newest: *{e['last_title']}* | rationale: \"{e['rationale']}\" | query: `{e['query']}`"
-                  for e in examples]
-    write_results("webrec_beauty", payload, rows, notes)
-    md = ROOT / "tests" / "benchmarks" / "results" / "webrec_beauty.md"
-    md.write_text(md.read_text() + "\n".join(lines_rat) + "\n")
-    return 0
+    return rows, notes
 
 
 if __name__ == "__main__":

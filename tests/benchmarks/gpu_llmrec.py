@@ -317,22 +317,10 @@ def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: floa
     meta = json.loads((bundle / "bundle.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     model_dir = _join_model(bundle, parts, meta)
-    root, work = Path("/tmp/recpipe-gpu/homes"), Path("/tmp/recpipe-gpu/work")  # OUT gets two files (8 come back)
+    work = Path("/tmp/recpipe-gpu/work")  # OUT gets two files (8 come back)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    procs = {}
-    for i, name in enumerate(CHAINS):
-        home = root / name
-        if not keep_homes:
-            shutil.rmtree(home, ignore_errors=True)
-        if not (home / "warehouse").exists():
-            shutil.copytree(bundle / "home" / "warehouse", home / "warehouse")
-        log = open(work / f"{name}.log", "w")
-        env = {**os.environ, "MASTER_PORT": str(29_500 + 10 * i), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, __file__, "chain", str(bundle), "--home", str(home), "--model-dir", str(model_dir),
-               "--name", name, "--out", str(work)]
-        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                        start_new_session=True), home, log)
+    procs = _start_chains(bundle, model_dir, work, keep_homes)
     t_train = time.perf_counter()
     if total:
         budget = min(budget, total - (t_train - t_start) - reserve)
@@ -357,7 +345,36 @@ def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: floa
         chain_seconds.setdefault(name, round(time.perf_counter() - t_train, 1))
     print(f"training done in {time.perf_counter() - t_train:.0f} s; exits "
           f"{ {n: p.returncode for n, (p, _, _) in procs.items()} }", flush=True)
-    # a stopped chain is scored from its best checkpoint so far: the same run, epochs capped at what completed
+    _rescore_stopped(bundle, model_dir, work, procs, stopped, chain_seconds)
+    _logs(work, out)
+    _collect(work, out, payload, time.perf_counter() - t_start)
+    missing = [v for n in CHAINS for v, _ in CHAINS[n] if v not in payload["models"]]
+    print(f"done in {time.perf_counter() - t_start:.0f} s" + (f"; not scored: {missing}" if missing else ""), flush=True)
+
+
+def _start_chains(bundle: Path, model_dir: Path, work: Path, keep_homes: bool) -> dict:
+    """Every chain's process, side by side, each in its own home (``/tmp/recpipe-gpu/homes/<chain>``, its warehouse
+    copied from the bundle) and log (``WORK/<chain>.log``): ``{chain: (process, home, log)}``."""
+    root, procs = Path("/tmp/recpipe-gpu/homes"), {}
+    for i, name in enumerate(CHAINS):
+        home = root / name
+        if not keep_homes:
+            shutil.rmtree(home, ignore_errors=True)
+        if not (home / "warehouse").exists():
+            shutil.copytree(bundle / "home" / "warehouse", home / "warehouse")
+        log = open(work / f"{name}.log", "w")
+        env = {**os.environ, "MASTER_PORT": str(29_500 + 10 * i), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, __file__, "chain", str(bundle), "--home", str(home), "--model-dir", str(model_dir),
+               "--name", name, "--out", str(work)]
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                                        start_new_session=True), home, log)
+    return procs
+
+
+def _rescore_stopped(bundle: Path, model_dir: Path, work: Path, procs: dict, stopped: dict,
+                     chain_seconds: dict) -> None:
+    """A chain stopped at the budget is scored from its best checkpoint so far: the same run, its epochs capped at
+    what completed (its seconds grow by the re-run's)."""
     redo = []
     for name, done in stopped.items():
         _, home, log = procs[name]
@@ -374,10 +391,6 @@ def train(bundle: Path, out: Path, parts: list[Path], budget: float, total: floa
     for name, p in redo:
         p.wait()
         chain_seconds[name] = round(chain_seconds[name] + time.perf_counter() - t_redo, 1)
-    _logs(work, out)
-    _collect(work, out, payload, time.perf_counter() - t_start)
-    missing = [v for n in CHAINS for v, _ in CHAINS[n] if v not in payload["models"]]
-    print(f"done in {time.perf_counter() - t_start:.0f} s" + (f"; not scored: {missing}" if missing else ""), flush=True)
 
 
 def _logs(work: Path, out: Path, tail: int = 6000) -> None:
@@ -446,28 +459,14 @@ def _row(m: dict, train: dict | None = None) -> dict:
     return r
 
 
+NAMES = ["llmrec_stage1", "llmrec_stage2", "llmrec_titles_only", "llmrec_no_titles", "llmrec_no_align",
+         "llmrec_cascade_grasp"]
+
+
 def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> None:
-    import numpy as np
-
-    from pipelines.evaluation import scorers
-
     raw = json.loads(raw_path.read_text())
-    ctx = _ctx(home, home, ["eval.users=0"])
-    score, data, users = _scorer(ctx)
-    assert len(users) == raw["users"], "another set of users"
-    models, here = {}, {}
-    zoo = scorers.model_zoo(ctx)
-    for name in ("popularity", "wals", "sasrec", "grasp"):
-        scorer, _ = zoo[name](data)
-        m = here[name] = score(scorer)
-        models[name] = _row(m)
-    gpu_pop = raw["models"]["popularity"]
-    same = all(np.isclose(gpu_pop[p]["NDCG@10"], here["popularity"][p]["NDCG@10"]) for p in ("full", "sampled100"))
-    if not same:
-        sys.exit("popularity differs between the GPU run and here: not the same data or negatives")
-    names = ["llmrec_stage1", "llmrec_stage2", "llmrec_titles_only", "llmrec_no_titles", "llmrec_no_align",
-             "llmrec_cascade_grasp"]
-    for name in names:
+    models = _baselines_here(raw, home)
+    for name in NAMES:
         if name in raw["models"]:
             chain_of = next((c for c, vs in CHAINS.items() if name in [v for v, _ in vs]), None)
             stop = raw["stopped_at_budget"].get(chain_of)
@@ -479,11 +478,11 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
                             **({"notes": raw["models"][name]["notes"]} if "notes" in raw["models"][name] else {})}
             if name in raw.get("chain_seconds", {}) and "wall_seconds" in models[name]:
                 models[name]["wall_seconds"] = raw["chain_seconds"][name]  # the whole process, a stopped one too
-    models_check = {"grasp_fp16_on_gpu": _row(raw["models"]["grasp_fp16"])}
-    reasons = raw["train"].get("llmrec_stage2", {}).get("reasons", [])
-    rs = raw["train"].get("llmrec_stage2", {}).get("result", {}).get("reasons", {})
-    payload = {"subset_users": raw["users"], "models": models, "checks": models_check, "reasons": reasons,
-               "reasons_summary": rs, "stopped_at_budget": raw["stopped_at_budget"],
+    payload = {"subset_users": raw["users"], "models": models,
+               "checks": {"grasp_fp16_on_gpu": _row(raw["models"]["grasp_fp16"])},
+               "reasons": raw["train"].get("llmrec_stage2", {}).get("reasons", []),
+               "reasons_summary": raw["train"].get("llmrec_stage2", {}).get("result", {}).get("reasons", {}),
+               "stopped_at_budget": raw["stopped_at_budget"],
                "_meta": {"dataset": "amazon-beauty", "ds": raw["ds"], "seed": raw["seed"],
                          "protocol": "leave-one-out, test phase, full ranking over all 12,101 items with each user's "
                                      "train + valid items excluded; all users with a test target",
@@ -499,7 +498,39 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
                            "DeepSpeed and its needs on PYTHONPATH); then, here: python tests/benchmarks/gpu_llmrec.py "
                            f"report {raw_path.name}"},
                "gpu_seconds": raw.get("seconds")}
-    order = ["popularity", "wals", "sasrec", "grasp", *names]
+    rows, notes = _report_table(payload, raw)
+    notes += extra_notes or []
+    payload["notes"] = extra_notes or []
+    write_results("llmrec_beauty_gpu", payload, rows, notes)
+
+
+def _baselines_here(raw: dict, home: Path) -> dict:
+    """Popularity, WALS, SASRec and GRASP of ``home`` scored here on the raw file's users; exits unless the GPU
+    side's popularity agrees (the same data and negatives)."""
+    import numpy as np
+
+    from pipelines.evaluation import scorers
+
+    ctx = _ctx(home, home, ["eval.users=0"])
+    score, data, users = _scorer(ctx)
+    assert len(users) == raw["users"], "another set of users"
+    models, here = {}, {}
+    zoo = scorers.model_zoo(ctx)
+    for name in ("popularity", "wals", "sasrec", "grasp"):
+        scorer, _ = zoo[name](data)
+        m = here[name] = score(scorer)
+        models[name] = _row(m)
+    gpu_pop = raw["models"]["popularity"]
+    same = all(np.isclose(gpu_pop[p]["NDCG@10"], here["popularity"][p]["NDCG@10"]) for p in ("full", "sampled100"))
+    if not same:
+        sys.exit("popularity differs between the GPU run and here: not the same data or negatives")
+    return models
+
+
+def _report_table(payload: dict, raw: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/llmrec_beauty_gpu.md (the ``--note`` lines come after)."""
+    models, models_check, rs = payload["models"], payload["checks"], payload["reasons_summary"]
+    order = ["popularity", "wals", "sasrec", "grasp", *NAMES]
     rows = [("model", "HR@10", "NDCG@10", "short-history NDCG@10", "tail-item NDCG@10", "valid NDCG@10",
              "train examples/s", "peak GPU MiB", "wall s", "epochs run (best)")]
     for name in [n for n in order if n in models]:
@@ -527,9 +558,7 @@ def report(raw_path: Path, home: Path, extra_notes: list[str] | None = None) -> 
         notes.append("cascade mix chosen on valid: " + json.dumps(models["llmrec_cascade_grasp"].get("notes")))
     if rs:
         notes.append(f"reasons (llmrec_stage2, {rs.get('users')} seeded users): {json.dumps(rs)}")
-    notes += extra_notes or []
-    payload["notes"] = extra_notes or []
-    write_results("llmrec_beauty_gpu", payload, rows, notes)
+    return rows, notes
 
 
 def main() -> None:

@@ -67,12 +67,9 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
     os.environ.setdefault("DS_ACCELERATOR", device)
     import deepspeed
 
-    from pipelines import runner
     from pipelines.config import CONF_DIR, load_config
     from pipelines.context import StageContext
-    from pipelines.evaluation import scorers
-    from pipelines.evaluation.data import eval_kwargs, load_eval_data, negatives_for
-    from pipelines.evaluation.protocol import evaluate
+    from pipelines.evaluation.data import load_eval_data, negatives_for
     from pipelines.stages import train_sequential
 
     meta = json.loads((bundle / "bundle.json").read_text())
@@ -84,7 +81,7 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
     base = StageContext(load_config(CONF_DIR / "amazon_beauty.yaml", [f"data.path={bundle}"]), meta["ds"], home)
     data, _, _ = load_eval_data(base)
     neg = negatives_for(base, data)  # drawn (seeded) as the evaluate stage draws them
-    results = {}
+    results, seed_used = {}, None
     for v, seed in [(v, s) for s in (seeds or [None]) for v in variants]:
         key = v + (f" seed={seed}" if seed is not None else "") + "".join(f" {x}" for x in sets or [])
         dist = "train_sequential.distributed"
@@ -93,33 +90,49 @@ def train(bundle: Path, out: Path, variants: list[str], device: str = "cuda", ep
                      f"{dist}.threads=0", f"{dist}.deepspeed_config={VARIANTS[v]}"]
         overrides += (every_model("train.epochs", epochs) if epochs else []) + list(sets or []) + \
             ([f"seed={seed}"] if seed is not None else [])
-        cfg = load_config(CONF_DIR / "amazon_beauty.yaml", overrides)
-        ctx = StageContext(cfg, meta["ds"], home)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        rec = runner.run_stage("train_sequential", ctx)
-        wall = time.perf_counter() - t0
-        for name, summary in rec["models"].items():
-            scorer, _ = scorers.vectors(ctx.model_dir("train_sequential", name) / "vectors.npz", data)
-            m = evaluate(scorer, data, neg, "test", **eval_kwargs(cfg))
-            results.setdefault(key, {})[name] = {**m, **{k: summary[k] for k in (
-                "epoch_seconds", "best_epoch", "epochs_run", "best_valid_NDCG@10", "seconds_to_best", "train_seconds")}}
-            print(f"  {key} {name}: test full NDCG@10 {m['full']['NDCG@10']:.4f} HR@10 {m['full']['HR@10']:.4f}, "
-                  f"{summary['epoch_seconds']} s/epoch", flush=True)
-        results[key]["seed"] = cfg.seed
-        results[key]["stage_seconds"] = round(wall, 1)
-        results[key]["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None
+        results[key], seed_used = _train_variant(load_config(CONF_DIR / "amazon_beauty.yaml", overrides), meta,
+                                                 home, data, neg, device, key)
         results[key]["deepspeed_config"] = VARIANTS[v]
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     payload = {"machine": {**machine(), "gpu": gpu, "torch": torch.__version__,
                            "cuda": torch.version.cuda, "deepspeed": deepspeed.__version__},
-               "dataset": "amazon-beauty", "ds": meta["ds"], "seed": cfg.seed, "text_source": meta["text_source"],
+               "dataset": "amazon-beauty", "ds": meta["ds"], "seed": seed_used, "text_source": meta["text_source"],
                "protocol": "leave-one-out, test phase; full ranking and 100 sampled negatives (seeded as evaluate)",
                "results": results}
     (out / "beauty_sequential_gpu.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out / 'beauty_sequential_gpu.json'}")
+
+
+def _train_variant(cfg, meta: dict, home: Path, data, neg, device: str, key: str) -> tuple[dict, int]:
+    """The real ``train_sequential`` stage with ``cfg``, then both models scored as ``evaluate`` scores them: their
+    figures with the stage's seconds and peak GPU memory, and the seed."""
+    import torch
+
+    from pipelines import runner
+    from pipelines.context import StageContext
+    from pipelines.evaluation import scorers
+    from pipelines.evaluation.data import eval_kwargs
+    from pipelines.evaluation.protocol import evaluate
+
+    ctx = StageContext(cfg, meta["ds"], home)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    rec = runner.run_stage("train_sequential", ctx)
+    wall = time.perf_counter() - t0
+    result: dict = {}
+    for name, summary in rec["models"].items():
+        scorer, _ = scorers.vectors(ctx.model_dir("train_sequential", name) / "vectors.npz", data)
+        m = evaluate(scorer, data, neg, "test", **eval_kwargs(cfg))
+        result[name] = {**m, **{k: summary[k] for k in (
+            "epoch_seconds", "best_epoch", "epochs_run", "best_valid_NDCG@10", "seconds_to_best", "train_seconds")}}
+        print(f"  {key} {name}: test full NDCG@10 {m['full']['NDCG@10']:.4f} HR@10 {m['full']['HR@10']:.4f}, "
+              f"{summary['epoch_seconds']} s/epoch", flush=True)
+    result["seed"] = cfg.seed
+    result["stage_seconds"] = round(wall, 1)
+    result["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None
+    return result, cfg.seed
 
 
 def report(path: Path, name: str = "beauty_sequential_gpu") -> None:

@@ -12,7 +12,6 @@ the shared protocol); writes ``tests/benchmarks/results/<out>.{json,md}``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.common import BEAUTY_DS, ROOT, machine, write_results  # noqa: E402
+from tests.benchmarks.common import BEAUTY_DS, machine, parser, write_results  # noqa: E402
 
 BUCKETS = (0, 5, 10, 20, 40, 80)  # lower edges of the target's train-interaction count
 
@@ -56,9 +55,8 @@ def valid_report(home: Path, model: str, data_path: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, shared=("data",))
     ap.add_argument("runs", nargs="+", metavar="LABEL=HOME:MODEL")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "amazon-beauty"))
     ap.add_argument("--out", default="grasp_tuning")
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args(argv)

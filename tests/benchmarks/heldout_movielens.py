@@ -12,7 +12,6 @@ and GRASP and WALS relative to SASRec. Results: ``results/heldout_ml100k<suffix>
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.benchmarks.common import day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import day_args, machine, parser, recpipe, write_results  # noqa: E402
 
 WHEEL = "recbole==1.2.1"
 MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
@@ -71,21 +70,18 @@ def figures(m: dict) -> dict[str, float]:
             "valid_NDCG@10": m["valid"]["full"]["NDCG@10"]}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, shared=("set", "suffix"))
     p.add_argument("--configs", default="pipelines/conf/amazon_beauty.yaml,pipelines/conf/sequences.yaml")
     p.add_argument("--work", default="/tmp/recpipe-heldout")
     p.add_argument("--ds", default="2026-11-24")
-    p.add_argument("--set", dest="sets", action="append", default=[],
-                   help="more overrides for every config (say why in the results)")
     p.add_argument("--describe-cap", type=int, default=300,
                    help="describe the N most popular items and N most active users (0: all; about 1 s a user on "
                         "2 cores); the rest get their metadata text, as the laptop default does")
     p.add_argument("--grasp-variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
                    help="after the configs: retrain GRASP alone in the first config's home with these overrides "
                         "(e.g. 'no text_init=train_sequential.grasp.text_init=0.0') and evaluate it")
-    p.add_argument("--suffix", default="")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "ml-100k"
@@ -97,35 +93,58 @@ def main() -> int:
     training: dict[str, dict] = {}  # per config and model: the batch, best epoch and epochs run
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for config in configs:  # each as a new user runs it
-        home = work / Path(config).stem
-        wall = recpipe(["run", *day_args(home, args.ds, config, sets), "--stages",
-                        "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate"],
-                       work / "heldout.log")
-        m = json.loads((home / "runs" / args.ds / "metrics.json").read_text())
-        results[config] = {name: figures(v) for name, v in m.items()}
-        results[config]["wall_seconds"] = round(wall, 1)
-        for rec in sorted((home / "runs" / args.ds / "train_sequential").glob("*/result.json")):
-            r = json.loads(rec.read_text())
-            training.setdefault(config, {})[rec.parent.name] = {k: r.get(k) for k in (
-                "batch_size", "best_epoch", "epochs_run", "epoch_seconds", "best_valid_NDCG@10")}
-        print(f"{config}: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in results[config].items()
-                                        if isinstance(v, dict)), flush=True)
+        results[config], trained = run_config(work, config, args.ds, sets)
+        if trained:
+            training[config] = trained
     for spec in args.grasp_variant:
         label, _, overrides = spec.partition("=")
-        extra = [*sets, "train_sequential.models=[grasp]", *[o for o in overrides.split(",") if o]]
-        home = work / Path(configs[0]).stem
-        for stage in ("train_sequential", "evaluate"):
-            recpipe(["stage", stage, *day_args(home, args.ds, configs[0], extra)], work / "heldout.log")
-        v = json.loads((home / "runs" / args.ds / "metrics.json").read_text())["grasp"]
-        res = json.loads((home / "runs" / args.ds / "train_sequential" / "grasp" / "result.json").read_text())
-        results[f"{configs[0]} + {label}"] = {
-            "sasrec": results[configs[0]]["sasrec"], "grasp": figures(v),
-            "overrides": overrides, "grasp_best_epoch": res["best_epoch"], "grasp_epochs_run": res["epochs_run"]}
-        print(f"{label}: grasp test NDCG@10 {v['full']['NDCG@10']:.4f}, valid {v['valid']['full']['NDCG@10']:.4f}",
-              flush=True)
+        results[f"{configs[0]} + {label}"] = {"sasrec": results[configs[0]]["sasrec"],
+                                              **grasp_variant(work, configs[0], args.ds, sets, label, overrides)}
+    payload = {"dataset": "MovieLens-100k (from the recbole 1.2.1 wheel)", "stats": stats, "ds": args.ds,
+               "overrides": sets, "results": results, "training": training, "machine": machine()}
+    write_results(f"heldout_ml100k{args.suffix}", payload, *report(payload))
+    return 0
+
+
+def run_config(work: Path, config: str, ds: str, sets: list[str]) -> tuple[dict, dict]:
+    """``recpipe run`` of every stage up to evaluate with ``config`` in its own home: every model's figures (and
+    the run's wall seconds), and each sequential model's training figures."""
+    home = work / Path(config).stem
+    wall = recpipe(["run", *day_args(home, ds, config, sets), "--stages",
+                    "ingest,validate,split,wals,describe,embed,neighbours,train_sequential,evaluate"],
+                   work / "heldout.log")
+    m = json.loads((home / "runs" / ds / "metrics.json").read_text())
+    results = {name: figures(v) for name, v in m.items()}
+    results["wall_seconds"] = round(wall, 1)
+    training = {}
+    for rec in sorted((home / "runs" / ds / "train_sequential").glob("*/result.json")):
+        r = json.loads(rec.read_text())
+        training[rec.parent.name] = {k: r.get(k) for k in (
+            "batch_size", "best_epoch", "epochs_run", "epoch_seconds", "best_valid_NDCG@10")}
+    print(f"{config}: " + ", ".join(f"{k} {v['NDCG@10']:.4f}" for k, v in results.items()
+                                    if isinstance(v, dict)), flush=True)
+    return results, training
+
+
+def grasp_variant(work: Path, config: str, ds: str, sets: list[str], label: str, overrides: str) -> dict:
+    """GRASP alone retrained in ``config``'s home with ``overrides`` (comma-separated) and evaluated."""
+    extra = [*sets, "train_sequential.models=[grasp]", *[o for o in overrides.split(",") if o]]
+    home = work / Path(config).stem
+    for stage in ("train_sequential", "evaluate"):
+        recpipe(["stage", stage, *day_args(home, ds, config, extra)], work / "heldout.log")
+    v = json.loads((home / "runs" / ds / "metrics.json").read_text())["grasp"]
+    res = json.loads((home / "runs" / ds / "train_sequential" / "grasp" / "result.json").read_text())
+    print(f"{label}: grasp test NDCG@10 {v['full']['NDCG@10']:.4f}, valid {v['valid']['full']['NDCG@10']:.4f}",
+          flush=True)
+    return {"grasp": figures(v), "overrides": overrides, "grasp_best_epoch": res["best_epoch"],
+            "grasp_epochs_run": res["epochs_run"]}
+
+
+def report(payload: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/heldout_ml100k<suffix>.md, from the payload alone."""
     rows = [("config", "model", "NDCG@10", "HR@10", "short-history NDCG@10", "tail-items NDCG@10", "valid NDCG@10",
              "vs SASRec")]
-    for config, r in results.items():
+    for config, r in payload["results"].items():
         base = r.get("sasrec", {}).get("NDCG@10")
         for name, v in r.items():
             if not isinstance(v, dict):
@@ -133,14 +152,11 @@ def main() -> int:
             rel = f"{v['NDCG@10'] / base - 1:+.1%}" if base else "-"
             rows.append((config, name, *[f"{v[k]:.4f}" for k in ("NDCG@10", "HR@10", "short_history_NDCG@10",
                                                                    "tail_items_NDCG@10", "valid_NDCG@10")], rel))
-    payload = {"dataset": "MovieLens-100k (from the recbole 1.2.1 wheel)", "stats": stats, "ds": args.ds,
-               "overrides": sets, "results": results, "training": training, "machine": machine()}
-    notes = [f"MovieLens-100k: {stats}; leave-one-out in time order; full ranking, history excluded; seed 42",
-             f"every config run as shipped with: {' '.join('--set ' + s for s in sets)}"]
+    notes = [f"MovieLens-100k: {payload['stats']}; leave-one-out in time order; full ranking, history excluded; seed 42",
+             f"every config run as shipped with: {' '.join('--set ' + s for s in payload['overrides'])}"]
     notes += [f"{config} {name}: " + ", ".join(f"{k} {v}" for k, v in r.items() if v is not None)
-              for config, t in training.items() for name, r in t.items()]
-    write_results(f"heldout_ml100k{args.suffix}", payload, rows, notes)
-    return 0
+              for config, t in payload.get("training", {}).items() for name, r in t.items()]
+    return rows, notes
 
 
 if __name__ == "__main__":

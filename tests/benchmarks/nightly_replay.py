@@ -28,6 +28,7 @@ per-day, per-stage detail.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from jobs.warehouse import write_json  # noqa: E402
 from pipelines import locks  # noqa: E402
 from pipelines.graph import STAGES  # noqa: E402
-from tests.benchmarks.common import commit, day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import commit, day_args, machine, parser, recpipe, write_results  # noqa: E402
 
 MODES = ("incremental", "full")
 CACHES = ("describe.sqlite", "embed.sqlite", "web_queries.sqlite", "search.sqlite")
@@ -150,55 +151,20 @@ def write(args: argparse.Namespace, week: list[str], warm_day: str, out: dict) -
     write_results(f"nightly_replay{args.suffix}", payload, rows, notes)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="sets", action="append", default=[])
-    p.add_argument("--from", dest="start", required=True)
-    p.add_argument("--to", dest="end", required=True)
-    p.add_argument("--warm-day", default=None, help="the day whose run fills the shared caches (default: --from - 1)")
-    p.add_argument("--work", default="/tmp/recpipe-replay")
-    p.add_argument("--suffix", default="", help="results/nightly_replay<suffix>.{json,md}")
-    p.add_argument("--full-every-days", type=int, default=7)
-    p.add_argument("--skip-stages", default="", help="comma-separated stages left out of every day (say why in "
-                   "the results), e.g. train_llmrec on a CPU budget")
-    p.add_argument("--resume", action="store_true", help="go on with a stopped replay in --work (same settings)")
-    p.add_argument("--ahead", default=None, help="a day whose full retrain runs next (in a copy of the full home, "
-                   "after the incremental days up to it), before the days in between; left out of the clean mean ratio")
-    args = p.parse_args()
-    work = Path(args.work)
-    week = days(args.start, args.end)
-    warm_day = args.warm_day or (dt.date.fromisoformat(args.start) - dt.timedelta(1)).isoformat()
-    log = work / "replay.log"
-    work.mkdir(parents=True, exist_ok=True)
-    seed = work / "seed"
-    if not (seed / "runs" / warm_day / "summary.json").exists():
-        print(f"filling the caches with a run of {warm_day} up to embed ...", flush=True)
-        run_day(seed, warm_day, args.config, [*args.sets, "refresh.mode=full"], log, until="embed")
-    skip = {x.strip() for x in args.skip_stages.split(",") if x.strip()}
-    stages = ",".join(s.name for s in STAGES if s.name not in skip) if skip else None
-    state_file, key = work / "replay_state.json", state_key(args, week, warm_day, stages)
-    out: dict = {mode: {} for mode in MODES}
-    if args.resume and not state_file.exists() and any((work / m / "runs").exists() for m in MODES):
-        sys.exit(f"--resume: {work} holds replay homes but no {state_file.name} (written by a replay of an earlier "
-                 "version, or removed); run without --resume to start afresh (this removes them)")
-    if args.resume and state_file.exists():
-        state = json.loads(state_file.read_text())
-        if state["key"] != key:
-            sys.exit(f"--resume: {state_file} was written by a replay with other settings (config, --set, days, "
-                     f"--full-every-days or --skip-stages); run without --resume to start afresh, or with those")
-        out = state["out"]
-        print(f"resuming: done {', '.join(f'{m} {len(out[m])} days' for m in MODES)}", flush=True)
-    else:
-        state_file.unlink(missing_ok=True)  # a replay started afresh cannot be resumed from an older one's record
-        shutil.rmtree(work / "full-ahead", ignore_errors=True)
-        for mode in MODES:
-            shutil.rmtree(work / mode, ignore_errors=True)
-            seed_caches(seed, work / mode)
-    (work / "stop").unlink(missing_ok=True)  # left by a stop that came after the last run: not meant for this one
+@dataclasses.dataclass
+class Replay:
+    """A replay under way: its settings, and ``out`` (mode -> day -> the day's record), saved after every run."""
+    args: argparse.Namespace
+    work: Path
+    week: list[str]
+    warm_day: str
+    stages: str | None
+    key: str
+    out: dict
 
-    def one(mode: str, ds: str, home: Path, extra: dict) -> bool:
+    def one(self, mode: str, ds: str, home: Path, extra: dict) -> bool:
         """Run (mode, ds) in ``home`` unless done; False when a stop file asks to stop before it."""
+        work, out, args = self.work, self.out, self.args
         if ds in out[mode]:
             return True
         if (work / "stop").exists():  # a stop between two runs: nothing is half-done, nothing re-run on resume
@@ -209,32 +175,87 @@ def main() -> int:
         if resumed:
             clear_day(home, ds)
         sets = [*args.sets, f"refresh.mode={mode}", f"refresh.full_every_days={args.full_every_days}"]
-        wall = run_day(home, ds, args.config, sets, log, stages=stages)
+        wall = run_day(home, ds, args.config, sets, work / "replay.log", stages=self.stages)
         out[mode][ds] = day_record(home, ds, wall) | {"commit": commit()} | extra | (
             {"resumed": True} if resumed else {})
         print(f"[{mode}] {ds}: {wall:.0f} s, test NDCG@10 {out[mode][ds]['test_NDCG@10']}", flush=True)
-        write_json(state_file, {"key": key, "out": out})
+        write_json(work / "replay_state.json", {"key": self.key, "out": out})
         if all(ds in out[m] for m in MODES):
-            write(args, week, warm_day, out)
+            write(args, self.week, self.warm_day, out)
         return True
 
-    if args.ahead and args.ahead not in out["full"]:
-        if args.ahead not in week:
-            sys.exit(f"--ahead {args.ahead}: not a day of --from {args.start} --to {args.end}")
-        for ds in week[:week.index(args.ahead) + 1]:  # the incremental days build on each other: in order
-            if not one("incremental", ds, work / "incremental", {}):
-                return 0
-        before = [d for d in week if d in out["full"]]
+    def ahead(self, day: str) -> bool:
+        """``--ahead DAY``: the incremental days up to it, then its full retrain in a copy of the full home; False
+        when a stop file stopped it."""
+        week, work = self.week, self.work
+        if day not in week:
+            sys.exit(f"--ahead {day}: not a day of --from {self.args.start} --to {self.args.end}")
+        for ds in week[:week.index(day) + 1]:  # the incremental days build on each other: in order
+            if not self.one("incremental", ds, work / "incremental", {}):
+                return False
+        before = [d for d in week if d in self.out["full"]]
         ahead_home = work / "full-ahead"
-        if not (ahead_home / "runs" / args.ahead).exists():  # a stopped ahead run goes on in its own copy
+        if not (ahead_home / "runs" / day).exists():  # a stopped ahead run goes on in its own copy
             shutil.rmtree(ahead_home, ignore_errors=True)
             shutil.copytree(work / "full", ahead_home, symlinks=True)
-        if not one("full", args.ahead, ahead_home, {"ahead": {"home": str(ahead_home),
-                                                           "caches_of": before[-1] if before else warm_day}}):
-            return 0
+        return self.one("full", day, ahead_home, {"ahead": {"home": str(ahead_home),
+                                                           "caches_of": before[-1] if before else self.warm_day}})
+
+
+def start(args: argparse.Namespace, work: Path, key: str) -> dict:
+    """The days done so far: a stopped replay's (``--resume``, same settings), else none, the replay homes cleared
+    and their caches seeded from ``WORK/seed``."""
+    state_file = work / "replay_state.json"
+    if args.resume and not state_file.exists() and any((work / m / "runs").exists() for m in MODES):
+        sys.exit(f"--resume: {work} holds replay homes but no {state_file.name} (written by a replay of an earlier "
+                 "version, or removed); run without --resume to start afresh (this removes them)")
+    if args.resume and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state["key"] != key:
+            sys.exit(f"--resume: {state_file} was written by a replay with other settings (config, --set, days, "
+                     f"--full-every-days or --skip-stages); run without --resume to start afresh, or with those")
+        out = state["out"]
+        print(f"resuming: done {', '.join(f'{m} {len(out[m])} days' for m in MODES)}", flush=True)
+        return out
+    state_file.unlink(missing_ok=True)  # a replay started afresh cannot be resumed from an older one's record
+    shutil.rmtree(work / "full-ahead", ignore_errors=True)
+    for mode in MODES:
+        shutil.rmtree(work / mode, ignore_errors=True)
+        seed_caches(work / "seed", work / mode)
+    return {mode: {} for mode in MODES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, shared=("config", "set", "suffix"))
+    p.add_argument("--from", dest="start", required=True)
+    p.add_argument("--to", dest="end", required=True)
+    p.add_argument("--warm-day", default=None, help="the day whose run fills the shared caches (default: --from - 1)")
+    p.add_argument("--work", default="/tmp/recpipe-replay")
+    p.add_argument("--full-every-days", type=int, default=7)
+    p.add_argument("--skip-stages", default="", help="comma-separated stages left out of every day (say why in "
+                   "the results), e.g. train_llmrec on a CPU budget")
+    p.add_argument("--resume", action="store_true", help="go on with a stopped replay in --work (same settings)")
+    p.add_argument("--ahead", default=None, help="a day whose full retrain runs next (in a copy of the full home, "
+                   "after the incremental days up to it), before the days in between; left out of the clean mean ratio")
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    week = days(args.start, args.end)
+    warm_day = args.warm_day or (dt.date.fromisoformat(args.start) - dt.timedelta(1)).isoformat()
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "seed" / "runs" / warm_day / "summary.json").exists():
+        print(f"filling the caches with a run of {warm_day} up to embed ...", flush=True)
+        run_day(work / "seed", warm_day, args.config, [*args.sets, "refresh.mode=full"], work / "replay.log",
+                until="embed")
+    skip = {x.strip() for x in args.skip_stages.split(",") if x.strip()}
+    stages = ",".join(s.name for s in STAGES if s.name not in skip) if skip else None
+    key = state_key(args, week, warm_day, stages)
+    replay = Replay(args, work, week, warm_day, stages, key, start(args, work, key))
+    (work / "stop").unlink(missing_ok=True)  # left by a stop that came after the last run: not meant for this one
+    if args.ahead and args.ahead not in replay.out["full"] and not replay.ahead(args.ahead):
+        return 0
     for ds in week:
         for mode in MODES:
-            if not one(mode, ds, work / mode, {}):
+            if not replay.one(mode, ds, work / mode, {}):
                 return 0
     return 0
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.config import load_config  # noqa: E402
-from tests.benchmarks.common import RESULTS, commit, day_args, machine, recpipe, write_results  # noqa: E402
+from tests.benchmarks.common import RESULTS, commit, day_args, machine, parser, recpipe, write_results  # noqa: E402
 
 PUBLIC = {"source": "MTandHJ/CE-SCE-LLMRec SASRec/benchmarks/beauty-ce-5/AmazonBeauty_550_Chron/0121161554/log.txt",
           "test_HR@10": 0.0977, "test_NDCG@10": 0.0591, "valid_NDCG@10": 0.0729, "best_epoch": 120, "epochs": 200}
@@ -72,55 +72,29 @@ COMMON = [f"{_S}.hidden=64", f"{_S}.n_layers=2", f"{_S}.max_len=50", "train_sequ
           "train_sequential.per_model={}"]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="sets", action="append", default=[])
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__, shared=("config", "set", "home", "skip_prepare"), home="/tmp/recpipe-sasrec-public")
     p.add_argument("--ds", default="2026-11-24")
-    p.add_argument("--home", default="/tmp/recpipe-sasrec-public")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--skip-prepare", action="store_true", help="split and WALS already ran in --home for --ds")
     p.add_argument("--candidates", default=",".join(CANDIDATES),
                    help="ids to run; the rows of the others are kept from the existing results file (each row names "
                         "the commit it ran on)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     home = Path(args.home)
     home.mkdir(parents=True, exist_ok=True)
-    log = home / "sasrec_public.log"
     base = [*args.sets, *COMMON, f"seed={args.seed}", "refresh.mode=full"]
     cfg = load_config(args.config, base)  # the config is checked before anything runs
-
-    def cli(*a: str, sets: list[str]) -> float:
-        return recpipe([*a, *day_args(home, args.ds, args.config, sets)], log)
-
     if not args.skip_prepare:  # SASRec needs the split; evaluate scores WALS and popularity beside it
         print("preparing the day (ingest, validate, split, wals) ...", flush=True)
-        cli("run", "--stages", "ingest,validate,split,wals", sets=base)
+        recpipe(["run", "--stages", "ingest,validate,split,wals", *day_args(home, args.ds, args.config, base)],
+                home / "sasrec_public.log")
     ids = [c.strip() for c in args.candidates.split(",")]
     if unknown := [c for c in ids if c not in CANDIDATES]:
         sys.exit(f"--candidates: unknown {unknown}; known: {', '.join(CANDIDATES)}")
     old = RESULTS / "sasrec_public.json"
     kept = [r for r in (json.loads(old.read_text())["candidates"] if old.exists() else []) if r["id"] not in ids]
-    rows_out = []
-    for cid in ids:
-        name, sets = CANDIDATES[cid]
-        wall = cli("stage", "train_sequential", sets=[*base, *sets])
-        cli("stage", "evaluate", sets=[*base, *sets])
-        run = home / "runs" / args.ds
-        m = json.loads((run / "metrics.json").read_text())["sasrec"]
-        r = json.loads((run / "train_sequential" / "sasrec" / "result.json").read_text())
-        rows_out.append({"id": cid, "candidate": name, "overrides": sets, "commit": commit(),
-                         "command": machine()["command"],
-                         "valid_NDCG@10": m["valid"]["full"]["NDCG@10"], "valid_HR@10": m["valid"]["full"]["HR@10"],
-                         "test_NDCG@10": m["full"]["NDCG@10"], "test_HR@10": m["full"]["HR@10"],
-                         "test_sampled100_NDCG@10": m["sampled100"]["NDCG@10"],
-                         "short_history_NDCG@10": m["slices"]["short_history"]["full"]["NDCG@10"],
-                         "tail_items_NDCG@10": m["slices"]["tail_items"]["full"]["NDCG@10"],
-                         **{k: r.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds", "seconds_to_best",
-                                                   "train_seconds")}, "stage_wall_seconds": round(wall, 1)})
-        print(f"{name}: valid NDCG@10 {rows_out[-1]['valid_NDCG@10']:.4f} (best epoch {r.get('best_epoch')} of "
-              f"{r.get('epochs_run')})", flush=True)
-    rows_out = sorted(kept + rows_out, key=lambda x: list(CANDIDATES).index(x["id"]))
+    rows_out = sorted(kept + [run_candidate(args, base, cid) for cid in ids],
+                      key=lambda x: list(CANDIDATES).index(x["id"]))
     chosen = max(rows_out, key=lambda x: x["valid_NDCG@10"])
     payload = {"dataset": cfg.dataset, "ds": args.ds, "seed": args.seed, "config": args.config,
                "overrides": args.sets, "common": COMMON, "selected_by": "valid NDCG@10 (full ranking)",
@@ -129,6 +103,37 @@ def main() -> int:
                "public_reference": PUBLIC, "candidates": rows_out, "chosen": chosen["candidate"],
                "chosen_test_NDCG@10": chosen["test_NDCG@10"],
                "reaches_public_NDCG@10": chosen["test_NDCG@10"] >= PUBLIC["test_NDCG@10"], "machine": machine()}
+    write_results("sasrec_public", payload, *report(payload))
+    return 0
+
+
+def run_candidate(args: argparse.Namespace, base: list[str], cid: str) -> dict:
+    """One candidate trained by ``train_sequential`` (a finished checkpoint of the same settings reused) and scored
+    by ``evaluate``: its row."""
+    name, sets = CANDIDATES[cid]
+    home, log = Path(args.home), Path(args.home) / "sasrec_public.log"
+    wall = recpipe(["stage", "train_sequential", *day_args(home, args.ds, args.config, [*base, *sets])], log)
+    recpipe(["stage", "evaluate", *day_args(home, args.ds, args.config, [*base, *sets])], log)
+    run = home / "runs" / args.ds
+    m = json.loads((run / "metrics.json").read_text())["sasrec"]
+    r = json.loads((run / "train_sequential" / "sasrec" / "result.json").read_text())
+    row = {"id": cid, "candidate": name, "overrides": sets, "commit": commit(), "command": machine()["command"],
+           "valid_NDCG@10": m["valid"]["full"]["NDCG@10"], "valid_HR@10": m["valid"]["full"]["HR@10"],
+           "test_NDCG@10": m["full"]["NDCG@10"], "test_HR@10": m["full"]["HR@10"],
+           "test_sampled100_NDCG@10": m["sampled100"]["NDCG@10"],
+           "short_history_NDCG@10": m["slices"]["short_history"]["full"]["NDCG@10"],
+           "tail_items_NDCG@10": m["slices"]["tail_items"]["full"]["NDCG@10"],
+           **{k: r.get(k) for k in ("best_epoch", "epochs_run", "epoch_seconds", "seconds_to_best", "train_seconds")},
+           "stage_wall_seconds": round(wall, 1)}
+    print(f"{name}: valid NDCG@10 {row['valid_NDCG@10']:.4f} (best epoch {r.get('best_epoch')} of "
+          f"{r.get('epochs_run')})", flush=True)
+    return row
+
+
+def report(payload: dict) -> tuple[list[tuple], list[str]]:
+    """The table and notes of results/sasrec_public.md, from the payload alone."""
+    rows_out = payload["candidates"]
+    chosen = max(rows_out, key=lambda x: x["valid_NDCG@10"])
     rows = [("candidate", "valid NDCG@10", "valid HR@10", "best epoch (of)", "s/epoch", "s to best",
              "test NDCG@10", "test HR@10", "short-history NDCG@10", "tail-items NDCG@10")]
     for x in rows_out:
@@ -139,11 +144,11 @@ def main() -> int:
     rows.append(("public CE reproduction (its own run)", f"{PUBLIC['valid_NDCG@10']:.4f}", "-",
                  f"{PUBLIC['best_epoch']} ({PUBLIC['epochs']})", "-", "-", f"{PUBLIC['test_NDCG@10']:.4f}",
                  f"{PUBLIC['test_HR@10']:.4f}", "-", "-"))
-    notes = [f"dataset {cfg.dataset}, ds {args.ds}, seed {args.seed}; {payload['protocol']}",
+    notes = [f"dataset {payload['dataset']}, ds {payload['ds']}, seed {payload['seed']}; {payload['protocol']}",
              "chosen on valid NDCG@10 only; test columns read after the choice",
              "candidates (id: overrides; commit): " + "; ".join(
                  f"{x['id']}: {' '.join(x['overrides'])} ({x['commit']})" for x in rows_out),
-             f"every candidate: {' '.join(COMMON)}; early stopping on valid NDCG@10 with the candidate's patience (the "
+             f"every candidate: {' '.join(payload.get('common', COMMON))}; early stopping on valid NDCG@10 with the candidate's patience (the "
              "reproduction trains 200 epochs and keeps its best valid epoch)",
              f"chosen test NDCG@10 {chosen['test_NDCG@10']:.4f} vs the public {PUBLIC['test_NDCG@10']}: "
              f"{'reached' if payload['reaches_public_NDCG@10'] else 'not reached'}"]
@@ -153,8 +158,7 @@ def main() -> int:
     if older := [x["id"] for x in rows_out if not any(o.startswith(f"{_B}=") for o in x["overrides"])]:
         notes.append(f"{', '.join(older)}: run at a commit before `{_B}` existed, without that override (length "
                      "batches, each batch's loss its own targets' mean, were then the only behaviour)")
-    write_results("sasrec_public", payload, rows, notes)
-    return 0
+    return rows, notes
 
 
 if __name__ == "__main__":

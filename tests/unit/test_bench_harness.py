@@ -2,6 +2,7 @@
 intervals over seeds, the results writer; ``baselines.py`` on fake runs; and every benchmark's functions short."""
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pipelines.evaluation.stats import ndcg_at
 from tests.benchmarks import baselines, common
 
 BENCHMARKS = Path(common.__file__).resolve().parent
+LIMIT = 60
 
 
 def test_the_shared_parser_parses_the_shared_arguments_with_the_scripts_defaults():
@@ -153,6 +155,27 @@ def test_baselines_provenance_of_user_neighbours_says_test_then_valid():
     chosen_on, source = baselines.PROVENANCE["train_sequential.grasp.user_neighbours"]
     assert "test" in chosen_on and "valid" in chosen_on and "results/grasp_user_neighbours.md" in source
     assert "beauty_sequential_gpu" not in source
+
+
+# ----------------------------------------------------------------------------- every benchmark's functions short
+
+def function_lengths() -> dict[str, int]:
+    out = {}
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                out[f"{path.name}:{node.name}:{node.lineno}"] = node.end_lineno - node.lineno + 1
+    return out
+
+
+def test_every_benchmark_main_is_at_most_60_lines():
+    lengths = function_lengths()
+    assert any(k.startswith("baselines.py:main:") for k in lengths)
+    assert {k: n for k, n in lengths.items() if k.split(":")[1] == "main" and n > LIMIT} == {}
+
+
+def test_every_benchmark_function_is_at_most_60_lines():
+    assert {k: n for k, n in function_lengths().items() if n > LIMIT} == {}
 
 
 def test_the_benchmark_scripts_import_and_parse_their_help(monkeypatch, capsys):
