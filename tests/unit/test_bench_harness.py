@@ -178,6 +178,34 @@ def test_every_benchmark_function_is_at_most_60_lines():
     assert {k: n for k, n in function_lengths().items() if n > LIMIT} == {}
 
 
+def test_the_suite_lists_every_benchmark_and_stops_at_the_first_failure_naming_it(monkeypatch, capsys):
+    from tests.benchmarks import suite
+
+    scripts = {p.name for p in BENCHMARKS.glob("*.py")} - {"__init__.py", "common.py", "suite.py", "results_doc.py"}
+    assert {b.script for b in suite.BENCHMARKS} == scripts        # a new benchmark needs its row
+    assert all(b.basis for b in suite.BENCHMARKS) and all(b.runs or b.left_out for b in suite.BENCHMARKS)
+    assert all(b.minutes < 60 for b in suite.BENCHMARKS if b.runs)
+    assert suite.main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "| gpu_llmrec | no | - |" in listing and "needs a CUDA GPU" in listing and "hours of CPU" in listing
+    ran = []
+
+    def fake_run(cmd, cwd):
+        ran.append(Path(cmd[1]).stem)
+        return SimpleNamespace(returncode=3 if ran[-1] == "bench_describe" else 0)
+
+    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    assert suite.main([]) == 3
+    assert ran == ["bench_wals_engines", "bench_sequential", "bench_describe"]
+    err = capsys.readouterr().err
+    assert "bench_describe failed (exit 3)" in err and "not run: bench_engines, bench_llmrec" in err
+    ran.clear()
+    assert suite.main(["--only", "reliability", "--only", "bench_webrec.py"]) == 0 and ran == ["reliability",
+                                                                                               "bench_webrec"]
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        suite.main(["--only", "gpu_llmrec"])
+
+
 def test_the_benchmark_scripts_import_and_parse_their_help(monkeypatch, capsys):
     for path in sorted(BENCHMARKS.glob("*.py")):
         if path.name in ("__init__.py", "common.py", "results_doc.py"):
