@@ -39,7 +39,7 @@ def _one_of(field: str, values: Any, allowed: tuple[str, ...]) -> None:
 class SyntheticConfig:
     """A deterministic synthetic shop that grows every day (see ``features/synthetic.py``)."""
 
-    seed: int = 7
+    seed: int = 7  # the data itself, not training randomness: the top-level ``seed`` never changes it
     start_date: str = "2026-01-01"
     n_categories: int = 12
     items_day0: int = 600
@@ -92,12 +92,14 @@ class ValidateConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (5, 10, 20)
     n_negatives: int = 100
+    # fixed by the protocol, not training randomness: every model and every training seed is scored on the same
+    # stored negatives, so the top-level ``seed`` never changes it
     negatives_seed: int = 2024
     short_quantile: float = 0.2
     tail_fraction: float = 0.8
     batch_size: int = 2048
     users: int = 0       # a seeded subset of this many test users scores every model (0 = all users)
-    users_seed: int = 7
+    users_seed: int = 7  # fixed by the protocol like negatives_seed: the same users for every model and seed
     candidates: tuple[int, ...] = (20,)  # extra n-candidate protocols (cand20: WebRec's), from the stored negatives
     report_days: int = 7  # the report's day-over-day view: this day and the successful days before it
 
@@ -130,7 +132,7 @@ class WalsConfig:
     alpha: float = 10.0
     iterations: int = 15
     threads: int = 2
-    seed: int = 42
+    seed: int | None = None  # None: the top-level ``seed`` (resolved by ``Config``); a number here wins
     refit_on_valid: bool = True
     grid: dict[str, list] = field(default_factory=dict)
 
@@ -507,7 +509,15 @@ class RefreshConfig:
 @dataclass(frozen=True)
 class Config:
     """``dataset``: the name runs are labelled with in MLflow and the summary; empty = the data folder's name (or the
-    source, for synthetic data)."""
+    source, for synthetic data).
+
+    ``seed``: every part's training randomness (WALS, SASRec/GRASP, the LLM recommender, the LLM samplers), so
+    ``--set seed=7`` makes a second-seed run of all of them. A section seed of training randomness (``wals.seed``)
+    left at None is this seed, resolved here at construction so every reader, the stage records and the MLflow params
+    see the seed actually used; set, it wins. Not seeds of this kind: ``synthetic.seed`` (the data) and
+    ``eval.negatives_seed``/``eval.users_seed`` (fixed by the protocol). ``dataclasses.replace(cfg, seed=...)`` does
+    not re-seed a section already resolved: change seeds through ``load_config`` overrides.
+    """
 
     dataset: str = "synthetic"
     seed: int = 42
@@ -527,6 +537,14 @@ class Config:
     llmrec: LLMRecStageConfig = LLMRecStageConfig()
     domain: DomainConfig = DomainConfig()
     refresh: RefreshConfig = RefreshConfig()
+
+    SEEDED_SECTIONS = ("wals",)  # sections with a ``seed`` of training randomness, None = the top-level seed
+
+    def __post_init__(self) -> None:
+        for name in self.SEEDED_SECTIONS:
+            section = getattr(self, name)
+            if section.seed is None:
+                object.__setattr__(self, name, dataclasses.replace(section, seed=self.seed))
 
 
 # --------------------------------------------------------------------------- loading

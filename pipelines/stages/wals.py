@@ -3,6 +3,7 @@
 With ``wals.refit_on_valid`` (default) the factors for the test targets and for serving are fitted on
 train + valid with the same hyperparameters (``DESIGN.md``); valid metrics use a fit on train only, written to
 the ``scratch`` zone. ``recpipe tune wals`` (``pipelines.tuning``) chooses the hyperparameters on valid.
+The fit's seed is ``wals.seed``, which is the run's top-level ``seed`` unless set; the record says which was used.
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def run(ctx: StageContext) -> StageResult:
     final_warm = out["final_fit"].get("refresh", {})
     how = (f"warm from {plan.base}, {final_warm['iterations']} sweeps" if final_warm.get("warm")
            else f"it={p.iterations}")
-    print(f"  wals[{p.engine}] factors={p.factors} reg={p.regularization} alpha={p.alpha} {how}: fit {fit_s:.1f} s")
+    print(f"  wals[{p.engine}] factors={p.factors} reg={p.regularization} alpha={p.alpha} seed={p.seed} {how}: "
+          f"fit {fit_s:.1f} s")
     final = out["final_fit"]
     return StageResult(final["user_factors"] + final["item_factors"],
                        {t: str(warehouse.partition_path(ctx.home, t, ctx.ds)) for t in ("user_factors", "item_factors")},
                        tables={"user_factors": final["user_factors"], "item_factors": final["item_factors"]},
-                       details={"engine": p.engine, "fit_seconds": round(fit_s, 3), "refit_on_valid": p.refit_on_valid,
+                       details={"engine": p.engine, "seed": p.seed, "fit_seconds": round(fit_s, 3),
+                                "refit_on_valid": p.refit_on_valid,
                                 "refresh": {"mode": plan.mode, "reason": plan.reason,
                                             **{k: v.get("refresh", {"warm": False}) for k, v in out.items()}}})
