@@ -1,4 +1,4 @@
-"""Pure transforms from raw source records to the ``interactions``, ``items`` and ``users`` schemas.
+"""Pure transform (features layer) of ingest: raw source records -> ``interactions``, ``items``, ``users`` schemas.
 
 Line parsers (``parse_review``, ``parse_meta``) turn one raw line of an Amazon dump into a plain dict and
 are applied by the Spark job; the DataFrame transforms rename, cast and check columns. Nothing here reads

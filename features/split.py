@@ -1,4 +1,4 @@
-"""Pure Spark transforms of the split: k-core filter, time order, leave-one-out, contiguous ids.
+"""Pure transform (features layer) of the split: k-core filter, time order, leave-one-out, contiguous ids.
 
 Time order within a user is ``(timestamp, event_order, item_id)``: ties in timestamp are broken by the
 row's order in the source file, then by item id, so the split is deterministic.

@@ -1,4 +1,4 @@
-"""Ingest: raw files -> staged ``interactions``, ``items``, ``users`` partitions for ``ds``.
+"""Spark job (spark-submit entry point) for ingest: raw files -> staged ``interactions``, ``items``, ``users``.
 
 Partitions land in ``<home>/staging/``; the validate stage publishes them to ``<home>/warehouse/``.
 

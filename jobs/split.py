@@ -1,4 +1,4 @@
-"""Split: ``interactions`` -> ``sequences`` (leave-one-out), ``user_map``, ``item_map`` for ``ds``.
+"""Spark job (spark-submit entry point) for the split: ``interactions`` -> leave-one-out ``sequences``, id maps.
 
 Users are numbered ``0..U-1`` and items ``1..N`` (0 is the padding index of sequence models), both in
 sorted order of their source ids. Run alone:

@@ -1,4 +1,4 @@
-"""WALS on Spark ML: ``ALS(implicitPrefs=True)`` on the ``sequences`` partition of ``ds``.
+"""Spark job (spark-submit entry point) for WALS: Spark ML ``ALS(implicitPrefs=True)`` on ``sequences`` of ``ds``.
 
 Hu, Koren and Volinsky's weighted ALS: preference p = 1[count > 0], confidence c = 1 + alpha * count.
 Spark scales the L2 penalty of each row by its number of interactions (ALS-WR); pass ``regularization``

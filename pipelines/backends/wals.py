@@ -1,4 +1,4 @@
-"""Weighted ALS for implicit feedback on two engines, and the factor tables they write and read.
+"""Backend (pipelines/backends): weighted ALS on two engines, and the factor tables they write and read.
 
 Meaning of the hyperparameters, identical on both engines (Hu, Koren and Volinsky 2008):
 preference p_ui = 1[count_ui > 0], confidence c_ui = 1 + alpha * count_ui, L2 penalty ``regularization``,

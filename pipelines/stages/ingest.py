@@ -1,10 +1,10 @@
-"""The ``ingest`` stage: the Spark job ``jobs/ingest.py`` stages ``interactions``, ``items`` and ``users``."""
+"""Stage (pipelines layer): ``ingest`` runs the Spark job ``jobs/ingest.py`` (staged interactions, items, users)."""
 from __future__ import annotations
 
 import dataclasses
 
-from jobs import warehouse
 from jobs import ingest as job
+from jobs import warehouse
 from pipelines.context import StageContext, StageResult
 
 

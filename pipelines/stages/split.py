@@ -1,10 +1,10 @@
-"""The ``split`` stage: the Spark job ``jobs/split.py`` builds leave-one-out ``sequences`` and the id maps."""
+"""Stage (pipelines layer): ``split`` runs the Spark job ``jobs/split.py`` (leave-one-out ``sequences``, id maps)."""
 from __future__ import annotations
 
 import dataclasses
 
-from jobs import warehouse
 from jobs import split as job
+from jobs import warehouse
 from pipelines.context import StageContext, StageResult
 
 

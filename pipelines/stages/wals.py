@@ -1,4 +1,4 @@
-"""The ``wals`` stage: weighted ALS factors of users and items (engines in ``pipelines.backends.wals``).
+"""Stage (pipelines layer): ``wals``, weighted ALS factors of users and items (engines in ``pipelines.backends.wals``).
 
 With ``wals.refit_on_valid`` (default) the factors for the test targets and for serving are fitted on
 train + valid with the same hyperparameters (``DESIGN.md``); valid metrics use a fit on train only, written to
