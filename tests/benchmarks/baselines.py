@@ -41,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ from pipelines.training import llmrec as llmrec_training  # noqa: E402
 from pipelines.training.sequential import code_version  # noqa: E402
 from tests.benchmarks.common import (  # noqa: E402
     INTERVALS,
+    ROOT,
     commit,
     day_args,
     interval_record,
@@ -186,9 +188,9 @@ def interval_note(payload: dict) -> str:
     users_only = "; ".join(f"{label} [{r['delta_vs_sasrec_ci95_users_only'][0]:+.4f}, "
                            f"{r['delta_vs_sasrec_ci95_users_only'][1]:+.4f}]" for label, r in models.items()
                            if "delta_vs_sasrec_ci95_users_only" in r)
-    return (f"delta: the mean of the per-seed paired deltas ({iv['deltas']}); 95% interval: {iv['method']}"
-            f"{' from ' + iv['from'] if iv.get('from') else ''}, which includes run-to-run training variance; "
-            "'better'/'worse' only where it excludes 0"
+    return (f"delta: the mean of the per-seed paired deltas ({iv['deltas']}); 95% interval: {iv['method']}, which "
+            "includes run-to-run training variance" + (f" (computed from {iv['from']})" if iv.get("from") else "")
+            + "; 'better'/'worse' only where it excludes 0"
             + (f"; for comparison, the paired bootstrap over users alone ({payload['bootstrap']['resamples']:,} "
                f"resamples), which leaves training variance out: {users_only}" if users_only else ""))
 
@@ -197,10 +199,10 @@ def source_notes(payload: dict) -> list[str]:
     """Where a merged file's models came from (files that may since have left the tree: git keeps them)."""
     notes = []
     for src in payload.get("sources", []):
-        where = (f"{src['file']} (since removed; in git at {src['in_git_at']})" if src.get("in_git_at")
-                 else src["file"])
-        notes.append(f"{', '.join(src['models'])}: from the run that wrote {where} (`{src['command']}`, "
-                     f"{src['date']}; its SASRec: {', '.join(src['sasrec_commits'])})")
+        where = (f"its results file has left the tree and is in git history: git show {src['in_git_at']}:"
+                 f"{src['file']}" if src.get("in_git_at") else f"its results file: {src['file']}")
+        notes.append(f"{', '.join(src['models'])}: from the run `{src['command']}` ({src['date']}; its SASRec: "
+                     f"{', '.join(src['sasrec_commits'])}); {where}")
     if "sources" in payload:
         notes.append("merged: each delta was computed in the run that trained its model, paired with that run's "
                      "SASRec; SASRec's per-seed figures and best epochs are the same in every source (checked when "
@@ -368,7 +370,8 @@ def build_payload(args: argparse.Namespace, cfg, results: dict[str, list[dict]])
 def reinterval(path: Path, suffix: str) -> int:
     """``--reinterval``: every delta's t-interval recomputed from ``path``'s per-seed figures (seed i of the model
     minus seed i of SASRec; every run scored the same users); the interval it had before kept as
-    ``*_ci95_users_only`` when the file predates ``interval`` (then it was the user-only bootstrap)."""
+    ``*_ci95_users_only`` when the file predates ``interval`` (then it was the user-only bootstrap); sources whose
+    file has left the tree get ``in_git_at``; the settings' provenance as ``PROVENANCE`` words it now."""
     payload = json.loads(path.read_text())
     sasrec, before = payload["models"]["sasrec"], "interval" not in payload
     for label, r in payload["models"].items():
@@ -382,9 +385,25 @@ def reinterval(path: Path, suffix: str) -> int:
             r |= {f"{pre}delta_vs_sasrec_ci95": iv["ci95"], f"{pre}delta_vs_sasrec_per_seed": iv["per_seed_deltas"],
                   f"{pre}verdict": iv["verdict"]}
     payload["interval"] = interval_record("t", reference="SASRec") | {
-        "from": "the per-seed figures of the results file (every run scored the same users)"}
+        "from": f"the per-seed figures of the results file, every run having scored the same users, by "
+                f"`python tests/benchmarks/baselines.py --reinterval {path}`"}
+    if set(payload["settings"]) == set(PROVENANCE):  # the same settings: their provenance as worded now
+        payload["settings"] = {k: {"chosen_on": v[0], "source": v[1]} for k, v in PROVENANCE.items()}
+    for src in payload.get("sources", []):
+        if not (ROOT / src["file"]).exists() and "in_git_at" not in src:
+            src["in_git_at"] = last_commit_with(src["file"])
     write_results(f"baselines{suffix}", payload, *report(payload), meta=payload.get("meta"))
     return 0
+
+
+def last_commit_with(path: str) -> str | None:
+    """The short hash of the last commit whose tree holds ``path`` (the parent of the one that removed it)."""
+    removed = subprocess.run(["git", "rev-list", "-n", "1", "HEAD", "--", path], cwd=ROOT, capture_output=True,
+                             text=True).stdout.strip()
+    if not removed:
+        return None
+    return subprocess.run(["git", "rev-parse", "--short", f"{removed}^"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
