@@ -296,8 +296,9 @@ def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str],
     ``tail``'s lines)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"columns": list(rows[0]), "rows": [list(r) for r in rows[1:]], "notes": list(notes)}
-    full = {**payload, "report": report, "meta": results_meta(payload, meta)}
-    (RESULTS / f"{name}.json").write_text(json.dumps(full, indent=2) + "\n")
+    full = {**{k: v for k, v in payload.items() if k not in ("report", "meta")}, "report": report,
+            "meta": results_meta(payload, meta)}  # report and meta last, a re-rendered file's included
+    (RESULTS / f"{name}.json").write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     m = payload.get("machine", machine())
     lines = [f"# {name}", "", f"- command: `{m['command']}`",
              f"- machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}, Python {m['python']}",
@@ -306,5 +307,5 @@ def write_results(name: str, payload: dict, rows: list[tuple], notes: list[str],
     lines.append("|" + "---|" * len(rows[0]))
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     lines += [""] + [f"- {n}" for n in notes] + [""] + list(tail or [])
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + ("\n" if tail else ""))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + ("\n" if tail else ""), encoding="utf-8")
     print(f"wrote {RESULTS / (name + '.json')}")

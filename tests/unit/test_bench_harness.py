@@ -92,6 +92,10 @@ def test_write_results_stores_the_mds_table_and_notes_and_the_meta_in_the_json(t
                          meta={"commit": "run1234"})
     meta = json.loads((tmp_path / "one.json").read_text())["meta"]
     assert meta["seeds"] == [42] and meta["dataset"] == "d" and meta["protocol"] is None and meta["commit"] == "run1234"
+    # a re-rendered file (report and meta already in it, a key added after them) keeps them last; text as written
+    common.write_results("toy", {**got, "interval": {"method": "t"}}, [("a",), ("0.1 ± 0.2",)], ["n"])
+    text = (tmp_path / "toy.json").read_text(encoding="utf-8")
+    assert list(json.loads(text))[-3:] == ["interval", "report", "meta"] and "0.1 ± 0.2" in text
 
 
 # ----------------------------------------------------------------------------- baselines.py on fake runs
