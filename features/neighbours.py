@@ -1,4 +1,4 @@
-"""Top-k cosine neighbours of unit vectors, self excluded: pure functions, no I/O.
+"""Pure transform (features layer): top-k cosine neighbours of unit vectors, self excluded; no I/O.
 
 ``exact_topk`` is a blocked matrix multiply: a block of queries against all keys at a time, so memory stays at
 ``block x N`` scores however large N is. ``faiss_topk`` does the same search with a FAISS index (any

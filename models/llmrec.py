@@ -1,4 +1,6 @@
-"""The LLM recommender: collaborative (WALS) factors as soft tokens in a Llama-family decoder, and an item head that
+"""Model (models layer): the LLM recommender module.
+
+The LLM recommender: collaborative (WALS) factors as soft tokens in a Llama-family decoder, and an item head that
 ranks every item (Hossain et al., "Do LLMs Benefit from User and Item Embeddings in Recommendation Tasks?", with an
 E4SRec-style full-ranking head instead of generating item ids as text).
 

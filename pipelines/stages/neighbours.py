@@ -1,4 +1,4 @@
-"""The ``neighbours`` stage: top-k most similar items per item and users per user, by cosine of text embeddings.
+"""Stage (pipelines layer): ``neighbours``, the top-k most similar items per item and users per user (text cosine).
 
 One block per (kind, source) of ``text_embeddings``; ``neighbours.engine`` picks the exact blocked matmul (default)
 or FAISS (``neighbours.faiss_index``). Output ``neighbours``: one row per (entity, rank), self excluded.

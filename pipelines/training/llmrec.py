@@ -1,5 +1,7 @@
-"""The LLM recommender on the generic loop: prompts with soft-token placeholders, the leak-free user fold-in, the
-examples, the Task, scoring for evaluation and the backbone.
+"""Training (pipelines/training): the LLM recommender on the generic loop.
+
+Prompts with soft-token placeholders, the leak-free user fold-in, the examples, the Task, scoring for evaluation and
+the backbone.
 
 * **Prompt** (versioned ``PROMPT_VERSION``): ``A shopper [U] will next buy what suits these purchases, oldest first:
   [I] title; [I] title; ...; [I] title``. ``[U]``/``[I]`` are placeholder positions (any token id; ``kinds`` marks

@@ -11,8 +11,8 @@ import pyarrow as pa  # noqa: E402
 import pytest  # noqa: E402
 
 from features import schemas  # noqa: E402
-from jobs import warehouse  # noqa: E402
 from jobs import split as job  # noqa: E402
+from jobs import warehouse  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

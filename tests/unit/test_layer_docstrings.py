@@ -1,5 +1,5 @@
-"""Modules with the same name at several layers (``wals.py``, ``ingest.py``, ``split.py``) say which layer they are
-on their docstring's first line, so a reader (or a traceback, or ``pydoc``) never mistakes one for another."""
+"""Modules with the same name at several layers (``wals.py``, ``ingest.py``, ``split.py``, ``neighbours.py``,
+``llmrec.py``: found, not listed) say which layer they are on their docstring's first line, so a reader (or a traceback, or ``pydoc``) never mistakes one for another."""
 from __future__ import annotations
 
 import ast
@@ -9,8 +9,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = {"jobs": "Spark job (spark-submit entry point)", "features": "Pure transform (features layer)",
-          "pipelines/stages": "Stage (pipelines layer)", "pipelines/backends": "Backend (pipelines/backends)"}
-NAMES = ("wals.py", "ingest.py", "split.py")
+          "pipelines/stages": "Stage (pipelines layer)", "pipelines/backends": "Backend (pipelines/backends)",
+          "pipelines/training": "Training (pipelines/training)", "models": "Model (models layer)"}
+_ALL = [p.name for layer in LAYERS for p in (ROOT / layer).glob("*.py") if p.name != "__init__.py"]
+NAMES = tuple(sorted({n for n in _ALL if _ALL.count(n) > 1}))
 
 
 def _files() -> list[tuple[str, Path]]:
