@@ -162,7 +162,7 @@ def check(results: dict[str, dict]) -> list[str]:
                    "python tests/benchmarks/results_doc.py and commit it")
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     tops = {p.split("/", 1)[0] for p in tracked}
-    for doc in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+    for doc in [README, ROOT / "infra" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         out += missing_paths(doc, doc.read_text(), tops)
     return out
 
