@@ -9,6 +9,9 @@ cannot interleave (one of them would read tables the other is replacing, or both
 Locks are ``flock`` on files under ``runs/<ds>/.locks/``: the kernel releases them when the holder dies, so a killed
 run never leaves a stale lock. Who holds one (pid, host, command, since) is written beside it and named in the
 refusal.
+
+``waiting`` is the blocking kind, for short work that must happen once however many processes reach it together
+(creating a home's MLflow store): the second process waits for the first to finish, then finds the work done.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -62,6 +66,43 @@ def hold(run_dir: Path, name: str, exclusive: bool, what: str) -> Iterator[None]
     holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                                   "command": " ".join(sys.argv)[:300]}))
+    try:
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+@contextlib.contextmanager
+def waiting(lock: Path, what: str, timeout_s: float = 600.0) -> Iterator[None]:
+    """Hold the lock file ``lock`` exclusively, waiting up to ``timeout_s`` while another process holds it; then
+    ``DayBusy`` naming the holder. For work of seconds that must be done once (``pipelines.registry``: a store's
+    creation), where a second process should wait for the first rather than be refused."""
+    lock = Path(lock)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the lock {lock}: {exc.strerror}; the home must be writable "
+                                 "(choose another --home or RECPIPE_HOME, or fix its permissions)") from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                fh.close()
+                held = _holders(lock.parent, lock.stem)
+                who = "; ".join(f"pid {h['pid']} on {h['host']} since {h['since']} ({h['what']})" for h in held) \
+                    or "another process"
+                raise DayBusy(f"{what} gave up after {timeout_s:.0f} s waiting for {lock}, held by {who}; stop it "
+                              "or wait for it, then run again") from None
+            time.sleep(0.05)
+    holder = lock.parent / f"{lock.stem}.holder-{os.getpid()}.json"
+    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
     try:
         yield
     finally:

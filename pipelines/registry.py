@@ -4,18 +4,33 @@
 Tracking and registry default to SQLite at ``<home>/mlflow/mlflow.db`` with artifacts under
 ``<home>/mlflow/artifacts``; ``mlflow.tracking_uri`` (or ``$RECPIPE_MLFLOW_TRACKING_URI``) points elsewhere (a
 tracking server, a PostgreSQL database) without code changes.
+
+A SQLite store is created by the first client that opens it (MLflow's alembic migrations), and two processes
+creating one store at once (two days started together on a new home) broke it for good: one process's migration
+copied a table while the other's renamed it, leaving ``_alembic_tmp_*`` tables that failed every later open. So a
+SQLite store is opened for the first time in a process under a lock beside it (``<store>.lock``): one process
+creates it, the others wait and find it made. A store found half-migrated (leftover ``_alembic_tmp_*`` tables, or
+a schema version behind this MLflow's) is repaired under the same lock, keeping every run and registered version:
+a copy of it is taken first (``<store>.before-repair-<time>``), the leftover tables are dropped and the migration
+is re-run; a store that cannot be repaired is refused with a message naming the file and the recovery.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import functools
 import json
 import logging
 import os
+import sqlite3
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from jobs.warehouse import partition_path
 from pipelines.config import Config, to_dict
+from pipelines.locks import waiting
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 SERVING_CODE = Path(__file__).with_name("serving.py")
@@ -45,14 +60,156 @@ def client(cfg: Config, home: Path):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     artifacts = (home / "mlflow" / "artifacts").resolve().as_uri()
-    exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
-    if exp is None:
-        mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
-    elif not configured_uri(cfg) and exp.artifact_location != artifacts and \
-            exp.artifact_location.endswith("/mlflow/artifacts"):
-        relocate(home / "mlflow" / "mlflow.db", exp.artifact_location, artifacts)
-    mlflow.set_experiment(cfg.mlflow.experiment)
-    return MlflowClient(uri, uri)
+    db = sqlite_file(uri)
+    with store_lock(db):  # the store's tables and the experiment are created once, by one process
+        if db is not None:
+            check_store(db)
+        exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)  # the tracking store: created on first use
+        if exp is None:
+            mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifacts)
+        elif not configured_uri(cfg) and exp.artifact_location != artifacts and \
+                exp.artifact_location.endswith("/mlflow/artifacts"):
+            relocate(home / "mlflow" / "mlflow.db", exp.artifact_location, artifacts)
+        mlflow.set_experiment(cfg.mlflow.experiment)
+        c = MlflowClient(uri, uri)
+        c.search_registered_models(max_results=1)  # the registry store too
+    return c
+
+
+class StoreDamaged(RuntimeError):
+    """A SQLite MLflow store that is half-migrated (or from another MLflow) and could not be repaired."""
+
+
+TMP_PREFIX = "_alembic_tmp_"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store (a server, PostgreSQL)."""
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def store_lock(db: Path | None):
+    """The lock beside a SQLite store (``<store>.lock``) that its creation and repair are done under."""
+    if db is None:
+        return contextlib.nullcontext()
+    return waiting(db.with_name(db.name + ".lock"), f"opening the MLflow store {db}")
+
+
+@functools.cache
+def _head() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _state(db: Path) -> tuple[set[str], list[str]]:
+    """(tables, schema versions recorded in ``alembic_version``) of the store ``db``."""
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+        versions = [r[0] for r in con.execute("select version_num from alembic_version")] \
+            if "alembic_version" in tables else []
+    return tables, versions
+
+
+def _count(db: Path, tables: set[str]) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+        return {t: con.execute(f'select count(*) from "{t}"').fetchone()[0]
+                for t in ("experiments", "runs", "registered_models", "model_versions") if t in tables}
+
+
+def check_store(db: Path) -> None:
+    """Repair a half-migrated SQLite store (see the module's doc) or raise ``StoreDamaged`` naming it and the
+    recovery; a new, empty or sound store is left to MLflow. Call under ``store_lock(db)``."""
+    if not db.exists() or db.stat().st_size == 0:
+        return
+    try:
+        tables, versions = _state(db)
+    except sqlite3.DatabaseError as exc:
+        raise StoreDamaged(_refusal(db, f"it cannot be read as a SQLite database ({exc})",
+                                    f"sqlite3 {db} .recover | sqlite3 {db}.recovered && mv {db} {db}.damaged && "
+                                    f"mv {db}.recovered {db}")) from None
+    leftovers = sorted(t for t in tables if t.startswith(TMP_PREFIX))
+    if not leftovers and (versions == [_head()] or not tables - {"alembic_version"} or "alembic_version" not in tables):
+        return  # sound, new, or created but not yet migrated (MLflow migrates it from the start)
+    what = (f"leftover tables {', '.join(leftovers)}" if leftovers else "no leftover tables") + \
+        f"; schema version {', '.join(versions) or 'none'}, this MLflow's is {_head()}"
+    from mlflow.store.db.utils import _get_alembic_config
+
+    if len(versions) != 1 or not _known(_get_alembic_config(""), versions[0]):
+        raise StoreDamaged(_refusal(db, f"its schema version cannot be migrated from ({what}): it was written by "
+                                        "another MLflow version or its migration record was lost",
+                                    f"open it with the MLflow version that wrote it (this one is {_version()}) and "
+                                    f"run {_mlflow_bin()} db upgrade sqlite:///{db}"))
+    backup = db.with_name(f"{db.name}.before-repair-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    with contextlib.closing(sqlite3.connect(db)) as src, contextlib.closing(sqlite3.connect(backup)) as dst:
+        src.backup(dst)
+    before = _count(db, tables)
+    try:
+        _repair(db, tables, leftovers)
+        tables_after, versions_after = _state(db)
+        after = _count(db, tables_after)
+        if versions_after != [_head()] or any(t.startswith(TMP_PREFIX) for t in tables_after) or \
+                any(after.get(k, 0) < n for k, n in before.items()):
+            raise RuntimeError(f"after the repair: schema version {versions_after}, rows {after} (before {before})")
+    except Exception as exc:  # noqa: BLE001 (anything: the store is put back as it was, and named)
+        with contextlib.closing(sqlite3.connect(backup)) as src, contextlib.closing(sqlite3.connect(db)) as dst:
+            src.backup(dst)
+        drops = "; ".join(f"DROP TABLE {t}" for t in leftovers)
+        raise StoreDamaged(_refusal(db, f"it was left half-migrated ({what}) and the repair failed "
+                                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+                                    (f"sqlite3 {db} '{drops}' && " if drops else "") +
+                                    f"{_mlflow_bin()} db upgrade sqlite:///{db}")) from None
+    how = ("left half-migrated, as two processes creating it at once leave it" if leftovers else
+           "behind this MLflow's schema")
+    print(f"  WARNING: the MLflow store {db} was {how} ({what}): repaired ("
+          f"{'leftover tables dropped, ' if leftovers else ''}migrated to {_head()}; "
+          f"{before.get('model_versions', 0)} registered versions and {before.get('runs', 0)} runs kept); "
+          f"the store as it was is at {backup}", file=sys.stderr, flush=True)
+
+
+def _known(config, revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+
+    try:
+        return ScriptDirectory.from_config(config).get_revision(revision) is not None
+    except Exception:  # noqa: BLE001 (alembic's lookup errors have no common base worth naming)
+        return False
+
+
+def _repair(db: Path, tables: set[str], leftovers: list[str]) -> None:
+    """Drop each leftover ``_alembic_tmp_<t>`` (its table ``<t>`` is intact: the copy was not swapped in), or rename
+    it to ``<t>`` when ``<t>`` is gone (the swap stopped between the drop and the rename), then migrate."""
+    import sqlalchemy
+    from mlflow.store.db.utils import _upgrade_db
+
+    with contextlib.closing(sqlite3.connect(db, timeout=60)) as con, con:
+        for t in leftovers:
+            base = t[len(TMP_PREFIX):]
+            con.execute(f'drop table "{t}"' if base in tables else f'alter table "{t}" rename to "{base}"')
+    engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+    try:
+        _upgrade_db(engine)
+    finally:
+        engine.dispose()
+
+
+def _mlflow_bin() -> Path:
+    return Path(sys.executable).with_name("mlflow")
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return f"MLflow {version('mlflow')}, schema {_head()}"
+
+
+def _refusal(db: Path, why: str, fix: str) -> str:
+    return (f"The MLflow store {db} cannot be opened: {why}. It is left as it was, with every run and registered "
+            f"version in it. To recover keeping them: stop every run of this home, copy the file aside "
+            f"(cp {db} {db}.bak), then run: {fix}; then run again. Deleting the store would lose the registered "
+            "versions and the promotion history; a new store elsewhere (mlflow.tracking_uri) leaves this one as it is")
 
 
 def relocate(db: Path, old: str, new: str) -> int:

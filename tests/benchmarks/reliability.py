@@ -26,8 +26,9 @@ BI, NU, LF = "tests/integration/test_bad_inputs.py", "tests/integration/test_new
 DL, FA, LS = "tests/integration/test_day_lock.py", "tests/integration/test_faults.py", \
     "tests/integration/test_llm_stages.py"
 LB, LO = "tests/unit/pipelines/test_llm_backends.py", "tests/unit/pipelines/test_loop.py"
+RG = "tests/unit/pipelines/test_registry.py"
 
-# name: (expected behaviour, tests that show it); 22.n / 23.n: the finding's number in its issue
+# name: (expected behaviour, tests that show it); 22.n / 23.n / 44.n: the finding's number in its issue
 CASES: dict[str, tuple[str, list[str]]] = {
     "22.1_venv_binary_outside_the_checkout": (
         "`.venv/bin/recpipe` from another folder without the venv on PATH runs Spark stages (workers use the "
@@ -103,6 +104,13 @@ CASES: dict[str, tuple[str, list[str]]] = {
                            [f"{BI}::test_rfc4180_quoted_fields_and_a_folder_of_csv_parts_are_read_as_written"]),
     "23.9_parquet_integer_ids": ("Parquet with integer user and item ids is ingested, the ids as text",
                                  [f"{BI}::test_parquet_with_integer_ids_is_read_with_the_ids_as_text"]),
+    "44.1_two_first_runs_on_a_new_home": (
+        "two processes opening a new home's MLflow store at once both succeed and a later open works; a store left "
+        "half-migrated (_alembic_tmp_* tables) is repaired keeping every run and version, one that cannot be is "
+        "refused naming the file and the recovery command",
+        [f"{RG}::test_two_processes_opening_a_new_homes_registry_at_once_both_succeed",
+         f"{RG}::test_a_half_migrated_store_is_repaired_keeping_every_version",
+         f"{RG}::test_a_store_that_cannot_be_repaired_is_refused_naming_it_and_the_recovery"]),
     "extra_two_stage_zero2_engines": ("a ZeRO-2 engine leaves no gradient hooks for the next training stage",
                                       [f"{LO}::test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage"]),
 }
