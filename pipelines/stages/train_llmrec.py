@@ -49,7 +49,7 @@ from pipelines.training.llmrec import (
     seeded_users,
     train_examples,
 )
-from pipelines.training.loop import FitResult, fit
+from pipelines.training.loop import FitResult, damage, fit
 
 STAGE, MODEL = "train_llmrec", "llmrec"
 
@@ -88,6 +88,10 @@ def init_from(c, module: LLMRec) -> tuple[str, bool]:
     if not path.is_file():
         raise FileNotFoundError(f"llmrec.init_from={c.init_from}: no best.pt there; point it at a trained llmrec's "
                                 "checkpoint directory (checkpoints/train_llmrec/<ds>/stage2-<key>/) or its best.pt")
+    why = damage(path)
+    if why:
+        raise ValueError(f"llmrec.init_from={c.init_from}: {path} is damaged ({why}); point llmrec.init_from at an "
+                         "intact best.pt (an earlier day's checkpoints/train_llmrec/<ds>/stage2-<key>/) or unset it")
     state = torch.load(path, map_location="cpu")
     lora = any("lora_" in k for k in state)
     if lora:
@@ -171,6 +175,11 @@ def warm_context(ctx: StageContext) -> tuple[StageContext, dict]:
     best = ctx.home / "checkpoints" / STAGE / plan.base / f"stage{last}-{prev['model_key']}" / "best.pt"
     if not best.exists():
         return ctx, {**rec, "why_not": f"{best} is gone"}
+    why = damage(best)
+    if why:  # cut short: the day trains from scratch instead of failing on it every night
+        print(f"  WARNING: {MODEL}: {plan.base}'s weights {best} are damaged ({why}); training from scratch",
+              flush=True)
+        return ctx, {**rec, "why_not": f"{best} is damaged ({why})"}
     e = ctx.cfg.refresh.finetune_epochs
     warm = dataclasses.replace(c, init_from=str(best),
                                stage1=dataclasses.replace(c.stage1, epochs=min(c.stage1.epochs, e)),

@@ -29,7 +29,7 @@ from pipelines.context import StageContext, StageResult
 from pipelines.evaluation.data import load_eval_data
 from pipelines.refresh import carry_item_rows
 from pipelines.training.distributed import init_distributed
-from pipelines.training.loop import fit
+from pipelines.training.loop import damage, fit
 from pipelines.training.sequential import SequentialTask, build_model, code_version, feature_tables, user_vectors
 
 STAGE = "train_sequential"
@@ -70,6 +70,11 @@ def warm_start(ctx: StageContext, base: str, name: str, model, items: list[str])
     prev = json.loads(rec.read_text())
     best = ctx.home / "checkpoints" / STAGE / base / prev.get("model_key", "?") / "best.pt"  # in this home, moved or not
     if not best.exists():
+        return None, ""
+    why = damage(best)
+    if why:  # cut short: the day trains from scratch instead of failing on it every night
+        print(f"  WARNING: {name}: {base}'s weights {best} are damaged ({why}); training from scratch instead of "
+              "fine-tuning them", flush=True)
         return None, ""
     imap = warehouse.read_arrow(ctx.home, "item_map", base).sort_by("item_idx")
     state, info = carry_item_rows(torch.load(best, map_location="cpu"), [""] + imap.column("item_id").to_pylist(),

@@ -15,13 +15,22 @@ gets its own sampling generator. A DeepSpeed checkpoint per epoch is what a re-r
 the best epoch, which the module holds at the end. Only parameters with ``requires_grad`` are optimised and
 checkpointed, so a caller freezes parts of a model (a backbone, say), keeps checkpoints to the trained weights, and
 trains in phases by calling ``fit`` again with another checkpoint directory.
+
+Damaged checkpoints (cut short by a full disk or a killed copy) never fail every later run: before resuming, each
+epoch checkpoint and ``best.pt`` is read back whole (every member of its zip against its CRC). A damaged one is moved
+aside as ``<name>.corrupt-<time>`` with a warning naming it, and the run resumes from the newest intact epoch, or
+trains from scratch when none is left (or when the best epoch's weights were in the damaged ``best.pt`` only).
+``best.pt`` is always written aside and renamed into place.
 """
 from __future__ import annotations
 
 import abc
+import os
+import re
 import resource
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -30,6 +39,7 @@ import numpy as np
 import torch
 
 from pipelines.config import DistributedConfig, TrainConfig
+from pipelines.damage import quarantine
 from pipelines.training.distributed import deepspeed_config, init_distributed, tune_allocator
 
 
@@ -120,12 +130,15 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optim, config=conf)
     device = engine.device if dist_cfg.device != "cpu" else torch.device("cpu")
     ckpt.mkdir(parents=True, exist_ok=True)
-    res, bad = _resume(engine, ckpt, world, name, log)
+    plan = _recover(ckpt, name, rank, world, log)
+    res, bad = _resume(engine, ckpt, plan.tag, world, name, log)
+    if plan.rewrite_best and rank == 0:  # best.pt was lost, but the resumed epoch is the best one
+        save_best(task.state(engine.module), ckpt / "best.pt")
     if train.validate_at_start and res.epochs_run == 0 and not res.history:
         ndcg, hr = _validate(engine, task, Step(rank, world, device, np.random.default_rng(0)), None)
         res.best_valid_ndcg10 = ndcg
         if rank == 0:
-            torch.save(task.state(engine.module), ckpt / "best.pt")
+            save_best(task.state(engine.module), ckpt / "best.pt")
             log(f"  {name} before training: valid NDCG@10 {ndcg:.4f}")
         res.history.append({"epoch": 0, "loss": None, "valid_NDCG@10": round(ndcg, 6), "valid_HR@10": round(hr, 6),
                             "seconds": 0.0})
@@ -149,9 +162,7 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
         if improved:
             res.best_valid_ndcg10, res.best_epoch, bad = ndcg, epoch, 0
             if rank == 0:
-                tmp = ckpt / "best.pt.tmp"
-                torch.save(task.state(engine.module), tmp)
-                tmp.replace(ckpt / "best.pt")
+                save_best(task.state(engine.module), ckpt / "best.pt")
         else:
             bad += 1
         res.history.append({"epoch": epoch, "loss": round(mean_loss, 5), "valid_NDCG@10": round(ndcg, 6),
@@ -213,11 +224,124 @@ def _validate(engine, task: Task, step: Step, res: FitResult | None) -> tuple[fl
     return ndcg, hr
 
 
-def _resume(engine, ckpt: Path, world: int, name: str, log: Callable[[str], None]) -> tuple[FitResult, int]:
-    """The result so far and the epochs without improvement, from the latest checkpoint in ``ckpt`` if any."""
-    if not (ckpt / "latest").exists():
+def save_best(state: dict, path: Path) -> None:
+    """``torch.save`` written aside, flushed to disk and renamed into place: a kill or a full disk leaves the
+    earlier file whole, never a half-written one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with the ``torch.save`` file ``path`` (a zip: cut short, or a member failing its CRC), or None
+    when it reads back whole."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"{bad} fails its CRC check" if bad else None
+
+
+class Recovery(NamedTuple):
+    """What ``fit`` resumes from after checking ``ckpt``: an epoch checkpoint's tag (None: from scratch), the
+    damaged files and folders (with what is wrong) and whether ``best.pt`` is rewritten from the resumed epoch."""
+
+    tag: str | None
+    damaged: list[tuple[Path, str]]
+    outcome: str
+    rewrite_best: bool
+
+
+def _epoch_tags(ckpt: Path) -> list[str]:
+    """The epoch checkpoints to try, newest first: the one ``latest`` names and the earlier ones (a later one may
+    be a save that never finished); every one when ``latest`` is unreadable; none without ``latest`` (no save
+    finished)."""
+    latest = ckpt / "latest"
+    if not latest.exists():
+        return []
+    found = sorted(((int(m.group(1)), p.name) for p in ckpt.iterdir()
+                    if p.is_dir() and (m := re.fullmatch(r"epoch(\d+)", p.name))), reverse=True)
+    try:
+        named = latest.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        named = ""
+    newest = next((n for n, t in found if t == named), None)
+    return [t for n, t in found if newest is None or n <= newest]
+
+
+def _tag_damage(tag_dir: Path) -> str | None:
+    files = sorted(tag_dir.glob("*.pt"))
+    if not any(f.name.endswith("model_states.pt") for f in files):
+        return "no model states file in it"
+    return next((f"{f.name}: {why}" for f in files if (why := damage(f))), None)
+
+
+def recovery_plan(ckpt: Path) -> Recovery:
+    """Which epoch checkpoint of ``ckpt`` to resume from, skipping damaged ones (see the module's doc)."""
+    damaged: list[tuple[Path, str]] = []
+    tag = None
+    for t in _epoch_tags(ckpt):
+        why = _tag_damage(ckpt / t)
+        if why is None:
+            tag = t
+            break
+        damaged.append((ckpt / t, why))
+    skipped = bool(damaged)  # a newer epoch checkpoint was damaged
+    best = ckpt / "best.pt"
+    best_why = damage(best) if best.exists() else ("missing" if tag else None)
+    if best.exists() and best_why:
+        damaged.append((best, best_why))
+    rewrite = False
+    if best_why and tag:
+        done = torch.load(next((ckpt / tag).glob("*model_states.pt")), map_location="cpu", weights_only=False,
+                          mmap=True)["result"]
+        rewrite = done["best_epoch"] == done["epochs_run"]
+        if rewrite:
+            outcome = f"best.pt rewritten from {tag} (epoch {done['epochs_run']} is the best)"
+        else:
+            tag, outcome = None, (f"best.pt held the only copy of the best epoch ({done['best_epoch']}): training "
+                                  "from scratch")
+        if best_why == "missing":
+            outcome = f"{best} is missing; {outcome}"
+        if skipped and tag:
+            outcome = f"resuming from {tag}, the newest intact epoch checkpoint; {outcome}"
+    elif damaged:
+        outcome = f"resuming from {tag}, the newest intact epoch checkpoint" if tag else \
+            "no intact epoch checkpoint left: training from scratch"
+    else:
+        outcome = ""
+    return Recovery(tag, damaged, outcome, rewrite)
+
+
+def _recover(ckpt: Path, name: str, rank: int, world: int, log: Callable[[str], None]) -> Recovery:
+    """Rank 0 checks ``ckpt`` and moves damaged files aside (naming them); every rank follows its plan."""
+    import torch.distributed as dist
+
+    plan = recovery_plan(ckpt) if rank == 0 else None
+    if world > 1:
+        box = [plan]
+        dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+    if rank == 0:
+        for path, why in plan.damaged:
+            quarantine(path, f"{name} checkpoint", why, plan.outcome, log)
+        if plan.outcome and not plan.damaged:  # best.pt missing beside an epoch checkpoint
+            log(f"  WARNING: {name}: {plan.outcome}")
+    if world > 1:
+        dist.barrier()
+    return plan
+
+
+def _resume(engine, ckpt: Path, tag: str | None, world: int, name: str,
+            log: Callable[[str], None]) -> tuple[FitResult, int]:
+    """The result so far and the epochs without improvement, from epoch checkpoint ``tag`` (None: a fresh start)."""
+    if tag is None:
         return FitResult(best_epoch=0, best_valid_ndcg10=-1.0, epochs_run=0, world_size=world), 0
-    _, state = engine.load_checkpoint(str(ckpt), load_module_strict=not _has_frozen(engine.module))
+    _, state = engine.load_checkpoint(str(ckpt), tag=tag, load_module_strict=not _has_frozen(engine.module))
     res = FitResult(**{**state["result"], "world_size": world})
     res.resumed_from_epoch = res.epochs_run
     log(f"  {name}: resuming after epoch {res.epochs_run} from {ckpt}")

@@ -111,6 +111,14 @@ CASES: dict[str, tuple[str, list[str]]] = {
         [f"{RG}::test_two_processes_opening_a_new_homes_registry_at_once_both_succeed",
          f"{RG}::test_a_half_migrated_store_is_repaired_keeping_every_version",
          f"{RG}::test_a_store_that_cannot_be_repaired_is_refused_naming_it_and_the_recovery"]),
+    "44.2_damaged_checkpoint": (
+        "best.pt and the epoch checkpoint cut to half after a finished run: each named in a warning and moved aside, "
+        "training resumes from the newest intact epoch or from scratch to the same result; best.pt written "
+        "atomically on the validate-at-start path too; a damaged base-day best.pt makes the day train afresh",
+        [f"{LO}::test_a_damaged_best_and_epoch_checkpoint_are_named_and_training_starts_again",
+         f"{LO}::test_a_damaged_newest_epoch_falls_back_to_the_newest_intact_one",
+         f"{LO}::test_best_pt_is_written_atomically_on_the_validate_at_start_path",
+         "tests/unit/pipelines/test_refresh.py::test_an_incremental_llmrec_starts_from_the_base_days_final_weights"]),
     "extra_two_stage_zero2_engines": ("a ZeRO-2 engine leaves no gradient hooks for the next training stage",
                                       [f"{LO}::test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage"]),
 }

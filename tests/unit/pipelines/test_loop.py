@@ -170,3 +170,100 @@ def test_a_stale_build_lock_is_named_instead_of_hanging(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("the run hung on the stale lock")
     assert r.returncode != 0 and f"{lock} is a stale build lock" in r.stderr and f"rm {lock}" in r.stderr
+
+
+def _cut_to_half(path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def _whole(path) -> bool:
+    """A torch.save file reads back whole: a zip whose every member passes its CRC."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except zipfile.BadZipFile:
+        return False
+
+
+def test_a_damaged_best_and_epoch_checkpoint_are_named_and_training_starts_again(tmp_path):
+    """After a finished run, best.pt and the epoch checkpoint cut to half (a full disk, a copy cut short) failed every
+    re-run with torch's 'PytorchStreamReader failed reading zip archive', naming neither file (issue 44, 2). Now both
+    are named and moved aside, and with no intact epoch left the run trains again from scratch to the same result."""
+    straight = model()
+    fit(straight, Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=tmp_path / "a")
+    ck = tmp_path / "b"
+    fit(model(), Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=ck)
+    _cut_to_half(ck / "best.pt")
+    _cut_to_half(ck / "epoch4" / "mp_rank_00_model_states.pt")
+    again, lines = model(), []
+    res = fit(again, Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=ck, name="toy", log=lines.append)
+    warnings = [line for line in lines if "WARNING" in line]
+    assert len(warnings) == 2
+    assert f"the toy checkpoint {ck / 'epoch4'} is damaged (mp_rank_00_model_states.pt: BadZipFile" in warnings[0]
+    assert f"the toy checkpoint {ck / 'best.pt'} is damaged" in warnings[1]
+    assert all("moved aside as" in w and w.endswith("no intact epoch checkpoint left: training from scratch")
+               for w in warnings)
+    assert (res.resumed_from_epoch, res.epochs_run, res.best_epoch) == (0, 4, 2)
+    assert _equal(again.state_dict(), straight.state_dict())
+    assert _whole(ck / "best.pt") and len(list(ck.glob("best.pt.corrupt-*"))) == 1
+    # the next night resumes from the new checkpoints, with no warning
+    lines.clear()
+    fit(model(), Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=ck, name="toy", log=lines.append)
+    assert not [line for line in lines if "WARNING" in line] and "already stopped early" in lines[-1]
+
+
+def test_a_damaged_newest_epoch_falls_back_to_the_newest_intact_one(tmp_path):
+    import shutil
+
+    straight = model()
+    fit(straight, Scripted(SCRIPT), TRAIN, CPU, seed=1, ckpt=tmp_path / "a")
+    ck = tmp_path / "b"
+    fit(model(), Scripted(SCRIPT), TrainConfig(batch_size=16, lr=0.05, epochs=3, patience=2), CPU, seed=1, ckpt=ck)
+    shutil.copytree(ck / "epoch3", tmp_path / "epoch3")                       # an earlier epoch still on disk
+    fit(model(), Scripted(SCRIPT, done=3), TRAIN, CPU, seed=1, ckpt=ck)        # epoch 4 written, epoch 3 removed
+    shutil.copytree(tmp_path / "epoch3", ck / "epoch3")
+    _cut_to_half(ck / "epoch4" / "mp_rank_00_model_states.pt")
+    (ck / "latest").write_text("epo")                                          # cut short too
+    resumed, lines = model(), []
+    res = fit(resumed, Scripted(SCRIPT, done=3), TRAIN, CPU, seed=1, ckpt=ck, name="toy", log=lines.append)
+    assert lines[0].startswith(f"  WARNING: the toy checkpoint {ck / 'epoch4'} is damaged")
+    assert lines[0].endswith("resuming from epoch3, the newest intact epoch checkpoint")
+    assert lines[1].startswith("  toy: resuming after epoch 3 from")
+    assert (res.resumed_from_epoch, res.epochs_run, res.best_epoch) == (3, 4, 2)
+    assert _equal(resumed.state_dict(), straight.state_dict())
+
+
+def test_best_pt_is_written_atomically_on_the_validate_at_start_path(tmp_path, monkeypatch):
+    """The validate-at-start path wrote best.pt in place: a full disk there left half a file, which the next run
+    could not load. Now it is written aside and renamed, so an interrupted write leaves no best.pt to trip on."""
+    real_save, calls = torch.save, []
+
+    def disk_full(obj, f, *a, **kw):                                          # half the bytes, then ENOSPC
+        calls.append(f)
+        if len(calls) > 1:
+            return real_save(obj, f, *a, **kw)
+        import io
+
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        data = buf.getvalue()[: len(buf.getvalue()) // 2]
+        if hasattr(f, "write"):
+            f.write(data)
+        else:
+            with open(f, "wb") as fh:
+                fh.write(data)
+        raise OSError(28, "No space left on device")
+
+    train = TrainConfig(batch_size=16, lr=0.05, epochs=10, patience=2, validate_at_start=True)
+    ck = tmp_path / "s"
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        fit(model(), Scripted([0.5, 0.3, 0.2, 0.9]), train, CPU, seed=1, ckpt=ck, name="toy")
+    monkeypatch.setattr(torch, "save", real_save)
+    assert not (ck / "best.pt").exists() or _whole(ck / "best.pt")
+    m = model()
+    res = fit(m, Scripted([0.5, 0.3, 0.2, 0.9]), train, CPU, seed=1, ckpt=ck, name="toy")
+    assert (res.best_epoch, res.epochs_run) == (0, 2) and _equal(m.state_dict(), model().state_dict())

@@ -87,7 +87,9 @@ def test_an_incremental_llmrec_starts_from_the_base_days_final_weights(tmp_path)
     (prev / "result.json").write_text(json.dumps({"stages": {"stage1": {}, "stage2": {}}, "model_key": "k2"}))
     best = tmp_path / "checkpoints" / "train_llmrec" / "2026-01-01" / "stage2-k2" / "best.pt"
     best.parent.mkdir(parents=True)
-    best.write_bytes(b"weights")
+    import torch
+
+    torch.save({"w": torch.zeros(2)}, best)
     ctx = StageContext(load_config(None, ["refresh.mode=incremental", "refresh.finetune_epochs=1",
                                           "llmrec.stage1.epochs=4", "llmrec.stage2.epochs=3"]), "2026-01-02", tmp_path)
     warm_ctx, rec = warm_context(ctx)
@@ -95,6 +97,9 @@ def test_an_incremental_llmrec_starts_from_the_base_days_final_weights(tmp_path)
     assert c.init_from == str(best) and c.stage1.epochs == c.stage2.epochs == 1
     assert rec == {"mode": "incremental", "reason": rec["reason"], "warm": True, "base": "2026-01-01",
                    "from": str(best), "epochs": {"stage1": 1, "stage2": 1}}
+    best.write_bytes(best.read_bytes()[:100])           # cut short (issue 44, 2): named, and the day trains afresh
+    cold_ctx, rec = warm_context(ctx)
+    assert cold_ctx.cfg.llmrec == ctx.cfg.llmrec and not rec["warm"] and f"{best} is damaged" in rec["why_not"]
     best.unlink()                                       # nothing to start from: trains as a full day would
     cold_ctx, rec = warm_context(ctx)
     assert cold_ctx.cfg.llmrec == ctx.cfg.llmrec and not rec["warm"] and "gone" in rec["why_not"]
