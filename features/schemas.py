@@ -51,6 +51,12 @@ ITEM_MAP = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),
 ])
 
+COLD_ITEMS = pa.schema([  # the cold-item protocol's held-out items (``split.cold_items``); absent when it is off
+    pa.field("item_idx", pa.int32(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("half", pa.string(), nullable=False),     # valid | test
+])
+
 NEGATIVES = pa.schema([
     pa.field("user_idx", pa.int32(), nullable=False),
     pa.field("items", pa.list_(pa.int32()), nullable=False),
@@ -154,6 +160,7 @@ TABLES: dict[str, pa.Schema] = {
     "sequences": SEQUENCES,
     "user_map": USER_MAP,
     "item_map": ITEM_MAP,
+    "cold_items": COLD_ITEMS,
     "negatives": NEGATIVES,
     "user_factors": USER_FACTORS,
     "item_factors": ITEM_FACTORS,

@@ -61,6 +61,68 @@ def assign_split(df: "DataFrame", min_interactions: int, short_policy: str) -> "
     return df.withColumn("split", label)
 
 
+def cold_count(n_items: int, share: float) -> int:
+    """How many of ``n_items`` items are cold: ``share`` of them, rounded, at least 2 (one per half) when on."""
+    return 0 if share <= 0 else min(n_items, max(2, round(share * n_items)))
+
+
+def pick_cold(df: "DataFrame", share: float, by: str, seed: int) -> "DataFrame":
+    """``item_id, half``: the cold items of ``df``'s items, ``half`` ``valid`` or ``test``.
+
+    ``by='latest'``: the items whose first event (the smallest ``timestamp``: a date, or the position in the
+    sequence where the source has no dates) is the latest, ties broken by a seeded hash of the item id;
+    ``'random'``: the first items in seeded-hash order. The halves: the first ``k // 2`` cold items in another
+    seeded-hash order are ``valid``, the rest ``test``. Deterministic for a given ``seed`` and data.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window
+
+    def hashed(salt: str):
+        return F.xxhash64(F.lit(int(seed)), F.lit(salt), F.col("item_id"))
+
+    firsts = df.groupBy("item_id").agg(F.min("timestamp").alias("_first"))
+    k = cold_count(firsts.count(), share)
+    if by == "latest":
+        order = [F.col("_first").desc(), hashed("tie"), F.col("item_id")]
+    elif by == "random":
+        order = [hashed("random"), F.col("item_id")]
+    else:
+        raise ValueError(f"split.cold_by must be 'latest' or 'random', got '{by}'")
+    picked = firsts.withColumn("_r", F.row_number().over(Window.orderBy(*order))).filter(F.col("_r") <= k)
+    half = F.row_number().over(Window.orderBy(hashed("half"), F.col("item_id")))
+    return picked.select("item_id", F.when(half <= k // 2, "valid").otherwise("test").alias("half"))
+
+
+def assign_cold_split(df: "DataFrame", cold: "DataFrame", min_interactions: int, short_policy: str) -> "DataFrame":
+    """Leave-one-out without the ``cold`` items (``item_id, half``) in training; adds ``group``.
+
+    Every event with a cold item leaves, except a user's last event: a cold-test item there is the user's test
+    target (``group='test'``: the valid target is their last warm event, the rest train), a cold-valid item their
+    valid target (``group='valid'``: no test target, every warm event train). Users whose last event is warm
+    (``group='warm'``) get the plain leave-one-out of their warm events. Positions are renumbered. The short rule
+    of ``assign_split`` applies to what is left, and a cold target with no warm event before it is short too (no
+    history); a short user's cold target never becomes train (``train_only`` keeps only the warm events).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window
+
+    if short_policy not in ("drop", "train_only"):
+        raise ValueError(f"split.short_policy must be 'drop' or 'train_only', got '{short_policy}'")
+    user = Window.partitionBy("user_id")
+    last = F.col("position") == F.col("n") - 1
+    df = (df.join(F.broadcast(cold), "item_id", "left")
+            .withColumn("group", F.max(F.when(last, F.coalesce(F.col("half"), F.lit("warm")))).over(user))
+            .filter(F.col("half").isNull() | last).drop("position", "n"))
+    df = order_events(df)
+    target = F.col("half").isNotNull()
+    short = (F.col("n") < min_interactions) | (target & (F.col("n") < 2))
+    df = df.filter(~short | ~target) if short_policy == "train_only" else df.filter(~short)
+    label = (F.when(short, "train").when(target & (F.col("group") == "valid"), "valid").when(target, "test")
+             .when((F.col("group") != "valid") & (F.col("position") == F.col("n") - 1), "test")
+             .when((F.col("group") != "valid") & (F.col("position") == F.col("n") - 2), "valid").otherwise("train"))
+    return df.withColumn("split", label).drop("half")
+
+
 def id_map(df: "DataFrame", id_col: str, idx_col: str, start: int) -> "DataFrame":
     """Contiguous integer ids ``start, start+1, ...`` over the sorted distinct values of ``id_col``."""
     from pyspark.sql import functions as F

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from features import split as S
 from features.errors import DataError
-from jobs.warehouse import base_parser, check_spark, partition_path, spark_session, write_json, write_spark
+from jobs.warehouse import (
+    base_parser,
+    check_spark,
+    partition_path,
+    read_arrow,
+    remove_partition,
+    spark_session,
+    write_json,
+    write_spark,
+)
 
 
 def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf: dict | None = None) -> dict[str, int]:
@@ -27,10 +36,9 @@ def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf:
     users_in = inter.select("user_id").distinct().count()
     core = S.kcore(inter, int(params.get("kcore", 0)))
     ordered = S.order_events(core, bool(params.get("dedupe_consecutive", False)))
-    labelled = S.assign_split(ordered, int(params.get("min_interactions", 3)),
-                              params.get("short_policy", "drop")).localCheckpoint()
+    labelled, plain, cold = label(ordered, params)
+    item_map = S.id_map(plain, "item_id", "item_idx", 1).localCheckpoint()  # cold items too: they are scored
     user_map = S.id_map(labelled, "user_id", "user_idx", 0).localCheckpoint()
-    item_map = S.id_map(labelled, "item_id", "item_idx", 1).localCheckpoint()
     seq = S.to_sequences(labelled, user_map, item_map).localCheckpoint()
     if seq.isEmpty():
         raise DataError(str(src), f"no user has at least {params.get('min_interactions', 3)} interactions "
@@ -44,7 +52,51 @@ def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf:
     counts["users_dropped"] = users_in - counts["user_map"]
     counts["interactions_dropped"] = n_in - counts["sequences"]
     counts["users_evaluated"] = int(seq.filter(F.col("split") == "test").count())
-    return counts
+    if cold is None:
+        remove_partition(home, "cold_items", ds)  # a day re-run with the protocol off keeps no stale cold items
+        return counts
+    return {**counts, **cold_tables(home, ds, cold, item_map, plain, labelled)}
+
+
+def label(ordered, params: dict):
+    """``(labelled, plain, cold)``: the split's rows, the plain leave-one-out (the same rows when the cold-item
+    protocol is off) and the cold items (``item_id, half``; None when off)."""
+    n_min, policy = int(params.get("min_interactions", 3)), params.get("short_policy", "drop")
+    plain = S.assign_split(ordered, n_min, policy).localCheckpoint()
+    if float(params.get("cold_items", 0.0)) <= 0:
+        return plain, plain, None
+    cold = S.pick_cold(plain, float(params["cold_items"]), params.get("cold_by", "latest"),
+                       int(params.get("cold_seed", 2024))).localCheckpoint()
+    return S.assign_cold_split(ordered, cold, n_min, policy).localCheckpoint(), plain, cold
+
+
+def cold_tables(home: str, ds: str, cold, item_map, plain, labelled) -> dict[str, int]:
+    """Write ``cold_items`` (``item_idx, item_id, half``); return the protocol's counts: cold items per half, users
+    with a cold target per half, users whose plain leave-one-out test target (``plain``: the split without the
+    protocol) was cold but who were left too short a history to keep (dropped), warm test users, and the
+    interactions with cold items taken out of the sequences."""
+    from pyspark.sql import functions as F
+
+    table = cold.join(item_map, "item_id").select("item_idx", "item_id", "half")
+    out = {"cold_items": write_spark(table, home, "cold_items", ds)}
+    halves = {r["half"]: r["count"] for r in cold.groupBy("half").count().collect()}
+    out.update({f"cold_{h}_items": int(halves.get(h, 0)) for h in ("valid", "test")})
+    targets = labelled.filter(F.col("group") == F.col("split"))           # a cold-valid or cold-test target
+    by_group = {r["group"]: r["count"] for r in targets.groupBy("group").count().collect()}
+    out.update({f"cold_{h}_users": int(by_group.get(h, 0)) for h in ("valid", "test")})
+    last_cold = plain.filter(F.col("split") == "test").join(cold, "item_id").count()
+    out["cold_users_dropped"] = int(last_cold - out["cold_valid_users"] - out["cold_test_users"])
+    out["warm_test_users"] = int(labelled.filter(F.col("split") == "test").count()) - out["cold_test_users"]
+    out["cold_interactions_removed"] = int(plain.join(cold, "item_id").count() - targets.count())
+    return out
+
+
+def read_cold(home: str | Path, ds: str):
+    """The ``cold_items`` table (``item_idx, item_id, half``) of ``ds``, or None when the split ran without the
+    cold-item protocol (the split removes the partition then, so a missing one always means off)."""
+    if not partition_path(home, "cold_items", ds).exists():
+        return None
+    return read_arrow(home, "cold_items", ds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,6 +98,15 @@ def swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_partition(home: str | Path, table: str, ds: str, zone: str = "warehouse") -> None:
+    """Remove the ``ds`` partition of ``table`` if there is one (a table a re-run of the day no longer writes)."""
+    path = partition_path(home, table, ds, zone)
+    if path.exists():
+        old = path.parent / f"_old-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(path, old)  # atomic: readers see the partition or nothing, never half of it
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def count_rows(path: Path) -> int:
     return pads.dataset(str(path), format="parquet").count_rows()
 

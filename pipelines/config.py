@@ -71,12 +71,30 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Leave-one-out split. ``kcore``: 0 disables the k-core filter."""
+    """Leave-one-out split. ``kcore``: 0 disables the k-core filter.
+
+    Cold items (``DESIGN.md``, "Evaluation protocol"): ``cold_items`` is the share of items held out of training
+    (0 = off, the default, so every figure made without it keeps its meaning); ``cold_by`` picks them: ``latest``
+    the items first seen last (dates where the data has them, else the position in the sequences; ties broken by a
+    seeded hash of the item id), ``random`` a seeded random share (the control). A seeded hash splits them into two
+    halves, cold-valid and cold-test. Every interaction with a cold item leaves training; a user whose last event
+    is a cold item keeps it as their valid (cold-valid) or test (cold-test) target.
+    """
 
     kcore: int = 0
     min_interactions: int = 3
     short_policy: str = "drop"  # drop | train_only
     dedupe_consecutive: bool = False
+    cold_items: float = 0.0  # share of items held out as new, in [0, 0.5); 0 = off
+    cold_by: str = "latest"  # latest | random
+    # fixed by the protocol, not training randomness (like ``eval.negatives_seed``): every model and training seed is
+    # scored on the same cold items, so the top-level ``seed`` never changes them
+    cold_seed: int = 2024
+
+    def __post_init__(self) -> None:
+        _one_of("cold_by", self.cold_by, ("latest", "random"))
+        if not 0.0 <= self.cold_items < 0.5:
+            raise FieldError("cold_items", f"must be in [0, 0.5) (0 = off), got {self.cold_items}")
 
 
 @dataclass(frozen=True)
