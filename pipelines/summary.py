@@ -13,7 +13,7 @@ from pipelines.graph import ORDER
 
 TABLE_KEYS = ("interactions", "items", "users", "train", "valid", "test", "user_map", "item_map",
               "user_factors", "item_factors", "descriptions", "text_embeddings", "neighbours")
-METRIC_KEYS = ("full", "sampled100", "cand20", "slices", "valid", "eval_seconds", "notes")
+METRIC_KEYS = ("full", "sampled100", "cand20", "slices", "cold", "warm", "valid", "eval_seconds", "notes")
 HIDDEN_KEYS = ("outputs", "traceback", "tables")  # in the stage records, not in the summary
 
 

@@ -5,16 +5,19 @@ import numpy as np
 import pyarrow as pa
 
 from jobs import warehouse
+from jobs.split import read_cold
 from pipelines.config import Config, EvalConfig
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import EvalData, draw_negatives, from_sequences
 
 
 def load_eval_data(ctx: StageContext) -> tuple[EvalData, list[str], list[str]]:
-    """EvalData and the id lists (``user_ids[idx]``, ``item_ids[idx]`` with ``item_ids[0] = ''``)."""
+    """EvalData (with the cold items, when the split held some out) and the id lists (``user_ids[idx]``,
+    ``item_ids[idx]`` with ``item_ids[0] = ''``)."""
     umap = warehouse.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
     imap = warehouse.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
-    data = from_sequences(warehouse.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows)
+    data = from_sequences(warehouse.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows,
+                          read_cold(ctx.home, ctx.ds))
     return data, umap.column("user_id").to_pylist(), [""] + imap.column("item_id").to_pylist()
 
 

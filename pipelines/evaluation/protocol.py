@@ -13,6 +13,11 @@
 * Slices: ``short_history`` users (history length at or below the ``short_quantile`` quantile) and
   ``tail_items`` (users whose target is outside the most popular ``1 - tail_fraction`` of items by train
   popularity; items tied with the last head item are head too, so no tie is broken by item id).
+* Cold items (``split.cold_items``, ``EvalData.cold``): the groups ``cold`` (users whose target is a cold item:
+  cold-test users in the test phase, cold-valid users in the valid phase) and ``warm`` (the other users with a
+  target), the same full ranking over all items; for cold users also ``cold_only`` (the target's rank among the cold
+  items alone), for warm users ``cold_share_top10`` (the share of cold items in their top 10, ties shared out).
+  A cold item is never in a history: the split keeps them out, and the test history leaves out a cold valid target.
 
 A model is anything with ``score(users, phase) -> (B, N + 1) float32`` scores (column 0 is padding).
 """
@@ -56,6 +61,7 @@ class EvalData:
     train: Csr            # per user, train items in time order
     valid: np.ndarray     # (U,) valid target, 0 where the user has none
     test: np.ndarray      # (U,) test target, 0 where the user has none
+    cold: np.ndarray | None = None  # (N + 1,) int8: 0 warm, COLD_VALID, COLD_TEST; None: the protocol is off
     _test_history: Csr | None = None
 
     def history(self, phase: str) -> Csr:
@@ -65,7 +71,7 @@ class EvalData:
         if phase != "test":
             raise ValueError(f"phase must be 'valid' or 'test', got {phase!r}")
         if self._test_history is None:
-            tl, has = self.train.lengths(), self.valid > 0
+            tl, has = self.train.lengths(), (self.valid > 0) & ~self.cold_mask()[self.valid]
             indptr = np.concatenate([[0], np.cumsum(tl + has)]).astype(np.int64)
             row = np.repeat(np.arange(self.n_users), tl)
             indices = np.empty(indptr[-1], dtype=np.int32)
@@ -77,13 +83,28 @@ class EvalData:
     def targets(self, phase: str) -> np.ndarray:
         return self.valid if phase == "valid" else self.test
 
+    def cold_mask(self) -> np.ndarray:
+        """(N + 1,) bool: the cold items (both halves); all False when the protocol is off."""
+        return np.zeros(self.n_items + 1, bool) if self.cold is None else self.cold > 0
+
+    def groups(self, phase: str) -> dict[str, np.ndarray]:
+        """(U,) masks ``cold`` (the phase's target is a cold item: cold-test users in the test phase, cold-valid
+        users in the valid phase, the group to choose on) and ``warm`` (the other users with a target); ``{}``
+        when the protocol is off."""
+        if self.cold is None:
+            return {}
+        t = self.targets(phase)
+        cold = (t > 0) & self.cold_mask()[t]
+        return {"cold": cold, "warm": (t > 0) & ~cold}
+
     def popularity(self, phase: str) -> np.ndarray:
         """(N + 1,) interaction counts in the phase's history (column 0 = 0)."""
         return np.bincount(self.history(phase).indices, minlength=self.n_items + 1)[: self.n_items + 1]
 
 
-def from_sequences(seq: pa.Table, n_users: int, n_items: int) -> EvalData:
-    """Build ``EvalData`` from a ``sequences`` table (``user_idx, item_idx, position, split``)."""
+def from_sequences(seq: pa.Table, n_users: int, n_items: int, cold: pa.Table | None = None) -> EvalData:
+    """Build ``EvalData`` from a ``sequences`` table (``user_idx, item_idx, position, split``) and, with the
+    cold-item protocol on, its ``cold_items`` table (``item_idx, half``)."""
     u = seq.column("user_idx").to_numpy()
     i = seq.column("item_idx").to_numpy().astype(np.int32)
     p = seq.column("position").to_numpy()
@@ -96,7 +117,19 @@ def from_sequences(seq: pa.Table, n_users: int, n_items: int) -> EvalData:
     test = np.zeros(n_users, np.int32)
     valid[u[s == "valid"]] = i[s == "valid"]
     test[u[s == "test"]] = i[s == "test"]
-    return EvalData(n_users, n_items, Csr(indptr, i[tr]), valid, test)
+    flags = None if cold is None else cold_flags(cold, n_items)
+    return EvalData(n_users, n_items, Csr(indptr, i[tr]), valid, test, flags)
+
+
+COLD_VALID, COLD_TEST = 1, 2
+
+
+def cold_flags(cold: pa.Table, n_items: int) -> np.ndarray:
+    """(N + 1,) int8 of a ``cold_items`` table: ``COLD_VALID``/``COLD_TEST`` for its items, 0 for the others."""
+    out = np.zeros(n_items + 1, np.int8)
+    half = np.asarray(cold.column("half").to_pylist(), dtype=object)
+    out[cold.column("item_idx").to_numpy()] = np.where(half == "valid", COLD_VALID, COLD_TEST)
+    return out
 
 
 def draw_negatives(data: EvalData, n: int, seed: int) -> np.ndarray:
@@ -107,12 +140,14 @@ def draw_negatives(data: EvalData, n: int, seed: int) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     touched = data.history("test")
-    lens = touched.lengths() + (data.test > 0)
+    cold_valid = (data.valid > 0) & data.cold_mask()[data.valid]                 # not in the test history
+    lens = touched.lengths() + (data.test > 0) + cold_valid
     if (data.n_items - lens < n).any():
         raise ValueError(f"some users have touched more than n_items - {n} items; cannot draw {n} negatives")
     row, items = touched.rows(np.arange(data.n_users))
-    keys = np.unique(np.concatenate([row.astype(np.int64) * (data.n_items + 1) + items,
-                                     np.arange(data.n_users, dtype=np.int64) * (data.n_items + 1) + data.test]))
+    every = np.arange(data.n_users, dtype=np.int64) * (data.n_items + 1)
+    keys = np.unique(np.concatenate([row.astype(np.int64) * (data.n_items + 1) + items, every + data.test,
+                                     every[cold_valid] + data.valid[cold_valid]]))
     out = np.zeros((data.n_users, n), np.int32)
     todo = np.arange(data.n_users)
     width = 2 * n + 16
@@ -147,15 +182,19 @@ def against_target(scores, target_scores):
 
 
 def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, negatives: np.ndarray,
-                 batch: int, candidates: tuple[int, ...] = ()) -> tuple[np.ndarray, ...]:
+                 batch: int, candidates: tuple[int, ...] = (), cold: dict | None = None) -> tuple[np.ndarray, ...]:
     """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass; then,
-    for each ``n`` of ``candidates``, among the first ``n - 1`` negatives (the n-candidate protocol)."""
+    for each ``n`` of ``candidates``, among the first ``n - 1`` negatives (the n-candidate protocol). ``cold``: a
+    dict that receives, from the same pass, ``cold_only`` (the target's rank among the cold items alone) and
+    ``cold_top10`` (the cold items' share of the user's top 10), per user (``cold_probe``)."""
     from pipelines.progress import progress
 
     hist, targets = data.history(phase), data.targets(phase)
     full = np.empty(len(users), np.int64)
     sampled = np.empty(len(users), np.int64)
     subsets = {n: np.empty(len(users), np.int64) for n in candidates}
+    if cold is not None:
+        cold.update(cold_only=np.empty(len(users), np.int64), cold_top10=np.empty(len(users), np.float64))
     for lo in progress(range(0, len(users), batch), desc=f"evaluate {phase}", unit="batch", leave=False,
                        disable=len(users) <= 4 * batch or None):
         b = users[lo:lo + batch]
@@ -169,8 +208,28 @@ def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, n
             ranks[lo:lo + len(b)] = beats[:, : n - 1].sum(1)
         r, items = hist.rows(b)
         cand = candidates_mask(s.shape, r, items, targets[b])                 # (B, N + 1)
-        full[lo:lo + len(b)] = (against_target(s, ts) & cand).sum(1) - 1      # minus the target itself
+        beats = against_target(s, ts) & cand
+        full[lo:lo + len(b)] = beats.sum(1) - 1                               # minus the target itself
+        if cold is not None:
+            probe = cold_probe(s, beats, cand, data.cold_mask())
+            cold["cold_only"][lo:lo + len(b)], cold["cold_top10"][lo:lo + len(b)] = probe
     return (full, sampled, *subsets.values())
+
+
+def cold_probe(s: np.ndarray, beats: np.ndarray, cand: np.ndarray, cold: np.ndarray,
+               k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of scores ``s`` (B, N + 1): the target's 0-based rank among the cold candidates alone (``beats``: the
+    candidates counting against the target, the target included; meaningful where the target is cold) and the
+    share of cold items (``cold`` (N + 1,) bool) among the top ``k`` candidates. Items tied with the k-th best
+    share its remaining places (each gets an equal part), so no tie is broken by item id; a NaN score is the worst."""
+    cold_only = (beats & cold).sum(1) - 1                                      # minus the (cold) target itself
+    x = np.where(cand & ~np.isnan(s), s, -np.inf)                              # (B, N + 1)
+    kk = np.minimum(k, cand.sum(1))                                            # (B,) fewer candidates than k
+    best = -np.sort(np.partition(-x, int(kk.max()) - 1, axis=1)[:, :int(kk.max())], axis=1)  # (B, k) best first
+    kth = np.take_along_axis(best, (kk - 1)[:, None], axis=1)                  # (B, 1) the k-th best score
+    above, tie = x > kth, (x == kth) & cand
+    n_cold = (above & cold).sum(1) + (kk - above.sum(1)) * (tie & cold).sum(1) / np.maximum(tie.sum(1), 1)
+    return cold_only, n_cold / np.maximum(kk, 1)
 
 
 def candidates_mask(shape: tuple[int, int], rows: np.ndarray, items: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -220,7 +279,8 @@ def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = 
              ks: tuple[int, ...] = (5, 10, 20), batch: int = 2048, short_quantile: float = 0.2,
              tail_fraction: float = 0.8, users: np.ndarray | None = None, candidates: tuple[int, ...] = (),
              keep: dict | None = None) -> dict:
-    """``{"full": {...}, "sampled100": {...}, "cand20": {...}, "slices": {slice: {"full": {...}, ...}}}``.
+    """``{"full": {...}, "sampled100": {...}, "cand20": {...}, "slices": {slice: {"full": {...}, ...}}}``, and with
+    the cold-item protocol on (``data.cold``) the groups ``cold`` and ``warm`` (``cold_groups``).
 
     ``users``: score only these users (those of them with a target in ``phase``); default all. Slices are defined
     on all users either way. ``candidates``: sizes ``n`` of extra candidate protocols (``cand<n>``: the target and
@@ -234,7 +294,8 @@ def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = 
         raise ValueError(f"eval.candidates {bad}: each must be 2 to n_negatives + 1 ({negatives.shape[1] + 1})")
     has = data.targets(phase) > 0
     users = np.flatnonzero(has) if users is None else np.asarray(users)[has[users]]
-    full, sampled, *subsets = target_ranks(model, data, phase, users, negatives, batch, tuple(candidates))
+    probe = {} if data.cold is not None else None
+    full, sampled, *subsets = target_ranks(model, data, phase, users, negatives, batch, tuple(candidates), probe)
     ranks = {"full": full, f"sampled{negatives.shape[1]}": sampled,
              **{f"cand{n}": r for n, r in zip(candidates, subsets, strict=True)}}
     out = {name: metrics_from_ranks(r, ks) for name, r in ranks.items()}
@@ -246,6 +307,25 @@ def evaluate(model: Scorer, data: EvalData, negatives: np.ndarray, phase: str = 
         out["slices"][name] = {proto: metrics_from_ranks(r[m], ks) for proto, r in ranks.items()}
         if keep is not None:
             keep[name] = m
+    if probe is not None:
+        out.update(cold_groups(data, phase, users, ranks, probe, ks, keep))
+    return out
+
+
+def cold_groups(data: EvalData, phase: str, users: np.ndarray, ranks: dict[str, np.ndarray], probe: dict,
+                ks: tuple[int, ...], keep: dict | None = None) -> dict:
+    """``{"cold": {protocol: metrics, "cold_only": metrics}, "warm": {protocol: metrics, "cold_share_top10":
+    {"share", "catalogue", "users"}}}`` of the evaluated ``users``, from their ``ranks`` and the ``probe`` of
+    ``target_ranks``. ``catalogue``: the cold items' share of all items, what a ranking blind to them would give.
+    ``keep`` receives the group memberships and the probe, aligned with ``users``."""
+    g = {name: mask[users] for name, mask in data.groups(phase).items()}
+    out = {name: {proto: metrics_from_ranks(r[m], ks) for proto, r in ranks.items()} for name, m in g.items()}
+    out["cold"]["cold_only"] = metrics_from_ranks(probe["cold_only"][g["cold"]], ks)
+    top = probe["cold_top10"][g["warm"]]
+    out["warm"]["cold_share_top10"] = {"share": float(top.mean()) if len(top) else 0.0, "users": int(len(top)),
+                                       "catalogue": float(data.cold_mask()[1:].mean())}
+    if keep is not None:
+        keep.update(**g, **probe)
     return out
 
 

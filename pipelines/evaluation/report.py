@@ -62,9 +62,47 @@ def write(ctx: StageContext, metrics: dict, data: EvalData) -> None:
             for s, v in rows:
                 lines.append(f"| {m} | {s} | {v['users']} | " + " | ".join(f"{v[c]:.4f}" for c in cols) + " |")
         lines.append("")
+    lines += cold_section(ctx, metrics)
     lines += [f"![NDCG@10 by slice]({plots[0]})", "", f"![history lengths]({plots[1]})", ""]
     lines += day_over_day(ctx, metrics)
     (ctx.run_dir / "report.md").write_text("\n".join(lines))
+
+
+def cold_section(ctx: StageContext, metrics: dict) -> list[str]:
+    """The cold-item groups (``split.cold_items``): full ranking of cold-test and warm-test users, the cold-only
+    diagnostic, the cold share of warm users' top 10, and the cold-valid users' valid figure; [] when off."""
+    if not any("cold" in m for m in metrics.values()):
+        return []
+    ks = [k for k in ctx.cfg.eval.ks if k in (10, 20)] or list(ctx.cfg.eval.ks)
+    cols = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG")]
+    s = ctx.cfg.split
+    lines = ["## Cold items", "", f"{s.cold_items:.0%} of items held out of training (`split.cold_by={s.cold_by}`, "
+             f"seed {s.cold_seed}), half cold-valid, half cold-test. Full ranking over all items, history excluded. "
+             "`cold`: test target cold (history without cold items); `warm`: the other test users; `cold only`: "
+             "the cold users' target ranked among the cold items alone; `cold in top 10`: the cold items' share of "
+             "warm users' top 10 (against their share of the catalogue); `valid cold`: cold-valid users, the group "
+             "choices are made on.", "",
+             "| model | group | users | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    for name in sorted(metrics):
+        m = metrics[name]
+        if "cold" not in m:
+            continue
+        rows = [("cold", m["cold"]["full"]), ("cold only", m["cold"]["cold_only"]), ("warm", m["warm"]["full"])]
+        rows += [("valid cold", m["valid"]["cold"]["full"])] if "cold" in m.get("valid", {}) else []
+        for group, v in rows:
+            lines.append(f"| {name} | {group} | {v['users']} | " + " | ".join(f"{v[c]:.4f}" for c in cols) + " |")
+    return [*lines, "", *_cold_shares(metrics), ""]
+
+
+def _cold_shares(metrics: dict) -> list[str]:
+    """The over-promotion check: the cold items' share of warm users' top 10 beside their share of the catalogue."""
+    lines = ["| model | cold in top 10 | cold share of the catalogue | warm users | cold users dropped |",
+             "|---|---|---|---|---|"]
+    for name in sorted(n for n in metrics if "cold" in metrics[n]):
+        t, dropped = metrics[name]["warm"]["cold_share_top10"], metrics[name]["cold"].get("users_dropped")
+        lines.append(f"| {name} | {t['share']:.4f} | {t['catalogue']:.4f} | {t['users']} | "
+                     f"{'-' if dropped is None else dropped} |")
+    return lines
 
 
 def _recomputed(stages: dict) -> str:

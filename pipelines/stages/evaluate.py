@@ -1,6 +1,7 @@
 """The ``evaluate`` stage: every model of the day scored with the one protocol, serving artifacts, the report.
 
-Writes ``runs/<ds>/metrics.json`` (per model: test ``full``, ``sampled100``, ``slices``; ``valid`` without slices),
+Writes ``runs/<ds>/metrics.json`` (per model: test ``full``, ``sampled100``, ``slices``, with ``split.cold_items``
+the groups ``cold`` and ``warm``; ``valid`` without slices, its ``cold`` group the cold-valid users),
 ``runs/<ds>/ranks/<model>.npz`` (test phase, per evaluated user: ``users``, the target's 0-based rank under each
 protocol, slice membership; what paired comparisons and bootstrap intervals are computed from),
 ``runs/<ds>/models.json`` (the serving artifact directory of each model), ``report.md`` with plots, and on first
@@ -20,6 +21,7 @@ from pipelines.evaluation import report
 from pipelines.evaluation.data import eval_kwargs, evaluation_users, load_eval_data, negatives_for
 from pipelines.evaluation.protocol import evaluate
 from pipelines.evaluation.scorers import model_zoo
+from pipelines.summary import read_json
 
 
 def save_ranks(path: Path, kept: dict) -> None:
@@ -36,6 +38,7 @@ def run(ctx: StageContext) -> StageResult:
     users = evaluation_users(data, ctx.cfg.eval) if ctx.cfg.eval.users else None
     metrics, seconds, model_dirs = {}, {}, {}
     hist = data.history("test")
+    split_cold = read_json(ctx.run_dir / "stages" / "split.json").get("cold", {})
     for name, factory in model_zoo(ctx).items():
         model, arrays = factory(data)
         t0 = time.perf_counter()
@@ -45,6 +48,8 @@ def run(ctx: StageContext) -> StageResult:
         save_ranks(ctx.run_dir / "ranks" / f"{name}.npz", kept)
         valid = evaluate(model, data, neg, "valid", users=users, **kw)
         metrics[name]["valid"] = {k: v for k, v in valid.items() if k != "slices"}
+        if "cold" in metrics[name]:  # the split's count of cold-target users it could not keep (no history left)
+            metrics[name]["cold"]["users_dropped"] = split_cold.get("cold_users_dropped")
         metrics[name]["eval_seconds"] = seconds[name]
         if getattr(model, "notes", None):  # how an evaluated-only model was set up (a cascade's mix, say)
             metrics[name]["notes"] = model.notes
