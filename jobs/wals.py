@@ -4,7 +4,7 @@ Hu, Koren and Volinsky's weighted ALS: preference p = 1[count > 0], confidence c
 Spark scales the L2 penalty of each row by its number of interactions (ALS-WR); pass ``regularization``
 already divided accordingly if you need implicit's unscaled meaning (the stage does this, see
 ``pipelines/backends/wals.py``). Writes ``user_factors`` / ``item_factors`` (keyed by the original ids) to the zone
-given in params. Run alone:
+given in params; the split's ``cold_items`` (when it wrote some) are left out of the fit. Run alone:
 ``spark-submit jobs/wals.py --home H --ds D --params '{"factors": 64, "regularization": 0.05, "alpha": 10,
 "iterations": 15, "seed": 42, "splits": ["train"], "zone": "warehouse"}'``.
 """
@@ -28,6 +28,9 @@ def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf:
         raise DataError(str(src), "no sequences partition for this ds.", "run the split stage first.")
     spark = spark_session("recpipe-wals", master, spark_conf)
     seq = spark.read.parquet(str(src)).filter(F.col("split").isin(list(params.get("splits", ["train"]))))
+    cold = partition_path(home, "cold_items", ds)
+    if cold.exists():  # the split's cold items: never fitted, not even from a valid target (train + valid refit)
+        seq = seq.join(spark.read.parquet(str(cold)).select("item_idx"), "item_idx", "left_anti")
     counts = seq.groupBy("user_idx", "item_idx").agg(F.count("*").cast("float").alias("count")).cache()
     counts.count()
     als = ALS(rank=int(params["factors"]), maxIter=int(params["iterations"]), regParam=float(params["regularization"]),

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from models.configs import LLMRecConfig
 from models.mp_head import attach_mp_head
+from models.sasrec import never_candidates
 
 TEXT, USER, ITEM, DOC = 0, 1, 2, 3
 
@@ -170,15 +171,15 @@ def add_lora(backbone: nn.Module, cfg: LLMRecConfig) -> nn.Module:
 
 
 def ranking_loss(q: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, normaliser: float,
-                 negatives: torch.Tensor | None = None) -> torch.Tensor:
-    """Summed cross-entropy of each query's target over all items (padding never a candidate), divided by
-    ``normaliser``; with ``negatives`` (B, n) a sampled softmax over [target, negatives] instead.
+                 negatives: torch.Tensor | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed cross-entropy of each query's target over all items (padding and the ``exclude`` items, (N + 1,)
+    bool, never candidates: ``models.sasrec.never_candidates``), divided by ``normaliser``; with ``negatives``
+    (B, n) a sampled softmax over [target, negatives] instead (the caller draws no excluded item).
 
     q (B, d), items (N + 1, d), targets (B,) item ids.
     """
     if negatives is None:
-        logits = q @ items.T                                                    # (B, N + 1)
-        logits[:, 0] = float("-inf")
+        logits = never_candidates(q @ items.T, exclude)                         # (B, N + 1)
         return F.cross_entropy(logits, targets, reduction="sum") / normaliser
     cand = torch.cat([targets[:, None], negatives], dim=1)                      # (B, 1 + n)
     logits = (q[:, None, :] * items[cand]).sum(-1)                              # (B, 1 + n)

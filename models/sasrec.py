@@ -185,18 +185,29 @@ class SASRec(nn.Module):
 
 # ----------------------------------------------------------------------------- losses (pure functions)
 
+def never_candidates(logits: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``logits`` (M, N + 1) with the padding column and the ``exclude`` items ((N + 1,) bool) at -inf, in place:
+    items a training softmax must not see at all, not even as negatives. The one rule both training softmaxes
+    (``ce_loss``, ``models.llmrec.ranking_loss``) apply; ``exclude`` is how held-out (cold) items stay untrained,
+    their rows getting no gradient, so no loss learns to bury them."""
+    logits[:, 0] = float("-inf")                                                # padding is never a candidate
+    if exclude is not None:
+        logits[:, exclude] = float("-inf")
+    return logits
+
+
 def ce_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
-            normaliser: float | None = None) -> torch.Tensor:
+            normaliser: float | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over all items, computed only where there is a target.
 
     hidden (B, T, H), targets (B, T) with 0 = no target, items (N + 1, H). ``normaliser``: divide the summed loss by
     this count instead of the local number of targets (data-parallel ranks pass the global count so their gradients
-    average to the one-process gradient exactly).
+    average to the one-process gradient exactly). ``exclude``: (N + 1,) bool, items outside the softmax
+    (``never_candidates``); no target may be one.
     """
     keep = targets != 0                                                         # (B, T)
     h = hidden[keep]                                                            # (M, H)
-    logits = h @ items.T                                                        # (M, N + 1)
-    logits[:, 0] = float("-inf")                                                # padding is never a candidate
+    logits = never_candidates(h @ items.T, exclude)                             # (M, N + 1)
     loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     return loss / (normaliser if normaliser is not None else max(int(keep.sum()), 1))
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from features.interactions import count_matrix
 from jobs import warehouse
+from jobs.split import read_cold
 from pipelines.config import WalsConfig
 from pipelines.context import StageContext
 
@@ -55,10 +56,22 @@ def _factor_table(ids: list[str], vecs: np.ndarray, id_col: str, idx_col: str, s
                      "factors": pa.FixedSizeListArray.from_arrays(flat, f).cast(pa.list_(pa.float32()))})
 
 
+def training_matrix(ctx: StageContext, splits: tuple[str, ...], n_users: int, n_items: int):
+    """(U, N + 1) counts of the ``splits`` of ``sequences`` that a fit may see: never a cold item's (with the split's
+    cold-item protocol a cold-valid target is a valid row, and a train + valid refit must not learn it)."""
+    cold = read_cold(ctx.home, ctx.ds)
+    return count_matrix(warehouse.read_arrow(ctx.home, "sequences", ctx.ds), n_users, n_items, splits,
+                        None if cold is None else cold.column("item_idx").combine_chunks())
+
+
 def spark_regularization(ctx: StageContext, reg: float, splits: tuple[str, ...]) -> float:
     """Spark's regParam for implicit's penalty ``reg``: divided by the mean interactions per user (ALS-WR)."""
-    seq = warehouse.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "split"])
-    n = int(np.isin(seq.column("split").to_numpy(zero_copy_only=False), splits).sum())
+    seq = warehouse.read_arrow(ctx.home, "sequences", ctx.ds, columns=["user_idx", "item_idx", "split"])
+    rows = np.isin(seq.column("split").to_numpy(zero_copy_only=False), splits)
+    cold = read_cold(ctx.home, ctx.ds)
+    if cold is not None:  # the job leaves the cold items' rows out: count the rows it fits
+        rows &= ~np.isin(seq.column("item_idx").to_numpy(), cold.column("item_idx").to_numpy())
+    n = int(rows.sum())
     n_users = len(np.unique(seq.column("user_idx").to_numpy()))
     return reg / max(n / n_users, 1.0)
 
@@ -107,7 +120,7 @@ def fit(ctx: StageContext, p: WalsConfig, splits: tuple[str, ...], zone: str, ba
         raise ValueError(f"wals.engine must be 'implicit' or 'spark', got '{p.engine}'")
     umap = warehouse.read_arrow(ctx.home, "user_map", ctx.ds).sort_by("user_idx")
     imap = warehouse.read_arrow(ctx.home, "item_map", ctx.ds).sort_by("item_idx")
-    m = count_matrix(warehouse.read_arrow(ctx.home, "sequences", ctx.ds), umap.num_rows, imap.num_rows, splits)
+    m = training_matrix(ctx, splits, umap.num_rows, imap.num_rows)
     users, items = umap.column("user_id").to_pylist(), [""] + imap.column("item_id").to_pylist()
     init, warm = warm_init(ctx, base, zone, users, items, p) if base else (None, {"warm": False})
     uf, itf, secs = fit_implicit(m, p, init, warm_iterations if init is not None else None)

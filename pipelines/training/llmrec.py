@@ -37,10 +37,11 @@ import torch
 from features.text import content_hash
 from models.configs import LLMRecConfig
 from models.llmrec import DOC, ITEM, TEXT, USER, LLMRec, info_nce, ranking_loss
+from models.sasrec import never_candidates
 from pipelines.backends.wals import fit_implicit
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
 from pipelines.training.loop import Step, StepLoss, Task
-from pipelines.training.ranking import full_ranks
+from pipelines.training.ranking import full_ranks, sample_items, training_exclude
 
 PROMPT_VERSION = "llmrec-v3"
 CODE_FILES = (Path(__file__), Path(__file__).resolve().parents[2] / "models" / "llmrec.py",
@@ -229,6 +230,7 @@ class LLMRecTask(Task):
         self.prompts, self.foldin, self.train, self.valid, self.data = prompts, foldin, train, valid, data
         self.batch_size, self.loss_kind, self.negatives = batch_size, loss, negatives
         self.align_weight, self.align_temperature, self.eval_batch = align_weight, align_temperature, eval_batch
+        self.exclude = training_exclude(data)  # cold items: in no example (train part only), in no softmax
 
     def inputs(self, ex: Examples, idx: np.ndarray, device) -> dict[str, torch.Tensor]:
         prefixes = [ex.prefixes[i] for i in idx]
@@ -264,9 +266,10 @@ class LLMRecTask(Task):
         targets = torch.from_numpy(self.train.targets[mine]).to(step.device)
         negs = None
         if self.loss_kind == "sampled":
-            n_items = items.shape[0] - 1
-            negs = torch.from_numpy(step.rng.integers(1, n_items + 1, size=(len(mine), self.negatives))).to(step.device)
-        loss = ranking_loss(q, items, targets, norm, negs)
+            negs = sample_items(step.rng, items.shape[0] - 1, (len(mine), self.negatives), self.exclude)
+            negs = torch.from_numpy(negs).to(step.device)
+        loss = ranking_loss(q, items, targets, norm, negs,
+                            None if self.exclude is None else self.exclude.to(step.device))
         # always computed (a zero weight gives zero gradients, not missing ones: every rank reduces the same tensors)
         keys = module.head.align_proj(module.item_text[targets].to(module.head.align_proj.weight.dtype)).float()
         loss = loss + self.align_weight * info_nce(q, keys, self.align_temperature, norm)
@@ -310,7 +313,7 @@ def calibrate_scale(module: LLMRec, task: LLMRecTask, n: int = 2000) -> float:
     u = torch.from_numpy(task.foldin([ex.prefixes[i] for i in idx]))
     module.head.log_scale.zero_()
     logits = module.head.query(torch.zeros(len(idx), module.head.query_proj.in_features), u) @ module.item_table().T
-    logits[:, 0] = float("-inf")
+    logits = never_candidates(logits, task.exclude)                             # the softmax of training
     targets = torch.from_numpy(ex.targets[idx])
     grid = np.logspace(-1, 3, 41)
     losses = [torch.nn.functional.cross_entropy(logits * s, targets).item() for s in grid]

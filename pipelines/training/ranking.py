@@ -1,10 +1,11 @@
-"""Full-ranking validation in torch for any model that scores by a dot product of user and item vectors."""
+"""Full-ranking validation in torch for any model that scores by a dot product of user and item vectors, and the
+items a training loss may draw as negatives."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipelines.evaluation.protocol import Csr, against_target, candidates_mask
+from pipelines.evaluation.protocol import Csr, EvalData, against_target, candidates_mask
 
 
 @torch.no_grad()
@@ -27,3 +28,18 @@ def full_ranks(users: torch.Tensor, items: torch.Tensor, hist: Csr, targets: np.
         cand = torch.from_numpy(candidates_mask(tuple(s.shape), r, it.astype(np.int64), tgt))
         out[lo:lo + len(b)] = ((against_target(s, ts) & cand).sum(1) - 1).numpy()  # minus the target itself
     return out
+
+
+def training_exclude(data: EvalData, device: str | torch.device = "cpu") -> torch.Tensor | None:
+    """(N + 1,) bool on ``device``: the items no training softmax may see (the cold items; ``ce_loss``'s and
+    ``ranking_loss``'s ``exclude``), or None when the split held none out."""
+    return None if data.cold is None else torch.from_numpy(data.cold_mask()).to(device)
+
+
+def sample_items(rng: np.random.Generator, n_items: int, size: tuple[int, ...],
+                 exclude: torch.Tensor | None = None) -> np.ndarray:
+    """Uniform item ids ``1..n_items`` of shape ``size`` (sampled negatives), never an ``exclude`` item."""
+    if exclude is None:
+        return rng.integers(1, n_items + 1, size=size)
+    allowed = np.flatnonzero(~exclude.cpu().numpy()[1:]) + 1
+    return allowed[rng.integers(0, len(allowed), size=size)]

@@ -24,7 +24,7 @@ from pipelines.config import Config
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
 from pipelines.training.loop import Step, StepLoss, Task
-from pipelines.training.ranking import full_ranks
+from pipelines.training.ranking import full_ranks, sample_items, training_exclude
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
@@ -116,6 +116,7 @@ class SequentialTask(Task):
         # number, so a target weighs the same in a batch of short histories as in one of long ones
         n_batches = -(-len(self.train.users) // self.batch_size)
         self.per_batch = float(self.train.n_targets.sum()) / n_batches if batching == "length_weighted" else None
+        self.exclude = training_exclude(data)  # cold items: no training sequence holds one, no softmax sees one
 
     def batches(self, seed: int) -> list[np.ndarray]:
         return self.train.batches(self.batch_size, seed, self.by_length)
@@ -131,11 +132,12 @@ class SequentialTask(Task):
         items = engine.module.item_table()                                      # (N + 1, H)
         hidden = engine(inp, users, items)                                      # (b, T, H)
         norm = n_global / step.world
+        exclude = None if self.exclude is None else self.exclude.to(step.device)
         if self.loss_kind == "ce":
-            loss = ce_loss(hidden, tgt, items, normaliser=norm)
+            loss = ce_loss(hidden, tgt, items, normaliser=norm, exclude=exclude)
         else:
-            neg = torch.from_numpy(step.rng.integers(1, self.data.n_items + 1, size=tuple(tgt.shape))).to(step.device)
-            loss = bce_loss(hidden, tgt, neg, items, normaliser=norm)
+            neg = sample_items(step.rng, self.data.n_items, tuple(tgt.shape), self.exclude)
+            loss = bce_loss(hidden, tgt, torch.from_numpy(neg).to(step.device), items, normaliser=norm)
         return StepLoss(loss, norm, int((tgt != 0).sum()))
 
     def validate(self, module: SASRec, device: torch.device) -> dict[str, float]:
