@@ -7,7 +7,8 @@ Engines (``embed.engine``):
 * ``onnx``: the model exported once, locally, to ONNX (``RECPIPE_HOME/models/onnx/``; transformer, attention mask
   and pooling in one graph, fp32) and run by ONNX Runtime. The export is checked against the torch model before it
   is kept (cosine >= 0.9999 on probe sentences). ``auto`` picks it on a CPU when ``onnxruntime`` is installed and the
-  model's pooling is mean or CLS.
+  model's pooling is mean or CLS. An export that does not load (a file cut short or missing) is moved aside with a
+  warning and exported again (``pipelines.damage``).
 * ``torch``: sentence-transformers itself (GPUs, any pooling).
 Speed and agreement: ``tests/benchmarks/results/engines.md``.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from features.text import content_hash
 from pipelines.backends.weights import default_encoder_dir
+from pipelines.damage import open_or_rebuild
 
 MIN_EXPORT_COSINE = 0.9999
 _PROBES = ["a", "Rose water facial toner for dry skin, 8 oz", "Purchases, newest first: mascara; eyeliner; lip balm",
@@ -178,14 +180,20 @@ class Encoder:
             from transformers import AutoTokenizer
 
             path = self.onnx_path()
-            if not path.exists():
-                path.parent.parent.mkdir(parents=True, exist_ok=True)
-                self._export(path)
             opts = ort.SessionOptions()
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             opts.intra_op_num_threads = self.threads or len(os.sched_getaffinity(0))
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            self._tok = AutoTokenizer.from_pretrained(path.parent)
+
+            def load():  # exported when missing; an export that does not load is moved aside and made again
+                if not path.exists():
+                    path.parent.parent.mkdir(parents=True, exist_ok=True)
+                    if path.parent.is_dir() and not any(path.parent.iterdir()):
+                        path.parent.rmdir()  # an empty folder: the export's rename needs its place
+                    self._export(path)
+                return (ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]),
+                        AutoTokenizer.from_pretrained(path.parent))
+
+            self._session, self._tok = open_or_rebuild(path.parent, load, "ONNX export", then="exported again")
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """(N, D) float32, unit L2 norm."""

@@ -7,7 +7,8 @@
   default: the same prompts, chat template, greedy decoding, stop tokens and length limit; the prompts' shared
   prefix (system message) is computed once; length-sorted batches run on parallel workers. The default on
   machines without a GPU (``describe.backend=auto``); speed and agreement with the fp32 transformers outputs:
-  ``tests/benchmarks/results/engines.md``.
+  ``tests/benchmarks/results/engines.md``. A conversion that does not load (a file cut short or missing) is moved
+  aside with a warning and converted again (``pipelines.damage``).
 * ``OpenAIBackend``: any OpenAI-compatible ``/v1/chat/completions`` server, with bounded concurrency,
   timeouts and retries (tenacity) with exponential backoff on 429, 5xx and transport errors (``Retry-After``
   honoured).
@@ -27,6 +28,7 @@ from typing import Iterator, Protocol, Sequence
 from features.text import Message, content_hash
 from pipelines.backends.retry import Retryable, retrying
 from pipelines.backends.weights import SMOLLM2_GGUF
+from pipelines.damage import open_or_rebuild
 
 
 @dataclass
@@ -239,15 +241,19 @@ class CTranslate2Backend:
         import ctranslate2
         from transformers import AutoTokenizer
 
-        path = convert_for_ctranslate2(self.model_dir, converted_dir(self.home, self.model_dir, self.quantization),
-                                       self.quantization)
+        target = converted_dir(self.home, self.model_dir, self.quantization)
         self._tok = AutoTokenizer.from_pretrained(self.model_dir)
         self._workers, per_worker = _workers(self.threads)
         import torch
 
         torch_threads = torch.get_num_threads()
-        self._gen = ctranslate2.Generator(str(path), device="cpu", compute_type=self.quantization,
-                                          inter_threads=self._workers, intra_threads=per_worker)
+
+        def load():  # converted when missing; a conversion that does not load is moved aside and made again
+            path = convert_for_ctranslate2(self.model_dir, target, self.quantization)
+            return ctranslate2.Generator(str(path), device="cpu", compute_type=self.quantization,
+                                         inter_threads=self._workers, intra_threads=per_worker)
+
+        self._gen = open_or_rebuild(target, load, "CTranslate2 conversion", then="converted again")
         # the constructor sets this thread's OpenMP thread count to intra_threads, which torch shares: training
         # later in the same process (recpipe run) ran on one core instead of all
         torch.set_num_threads(torch_threads)

@@ -2,7 +2,8 @@
 
 * ``LocalBM25``: ``bm25s`` over a document corpus held in memory (the catalogue's item documents plus any corpus
   a user supplies); the index is saved under ``RECPIPE_HOME/cache/bm25/<corpus hash>/`` and reloaded on a later
-  day when the corpus has not changed.
+  day when the corpus has not changed. A saved index that does not load whole (a file cut short or missing, or
+  another number of documents) is moved aside with a warning and built again (``pipelines.damage``).
 * ``TavilySearch`` and ``BraveSearch``: HTTP clients for those web search APIs. The key comes from the environment
   (an Airflow task exports it from the connection ``recpipe_search``) and is sent only in the request header; every
   answer is cached by a hash of (backend, query, k) in ``cache/search.sqlite``, so a re-run or a later day costs
@@ -25,6 +26,7 @@ import numpy as np
 from features.text import content_hash
 from pipelines.backends.retry import Retryable, retrying
 from pipelines.cache import Cache
+from pipelines.damage import open_or_rebuild
 
 
 @dataclass(frozen=True)
@@ -55,29 +57,48 @@ class LocalBM25:
 
     def __init__(self, docs: list[dict], index_dir: Path | None = None) -> None:
         """``docs``: dicts with ``doc_id, url, title, text``; ``index_dir``: where to save/reload the index."""
-        import bm25s
-
         if not docs:
             raise ValueError("the local search corpus is empty: the catalogue has no items and web.corpus no files")
         self.docs = docs
-        corpus = [f"{d['title']} {d['text']}" for d in docs]
-        if index_dir is not None and (index_dir / "params.index.json").exists():
-            self.index = bm25s.BM25.load(str(index_dir))
-            self.reused = True
+        self.reused = False
+        if index_dir is None:
+            self.index = self._build()
         else:
-            self.index = bm25s.BM25()
-            self.index.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
-            self.reused = False
-            if index_dir is not None:  # written aside, renamed into place: a killed run leaves no half index
-                import os
-                import shutil
+            self.index = open_or_rebuild(index_dir, lambda: self._load_or_build(index_dir), "bm25 index")
 
-                tmp = index_dir.with_name(f"{index_dir.name}.tmp-{os.getpid()}")
-                self.index.save(str(tmp))
-                try:
-                    tmp.rename(index_dir)
-                except OSError:  # another process saved it first
-                    shutil.rmtree(tmp, ignore_errors=True)
+    def _build(self):
+        import bm25s
+
+        index = bm25s.BM25()
+        corpus = [f"{d['title']} {d['text']}" for d in self.docs]
+        index.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+        return index
+
+    def _load_or_build(self, index_dir: Path):
+        """The index saved in ``index_dir``, checked whole (it loads, it holds every document); built and saved
+        when the folder is absent or empty."""
+        import bm25s
+
+        if index_dir.is_dir() and any(index_dir.iterdir()):
+            index = bm25s.BM25.load(str(index_dir))
+            n = index.scores.get("num_docs") if isinstance(index.scores, dict) else None
+            if n != len(self.docs):
+                raise ValueError(f"it indexes {n} documents, the corpus has {len(self.docs)}")
+            self.reused = True
+            return index
+        import os
+        import shutil
+
+        index = self._build()
+        if index_dir.is_dir():  # an empty folder (made by hand, or left over): the rename below needs its place
+            index_dir.rmdir()
+        tmp = index_dir.with_name(f"{index_dir.name}.tmp-{os.getpid()}")  # written aside, renamed into place: a
+        index.save(str(tmp))                                              # killed run leaves no half index
+        try:
+            tmp.rename(index_dir)
+        except OSError:  # another process saved it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return index
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         import bm25s

@@ -119,6 +119,11 @@ CASES: dict[str, tuple[str, list[str]]] = {
          f"{LO}::test_a_damaged_newest_epoch_falls_back_to_the_newest_intact_one",
          f"{LO}::test_best_pt_is_written_atomically_on_the_validate_at_start_path",
          "tests/unit/pipelines/test_refresh.py::test_an_incremental_llmrec_starts_from_the_base_days_final_weights"]),
+    "44.3_damaged_caches_and_conversions": (
+        "describe/embed/web_queries/search.sqlite, a bm25 index folder, a CTranslate2 and an ONNX conversion and the "
+        "converted default LLM, written through the code and cut to half: each named in a warning, moved aside as "
+        "<name>.corrupt-<time> and built again (a lock or a full disk is not taken for damage)",
+        ["tests/unit/pipelines/test_damaged_caches.py"]),
     "extra_two_stage_zero2_engines": ("a ZeRO-2 engine leaves no gradient hooks for the next training stage",
                                       [f"{LO}::test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage"]),
 }
