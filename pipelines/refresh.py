@@ -72,6 +72,15 @@ def rows_by_id(prev_ids: list[str], prev_rows: np.ndarray, ids: list[str], fresh
     return out, len(pairs)
 
 
+def uncarried_cold(ids: list[str], cold: np.ndarray | None) -> list[str]:
+    """``ids`` (indexed like ``cold``, (N + 1,) flags of ``EvalData.cold``) with the cold items renamed so that no
+    earlier day's row is carried to them: an item trained on yesterday may be held out today, and a warm start must
+    not bring its trained row back (it starts fresh, as a new item does)."""
+    if cold is None:
+        return ids
+    return [f"{i}\x00cold" if c else i for i, c in zip(ids, cold, strict=True)]
+
+
 def carry_item_rows(state: dict, prev_items: list[str], items: list[str], module) -> tuple[dict, dict]:
     """An earlier day's trainable weights for ``module`` (whose items are ``items``, padding first): every tensor
     indexed by item (first dimension ``len(prev_items)``, and ``len(items)`` in the module) is re-indexed by item id,

@@ -79,9 +79,16 @@ def spark_regularization(ctx: StageContext, reg: float, splits: tuple[str, ...])
 def warm_init(ctx: StageContext, base: str, zone: str, users: list[str], items: list[str],
               p: WalsConfig) -> tuple[tuple[np.ndarray, np.ndarray] | None, dict]:
     """Starting factors from day ``base``'s fit in ``zone``, matched by id; users and items that are new start as
-    implicit's cold start does (uniform * 0.01, seeded). None when that day has no such fit or another size."""
-    from pipelines.refresh import rows_by_id
+    implicit's cold start does (uniform * 0.01, seeded), and so do the items the split holds out today (``cold_items``:
+    an item fitted on ``base`` must not bring its fitted row back). None when that day has no such fit or another
+    size."""
+    from pipelines.refresh import rows_by_id, uncarried_cold
 
+    cold = read_cold(ctx.home, ctx.ds)
+    if cold is not None:
+        flags = np.zeros(len(items), bool)
+        flags[cold.column("item_idx").to_numpy()] = True
+        items = uncarried_cold(items, flags)
     try:
         prev = {t: warehouse.read_arrow(ctx.home, t, base, zone=zone) for t in ("user_factors", "item_factors")}
     except FileNotFoundError:

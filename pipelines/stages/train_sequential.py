@@ -27,7 +27,7 @@ from jobs import warehouse
 from pipelines import refresh
 from pipelines.context import StageContext, StageResult
 from pipelines.evaluation.data import load_eval_data
-from pipelines.refresh import carry_item_rows
+from pipelines.refresh import carry_item_rows, uncarried_cold
 from pipelines.training.distributed import init_distributed
 from pipelines.training.loop import damage, fit
 from pipelines.training.sequential import SequentialTask, build_model, code_version, feature_tables, user_vectors
@@ -110,7 +110,8 @@ def run(ctx: StageContext) -> StageResult:
             print(f"  {name}: batches of {task.batch_size} (train.batch_size {tm.train.batch_size}, min_batches "
                   f"{tm.min_batches}: {len(task.train.users):,} training users)", flush=True)
         model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
-        warm, base_key = warm_start(ctx, plan.base, name, model, list(item_ids)) if plan.incremental else (None, "")
+        warm, base_key = (warm_start(ctx, plan.base, name, model, uncarried_cold(list(item_ids), data.cold))
+                          if plan.incremental else (None, ""))
         train = dataclasses.replace(tm.train, batch_size=task.batch_size,
                                     epochs=min(tm.train.epochs, ctx.cfg.refresh.finetune_epochs) if warm
                                     else tm.train.epochs)

@@ -196,6 +196,35 @@ def test_count_matrix_leaves_the_cold_columns_empty():
     assert count_matrix(seq, 2, 8, ("train", "valid")).toarray()[0, 7] == 1
 
 
+def test_a_warm_start_never_brings_back_a_held_out_items_trained_row(tmp_path):
+    from features import schemas
+    from jobs import warehouse
+    from models.configs import SASRecConfig
+    from models.sasrec import SASRec
+    from pipelines.backends.wals import warm_init
+    from pipelines.context import StageContext
+    from pipelines.refresh import carry_item_rows, uncarried_cold
+
+    items = ["", "a", "b", "c"]                                  # c was trained on the base day, is cold today
+    flags = np.array([0, 0, 0, COLD_TEST], np.int8)
+    assert uncarried_cold(items, None) is items and uncarried_cold(items, flags)[:3] == items[:3]
+    model = SASRec(SASRecConfig(hidden=4, n_layers=1, n_heads=1), 3)
+    trained = {"item_emb.weight": torch.full((4, 4), 7.0)}
+    state, info = carry_item_rows(trained, items, uncarried_cold(items, flags), model)
+    assert (state["item_emb.weight"][:3] == 7).all() and (state["item_emb.weight"][3] != 7).all()
+    assert info["new_items"] == 1
+    cfg = load_config(None, ["wals.factors=2"])
+    ctx = StageContext(cfg, "2026-01-02", tmp_path)
+    warehouse.write_arrow(pa.table({"item_idx": pa.array([3], pa.int32()), "item_id": ["c"], "half": ["test"]},
+                                   schema=schemas.COLD_ITEMS), tmp_path, "cold_items", ctx.ds)
+    for table, ids, col in (("user_factors", ["u"], "user"), ("item_factors", items[1:], "item")):
+        warehouse.write_arrow(pa.table({f"{col}_id": ids, f"{col}_idx": pa.array(range(len(ids)), pa.int32()),
+                                        "factors": [[7.0, 7.0]] * len(ids)}, schema=schemas.TABLES[table]),
+                              tmp_path, table, "2026-01-01", "scratch")
+    (_, item_rows), info = warm_init(ctx, "2026-01-01", "scratch", ["u"], items, cfg.wals)
+    assert (item_rows[1:3] == 7).all() and (item_rows[3] < 0.01).all() and info["items_carried"] == 2
+
+
 # ----------------------------------------------------------------------------- config
 
 def test_the_settings_default_off_and_are_checked():
