@@ -173,6 +173,7 @@ def airflow_db(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a migrated Airflow database and four airflow CLI calls: about 25 s
 def test_the_readme_airflow_sequence_finds_and_unpauses_the_dag(airflow_db):
     """The documented Airflow commands (docs/operations.md, linked from the README), in their order, up to unpausing
     (the backfill needs a running scheduler): after them `airflow dags list` shows the DAG and unpause finds it

@@ -29,6 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 LLM_KEY, SEARCH_KEY = "sk-e2e-llm-marker-51d0", "tvly-e2e-search-marker-8c2e"
 MODELS = ("popularity", "wals", "sasrec", "grasp", "llmrec")
+# a smaller synthetic shop than the default (600 items, 1,500 users on day 0): the same stages, days and checks,
+# a third of the compute per task
+SMALL_SHOP = ["synthetic.items_day0=240", "synthetic.users_day0=500", "synthetic.new_items_per_day=6",
+              "synthetic.new_users_per_day=15"]
 pytestmark = pytest.mark.slow
 
 
@@ -83,7 +87,7 @@ def deployment(tmp_path_factory, tiny_llm_dir):
     home = root / "home"
     t0 = time.perf_counter()
     with LocalLLMServer() as llm:
-        overrides = ["describe.backend=openai", f"describe.openai.base_url={llm.base_url}", "describe.openai.model=m",
+        overrides = [*SMALL_SHOP, "describe.backend=openai", f"describe.openai.base_url={llm.base_url}", "describe.openai.model=m",
                      "describe.max_items=4", "describe.max_users=4", "train_sequential.train.epochs=2",
                      *small_llmrec(tiny_llm_dir)]
         try:

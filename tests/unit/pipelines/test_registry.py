@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from pipelines.config import load_config
 from pipelines.registry import flat_metrics, flat_params
 
@@ -73,6 +75,7 @@ def _open_new_homes(homes: list[str], barrier, out) -> None:
             out.put((home, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"))
 
 
+@pytest.mark.slow  # two spawned processes with MLflow each: about 20 s, out of make test-fast
 def test_two_processes_opening_a_new_homes_registry_at_once_both_succeed(tmp_path):
     """Two first runs on a new home at once (issue 44, 1): both creating MLflow's SQLite store failed at register,
     and left `_alembic_tmp_*` tables that failed every later run of the home. Now one creates it under a lock
