@@ -106,7 +106,10 @@ def split_home_with(split_home: Path, home: Path, stages: list[str], overrides: 
 
 
 def private_home(shared: Path, tmp_path: Path) -> Path:
-    """A copy of ``shared``'s warehouse under ``tmp_path/home``: a test's writes never reach the shared home."""
+    """A copy of ``shared``'s warehouse (and its scratch zone: WALS's train-only fit, which evaluate needs for the
+    valid phase) under ``tmp_path/home``: a test's writes never reach the shared home."""
     home = tmp_path / "home"
-    shutil.copytree(shared / "warehouse", home / "warehouse")
+    for zone in ("warehouse", "scratch"):
+        if (shared / zone).exists():
+            shutil.copytree(shared / zone, home / zone)
     return home

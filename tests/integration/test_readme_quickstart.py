@@ -50,8 +50,10 @@ def fresh_copy(dst: Path) -> Path:
 
 def newcomer_env(args: list[str]) -> dict[str, str]:
     """This environment less what a newcomer's shell would not have, with ``ARGS`` (the Makefile's pass-through)."""
-    drop = ("RECPIPE_", "MAKE", "MFLAGS", "PYTEST_", "VIRTUAL_ENV", "ARGS", "DS")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    drop = ("RECPIPE_", "MAKE", "MFLAGS", "PYTEST_")
+    # the Makefile's own variables, and the distributed set-up this process's earlier training left in its environment
+    exact = {"VIRTUAL_ENV", "ARGS", "DS", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop) and k not in exact}
     return env | {"ARGS": " ".join(shlex.quote(a) for kv in args for a in ("--set", kv))}
 
 
