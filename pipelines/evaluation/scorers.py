@@ -5,6 +5,9 @@ served through MLflow (``user_emb``, ``item_emb``, ``item_bias``; see ``pipeline
 * ``FactorScorer``: a dot product ``U_phase[users] @ V_phase.T``; serves WALS factors and every model whose training
   stage writes ``vectors.npz`` (user vectors per phase and the item table; see ``pipelines.graph.Stage.models``).
 * ``CascadeScorer``: one model re-ranks another's top-k (``llmrec.rerank_from``); evaluated, not served.
+* With ``split.cold_items``: the cold-item baselines (``add_cold_start``; content kNN, choices and the text vectors
+  in ``pipelines.evaluation.cold_start``): ``filled`` (kNN fill-in of SASRec's and WALS's cold rows) and
+  ``regressed`` (a ridge map from text vector to SASRec's item row); evaluated, not served.
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from typing import Callable
 
 import numpy as np
 
+from features.cold_start import fill_in, norm_matched, ridge_fit, ridge_predict
 from jobs import warehouse
 from pipelines.backends.wals import SCRATCH, load_factors
 from pipelines.context import StageContext
+from pipelines.evaluation import cold_start
 from pipelines.evaluation.data import evaluation_users
 from pipelines.evaluation.protocol import EvalData, Scorer, metrics_from_ranks, target_ranks
 from pipelines.graph import STAGES
@@ -148,9 +153,10 @@ def vectors(path: Path, data: EvalData) -> Served:
     return FactorScorer({"valid": (z["user_valid"], items), "test": (z["user_test"], items)}), arrays
 
 
-def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
+def model_zoo(ctx: StageContext, skipped: dict[str, str] | None = None) -> dict[str, Callable[[EvalData], Served]]:
     """The models to evaluate this day: name -> factory(data). Popularity always; WALS and trained models when
-    their outputs exist."""
+    their outputs exist; with the cold-item protocol on, the cold-item baselines (``cold_start``) whose inputs
+    exist, a reason for each one left out going to ``skipped``."""
     zoo: dict[str, Callable[[EvalData], Served]] = {"popularity": popularity}
     if warehouse.partition_path(ctx.home, "user_factors", ctx.ds).exists():
         zoo["wals"] = lambda d: wals(ctx, d)
@@ -166,4 +172,86 @@ def model_zoo(ctx: StageContext) -> dict[str, Callable[[EvalData], Served]]:
                            evaluation_users(d, ctx.cfg.eval))
 
         zoo[f"llmrec_cascade_{c.rerank_from}"] = _cascade
+    add_cold_start(ctx, zoo, {} if skipped is None else skipped)
     return zoo
+
+
+# ----------------------------------------------------------------------------- the cold-item baselines (issue 38)
+
+def filled(base: FactorScorer, text: np.ndarray, data: EvalData, fit_on: dict[str, str],
+           k: int = cold_start.FILL_K) -> Served:
+    """``base`` with each cold item's row, per phase, the mean of its ``k`` most text-similar trained warm items'
+    rows; ``fit_on``: the history each phase's item table was fit on (``trained_items``)."""
+    new = np.flatnonzero(data.cold_mask())               # the cold items, both halves
+    by_phase, donors = {}, {}
+    for phase, (u, v) in base.by_phase.items():
+        d = cold_start.trained_items(data, v, fit_on[phase])
+        by_phase[phase] = (u, fill_in(v, text, new, d, k)[0])
+        donors[phase] = int(len(d))
+    m = FactorScorer(by_phase)
+    m.notes = {"k": k, "cold_items": int(len(new)), "donors_by_phase": donors, "text_source": cold_start.TEXT_SOURCE}
+    return m, None
+
+
+def regressed(base: FactorScorer, text: np.ndarray, data: EvalData, batch: int = 1024,
+              lambdas: tuple[float, ...] = cold_start.RIDGE_GRID,
+              scales: tuple[float, ...] = cold_start.SCALE_GRID) -> Served:
+    """``base`` (SASRec: one item table for both phases, fit on train) with each cold item's row the ridge map of its
+    text vector, penalty and norm scale chosen on the cold-valid users."""
+    new = np.flatnonzero(data.cold_mask())               # the cold items, both halves
+    items = base.by_phase["valid"][1]
+    donors = cold_start.trained_items(data, items, "valid")
+    fits = {lam: ridge_fit(text[donors], items[donors], lam) for lam in lambdas}
+
+    def table(lam: float, scale: float) -> np.ndarray:
+        out = items.copy()
+        out[new] = norm_matched(ridge_predict(text[new], *fits[lam]), items[donors], scale)
+        return out
+
+    def scorer(lam: float, scale: float) -> FactorScorer:
+        t = table(lam, scale)
+        return FactorScorer({ph: (u, t) for ph, (u, _) in base.by_phase.items()})
+
+    cands = {(lam, s): (lambda lam=lam, s=s: scorer(lam, s)) for lam in lambdas for s in scales}
+    (lam, scale), grid, n = cold_start.choose_on_cold_valid(cands, data, batch)
+    m = scorer(lam, scale)
+    by = {str(a): {str(s): v for (b, s), v in grid.items() if b == a} for a in lambdas} if grid else {}
+    m.notes = {"ridge_lambda": lam, "norm_scale": scale, "donors": int(len(donors)), "cold_items": int(len(new)),
+               "chosen_on": cold_start.CHOSEN_ON if grid else "no cold-valid users: first of the grid",
+               "cold_valid_users": n,
+               "cold_valid_NDCG@10_by_lambda_scale": by, "text_source": cold_start.TEXT_SOURCE}
+    return m, None
+
+
+def add_cold_start(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served]], skipped: dict[str, str]) -> None:
+    """Add the cold-item baselines to ``zoo`` (after the day's base models) when the split held cold items out and
+    their inputs exist; ``skipped`` receives a reason for each one left out. Without cold items nothing changes."""
+    if not warehouse.partition_path(ctx.home, "cold_items", ctx.ds).exists():
+        return
+    why = cold_start.text_missing(ctx)
+    if why:
+        skipped.update({name: why for name in cold_start.MODELS})
+        return
+    cache: dict[int, np.ndarray] = {}
+
+    def text(d: EvalData) -> np.ndarray:
+        if d.n_items not in cache:
+            cache[d.n_items] = cold_start.text_vectors(ctx, d.n_items)
+        return cache[d.n_items]
+
+    batch = ctx.cfg.eval.batch_size
+    zoo["content_knn"] = lambda d: cold_start.content_knn(d, text(d), batch)
+    zoo["content_knn_last"] = lambda d: cold_start.content_knn_last(d, text(d))
+    if "sasrec" in zoo:
+        sasrec = zoo["sasrec"]
+        zoo["sasrec_fill_in"] = lambda d: filled(sasrec(d)[0], text(d), d, {"valid": "valid", "test": "valid"})
+        zoo["sasrec_regressor"] = lambda d: regressed(sasrec(d)[0], text(d), d, batch)
+    else:
+        skipped.update(dict.fromkeys(("sasrec_fill_in", "sasrec_regressor"),
+                                     f"no trained SASRec for ds={ctx.ds} (train_sequential/sasrec/vectors.npz): run "
+                                     "train_sequential with sasrec in train_sequential.models"))
+    if "wals" in zoo:
+        base, test_fit = zoo["wals"], "test" if ctx.cfg.wals.refit_on_valid else "valid"
+        zoo["wals_fill_in"] = lambda d: filled(base(d)[0], text(d), d, {"valid": "valid", "test": test_fit})
+    else:
+        skipped["wals_fill_in"] = f"no WALS factors for ds={ctx.ds}: run the wals stage"

@@ -5,7 +5,9 @@ the groups ``cold`` and ``warm``; ``valid`` without slices, its ``cold`` group t
 ``runs/<ds>/ranks/<model>.npz`` (test phase, per evaluated user: ``users``, the target's 0-based rank under each
 protocol, slice membership; what paired comparisons and bootstrap intervals are computed from),
 ``runs/<ds>/models.json`` (the serving artifact directory of each model), ``report.md`` with plots, and on first
-use the ``negatives`` partition.
+use the ``negatives`` partition. With ``split.cold_items`` the cold-item baselines
+(``pipelines.evaluation.cold_start``) are scored too; one whose inputs are missing is named in the stage record's
+``skipped`` with the reason.
 """
 from __future__ import annotations
 
@@ -39,7 +41,11 @@ def run(ctx: StageContext) -> StageResult:
     metrics, seconds, model_dirs = {}, {}, {}
     hist = data.history("test")
     split_cold = read_json(ctx.run_dir / "stages" / "split.json").get("cold", {})
-    for name, factory in model_zoo(ctx).items():
+    skipped: dict[str, str] = {}  # models left out for lack of inputs (the cold-item baselines), with the reason
+    zoo = model_zoo(ctx, skipped)
+    for name, why in skipped.items():
+        print(f"  evaluate {name}: skipped ({why})")
+    for name, factory in zoo.items():
         model, arrays = factory(data)
         t0 = time.perf_counter()
         kept: dict = {}
@@ -65,4 +71,5 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult(int((data.test > 0).sum()) if users is None else len(users),
                        {"metrics": str(ctx.run_dir / "metrics.json"), **model_dirs},
                        details={"models": sorted(metrics), "eval_seconds": seconds,
-                                "users": "all" if users is None else len(users)})
+                                "users": "all" if users is None else len(users),
+                                **({"skipped": skipped} if skipped else {})})

@@ -1,0 +1,95 @@
+"""Pure math of the cold-item baselines (issue 38): content kNN over text vectors, kNN fill-in of untrained item
+rows, a ridge map from text vectors to trained item vectors. Numpy only; no reads or writes.
+
+Every item array is indexed by item (row 0 is padding, like the models' tables); text vectors are the metadata
+text's (title, brand, category, price, the catalogue's own description), so a cold item has one from its first
+night and nothing in them comes from interactions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row divided by its L2 norm; an all-zero row stays zero."""
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x, dtype=np.float32), where=n > 0).astype(np.float32)
+
+
+def recency_ages(lengths: np.ndarray) -> np.ndarray:
+    """The age of each entry of ragged rows laid end to end (``lengths`` per row, oldest first): the last entry of a
+    row has age 0, the one before 1, and so on. (nnz,) int64."""
+    lengths = np.asarray(lengths, np.int64)
+    ends = np.repeat(np.cumsum(lengths), lengths)
+    return ends - 1 - np.arange(int(lengths.sum()))
+
+
+def recency_profiles(text: np.ndarray, rows: np.ndarray, items: np.ndarray, ages: np.ndarray, n_rows: int,
+                     decay: float) -> np.ndarray:
+    """(n_rows, D) weighted means ``sum_j decay**age_j * text[item_j] / sum_j decay**age_j`` over each row's
+    entries (``rows``, ``items``, ``ages`` aligned; ``rows`` ascending); ``decay=1`` is the plain mean, ``decay=0`` the
+    last item alone (``0**0 = 1``). A row without entries is zero."""
+    w = np.power(float(decay), ages.astype(np.float64))                       # (nnz,)
+    vals = np.zeros((len(items) + 1, text.shape[1]), np.float64)
+    np.cumsum(w[:, None] * text[items], axis=0, out=vals[1:])                 # (nnz + 1, D) running sums
+    wsum = np.concatenate([[0.0], np.cumsum(w)])
+    counts = np.bincount(rows, minlength=n_rows)[:n_rows]
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    total = wsum[ends] - wsum[starts]                                         # (n_rows,)
+    prof = (vals[ends] - vals[starts]) / np.where(total > 0, total, 1.0)[:, None]
+    return prof.astype(np.float32)
+
+
+def cosine_scores(profiles: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """(B, N + 1) cosine between each profile (B, D) and each item's text vector (N + 1, D); 0 where either is
+    zero."""
+    return unit_rows(profiles) @ unit_rows(text).T
+
+
+def top_similar(queries: np.ndarray, keys: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """(Q, k) indices into ``keys`` of the ``k`` rows most cosine-similar to each query, best first, ties broken by
+    the lower index (``k`` at most ``len(keys)``)."""
+    q, kv = unit_rows(queries), unit_rows(keys)
+    k = min(k, len(kv))
+    out = np.empty((len(q), k), np.int64)
+    for s in range(0, len(q), block):
+        sim = q[s:s + block] @ kv.T                                           # (b, K)
+        out[s:s + block] = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return out
+
+
+def fill_in(item_vectors: np.ndarray, text: np.ndarray, cold: np.ndarray, donors: np.ndarray,
+            k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of ``item_vectors`` (N + 1, H) where each ``cold`` item (indices) gets the mean of the trained vectors
+    of its ``k`` most text-similar ``donors`` (indices of warm items with trained rows); every other row is
+    unchanged. Returns the filled table and the (C, k) donor items each cold item took."""
+    out = np.array(item_vectors, dtype=np.float32, copy=True)
+    cold, donors = np.asarray(cold, np.int64), np.asarray(donors, np.int64)
+    if len(cold) == 0 or len(donors) == 0:
+        return out, np.zeros((len(cold), 0), np.int64)
+    nb = donors[top_similar(text[cold], text[donors], k)]                    # (C, k) item indices
+    out[cold] = item_vectors[nb].mean(axis=1)                                # (C, k, H) -> (C, H)
+    return out, nb
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form ridge regression with an unpenalised intercept: ``W`` (D, H) and ``b`` (H,) minimising
+    ``|x W + b - y|^2 + lam |W|^2`` over the rows of ``x`` (n, D) and ``y`` (n, H)."""
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    mx, my = x64.mean(0), y64.mean(0)
+    xc, yc = x64 - mx, y64 - my
+    gram = xc.T @ xc + lam * np.eye(x64.shape[1])
+    w = np.linalg.lstsq(gram, xc.T @ yc, rcond=None)[0] if lam <= 0 else np.linalg.solve(gram, xc.T @ yc)
+    return w, my - mx @ w
+
+
+def ridge_predict(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (np.asarray(x, np.float64) @ w + b).astype(np.float32)
+
+
+def norm_matched(pred: np.ndarray, reference: np.ndarray, scale: float) -> np.ndarray:
+    """``pred`` rescaled so its mean row norm is ``scale`` times ``reference``'s (the trained items')."""
+    p = float(np.linalg.norm(pred, axis=1).mean()) if len(pred) else 0.0
+    r = float(np.linalg.norm(reference, axis=1).mean()) if len(reference) else 0.0
+    return (pred * (scale * r / p if p > 0 else 0.0)).astype(np.float32)
