@@ -54,6 +54,13 @@ def eval_set(cfg: Config, home: Path, ds: str) -> dict:
             "targets": [ids[data.test[u]] for u in users]}
 
 
+def catalogue_size(model) -> int | None:
+    """How many items a model loaded by ``mlflow.pyfunc.load_model`` ranks (``serving.TopKModel.n_items``), or None
+    when it does not say."""
+    unwrap = getattr(model, "unwrap_python_model", None)
+    return getattr(unwrap(), "n_items", None) if unwrap is not None else None
+
+
 def score_topk(model, user_ids: list[str], exclude: list[list[str]], targets: list[str], ks: tuple[int, ...]) -> dict:
     """HR@k / NDCG@k of a served model on one held-out item per user (full ranking via its top-k list).
 
@@ -62,7 +69,8 @@ def score_topk(model, user_ids: list[str], exclude: list[list[str]], targets: li
     import pandas as pd
 
     kmax = max(ks)
-    out = model.predict(pd.DataFrame({"user_id": user_ids, "exclude": exclude}), params={"k": kmax})
+    n = catalogue_size(model)  # a served model refuses a k above its catalogue: a list of all of it is as good
+    out = model.predict(pd.DataFrame({"user_id": user_ids, "exclude": exclude}), params={"k": min(kmax, n or kmax)})
     found = zip(out["item_ids"], targets, strict=True)
     ranks = np.array([lst.index(t) if t in lst else kmax for lst, t in found])
     return {k: v for k, v in metrics_from_ranks(ranks, ks).items() if k != "MRR"}

@@ -50,6 +50,22 @@ def test_score_topk_ranks_through_the_served_top_k(home, tmp_path):
     assert score_topk(Served(path), ["u1"], [["i2"]], ["i5"], (1, 2))["HR@2"] == 0.0
 
 
+def test_score_topk_asks_a_loaded_model_for_no_more_than_its_catalogue(home, tmp_path):
+    """A served model refuses a k above its catalogue (HTTP 400): on six items, k=20 is asked as 6, same metrics."""
+    path = save_scorer(tmp_path / "m", "test", ["u0", "u1", "u2"], ["", *ITEMS], user_emb=np.ones((3, 1), np.float32),
+                       item_emb=np.array([[0.0], [6], [5], [4], [3], [2], [1]], np.float32),
+                       item_bias=np.zeros(7, np.float32), hist_indptr=np.zeros(4, np.int64),
+                       hist_indices=np.zeros(0, np.int32), top_k=5)
+
+    class Loaded(Served):  # as mlflow.pyfunc.load_model returns it
+        def unwrap_python_model(self):
+            return self.model
+
+    es = eval_set(load_config(), home, DS)
+    got = score_topk(Loaded(path), es["user_ids"], es["exclude"], es["targets"], (5, 10, 20))
+    assert got["HR@20"] == got["HR@5"] == 1.0
+
+
 def test_latest_successful_ds_names_the_folder_when_there_is_none(tmp_path):
     with pytest.raises(LookupError, match="no successful run under"):
         latest_successful_ds(tmp_path)
