@@ -30,6 +30,7 @@ from typing import Any
 
 from jobs.warehouse import partition_path
 from pipelines.config import Config, to_dict
+from pipelines.graph import STAGES
 from pipelines.locks import waiting
 
 CHALLENGER, CHAMPION = "challenger", "champion"
@@ -297,40 +298,67 @@ def log_run(cfg: Config, ds: str, home: Path, run_dir: Path, metrics: dict, mode
             if part.exists():
                 mlflow.log_artifacts(str(part), f"factors/{table}")
         for name, mdir in model_dirs.items():
-            models.append(_register(c, cfg, ds, name, mdir, metrics.get(name, {})))
+            models.append(_register(c, cfg, ds, name, mdir, metrics.get(name, {}), forward_dir(run_dir, name),
+                                    foldin_settings(cfg, name)))
     return {"run_id": run.info.run_id, "experiment": cfg.mlflow.experiment,
             "tracking_uri": tracking_uri(cfg, home), "models": models}
 
 
 def signature(top_k: int):
-    """Input ``user_id`` (+ optional ``exclude`` item ids), output the top-k lists (+ ``reason`` when asked), params
-    ``k`` and ``reasons``.
+    """Input ``user_id`` (+ optional ``history`` and ``exclude`` item ids), output the top-k lists (+
+    ``unknown_items`` with a history, ``reason`` when asked), params ``k`` and ``reasons``.
 
-    MLflow passes ``params`` to ``predict`` only when the signature declares them.
+    MLflow passes ``params`` to ``predict`` only when the signature declares them, and checks the input columns and
+    their types against it (a missing ``user_id`` or a ``history`` that is not a list: HTTP 400 before the model).
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "exclude", required=False)])
+    inputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "history", required=False),
+                     ColSpec(Array("string"), "exclude", required=False)])
     outputs = Schema([ColSpec("string", "user_id"), ColSpec(Array("string"), "item_ids"),
                       ColSpec(Array("double"), "scores"), ColSpec("boolean", "known"),
-                      ColSpec("string", "reason", required=False)])
+                      ColSpec("long", "unknown_items", required=False), ColSpec("string", "reason", required=False)])
     return ModelSignature(inputs, outputs, ParamSchema([ParamSpec("k", "long", top_k),
                                                         ParamSpec("reasons", "boolean", False)]))
 
 
-def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict) -> dict:
+def forward_dir(run_dir: Path, name: str) -> Path | None:
+    """The folder ``serving.save_forward`` wrote beside the vectors of the trained model ``name`` (SASRec, GRASP)
+    in the day's run folder, if any: logged with the model so a request's history runs the forward pass."""
+    for stage in STAGES:
+        d = run_dir / stage.name / name / "forward"
+        if name in stage.models and (d / "forward.json").exists():
+            return d
+    return None
+
+
+def foldin_settings(cfg: Config, name: str) -> dict | None:
+    """WALS's settings for folding a request's history in (``serving``); None for every other model."""
+    return {"regularization": cfg.wals.regularization, "alpha": cfg.wals.alpha} if name == "wals" else None
+
+
+def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict, forward: Path | None = None,
+              foldin: dict | None = None) -> dict:
+    """Log ``mdir`` (``serving.save_scorer``) as a pyfunc version of ``name`` under alias challenger, with the
+    ``forward`` folder (a sequential model's weights) or WALS's ``foldin`` settings when given."""
     import mlflow
 
     registered = model_name(cfg, name)
+    meta = json.loads((mdir / "meta.json").read_text())
+    top_k = max(1, min(cfg.mlflow.top_k, len(meta["item_ids"]) - 1))  # the default k is one the model accepts
+    artifacts = {"model": str(mdir), **({"forward": str(forward)} if forward is not None else {})}
+    needs = ["mlflow", "numpy", "pandas"] + (["torch", "safetensors"] if forward is not None else []) \
+        + (["torch", "scipy"] if foldin else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE), artifacts={"model": str(mdir)},
-                                       registered_model_name=registered, signature=signature(cfg.mlflow.top_k),
-                                       pip_requirements=["mlflow", "numpy", "pandas"])
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE), artifacts=artifacts,
+                                       model_config={"foldin": foldin} if foldin else None,
+                                       registered_model_name=registered, signature=signature(top_k),
+                                       pip_requirements=list(dict.fromkeys(needs)))
     version = str(info.registered_model_version)
     tags = {"recpipe.ds": ds, "recpipe.dataset": cfg.dataset}
-    key = json.loads((mdir / "meta.json").read_text()).get("model_key")
+    key = meta.get("model_key")
     if key:  # the trained weights' key: what the day's reasons table names in its ``model`` column
         tags["recpipe.model_key"] = key
     for key in ("NDCG@10", "HR@10"):

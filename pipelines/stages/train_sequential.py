@@ -7,6 +7,8 @@ attributes), frozen. For each model it writes ``runs/<ds>/train_sequential/<mode
 * ``vectors.npz``: ``user_valid`` (U, H) after the train items, ``user_test`` (U, H) after train + valid items and
   ``items`` (N + 1, H); a user's scores are ``user @ items.T``, which is exactly the model's output, so ``evaluate``
   scores them with the shared protocol and ``register`` serves them through the same pyfunc as every model;
+* ``forward/``: the model's config and weights (safetensors, no optimiser state; GRASP's text tables), which
+  ``register`` logs with the model so a request's ``history`` runs the forward pass (``pipelines.serving``);
 * ``result.json``: epochs, best epoch, valid NDCG@10 per epoch, seconds per epoch, peak memory.
 
 Checkpoints live under ``checkpoints/train_sequential/<ds>/<model>-<key>/`` where ``key`` hashes the model and loop
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from jobs import warehouse
-from pipelines import refresh
+from pipelines import refresh, serving
 from pipelines.context import StageContext, StageResult
 from pipelines.evaluation.data import load_eval_data
 from pipelines.refresh import carry_item_rows, uncarried_cold
@@ -143,6 +145,7 @@ def run(ctx: StageContext) -> StageResult:
             tmp = d / "vectors.tmp.npz"
             np.savez(tmp, user_valid=uv, user_test=ut, items=items)
             tmp.replace(d / "vectors.npz")
+            serving.save_forward(d / "forward", model)  # what serving runs on a request's history
             warehouse.write_json(d / "result.json", summary)
             outputs[name] = str(d)
             print(f"  {name}: best valid NDCG@10 {res.best_valid_ndcg10:.4f} at epoch {res.best_epoch} of "
