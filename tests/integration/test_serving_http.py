@@ -1,0 +1,140 @@
+"""A registered SASRec served by MLflow's own server (``mlflow models serve --env-manager local``, the command
+docs/operations.md gives) on 127.0.0.1: a request with a history is answered as the pyfunc answers it in process, each
+bad request gets a 400 naming the field (never a 500 or a traceback), and the server keeps serving."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DS, private_home, without_process_group
+
+pytestmark = pytest.mark.slow
+MODEL = "models:/sasrec@challenger"
+START_SECONDS = 90
+
+
+@pytest.fixture(scope="module")
+def registered(_synthetic_split, tmp_path_factory) -> dict:
+    """One epoch of a small SASRec on the synthetic shop, evaluated and registered (challenger) in a fresh home."""
+    from pipelines import runner
+    from pipelines.config import load_config
+    from pipelines.context import StageContext
+    from pipelines.evaluation.data import load_eval_data
+
+    home = private_home(_synthetic_split, tmp_path_factory.mktemp("serving_http"))
+    cfg = load_config(None, ["train_sequential.models=[sasrec]", "train_sequential.sasrec.hidden=32",
+                             "train_sequential.train.epochs=1", "train_sequential.train.batch_size=128"])
+    runner.run(cfg, DS, home, ["train_sequential", "evaluate", "register"])
+    data, user_ids, item_ids = load_eval_data(StageContext(cfg, DS, home))
+    hist = data.history("test")
+    user = next(u for u in range(data.n_users) if hist.indptr[u + 1] - hist.indptr[u] >= 2)
+    own = set(hist.indices[hist.indptr[user]:hist.indptr[user + 1]].tolist())
+    new = [item_ids[i] for i in range(1, data.n_items + 1) if i not in own][:2]
+    return {"home": home, "uri": f"sqlite:///{home / 'mlflow' / 'mlflow.db'}", "user": user_ids[user],
+            "history": [new[0], "no-such-item", new[1]], "own": {item_ids[i] for i in own}, "n_items": data.n_items}
+
+
+def post(port: int, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        text = e.read().decode()
+        try:
+            return e.code, json.loads(text)
+        except json.JSONDecodeError:
+            return e.code, {"message": text}
+
+
+def serve(uri: str, port: int, log: Path) -> subprocess.Popen:
+    """``mlflow models serve`` as docs/operations.md starts it (the venv's bin on PATH: it runs ``uvicorn`` by
+    name), in its own process group; returns once ``/ping`` answers (bounded wait)."""
+    venv_bin = Path(sys.executable).parent
+    env = {**without_process_group(), "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_TRACKING_URI": uri}
+    with log.open("w") as out:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", MODEL, "--env-manager", "local", "--host",
+                                 "127.0.0.1", "--port", str(port), "--workers", "1"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop(proc)
+    raise AssertionError(f"the server did not answer /ping in {START_SECONDS} s: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (mlflow and the uvicorn it started), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def test_mlflow_serves_request_time_history_and_refuses_bad_requests_with_400(registered, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from pipelines.training.distributed import free_port
+
+    r = registered
+    # the logged model carries what inference needs and no optimiser state
+    mlflow.set_tracking_uri(r["uri"])
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=MODEL, dst_path=str(tmp_path / "model")))
+    files = sorted(p.name for p in (local / "artifacts").rglob("*") if p.is_file())
+    assert files == ["forward.json", "meta.json", "model.npz", "weights.safetensors"]
+
+    good = {"dataframe_records": [{"user_id": r["user"], "history": r["history"]}], "params": {"k": 5}}
+    expected = mlflow.pyfunc.load_model(MODEL).predict(pd.DataFrame(good["dataframe_records"]), params={"k": 5})
+    port = free_port()
+    proc = serve(r["uri"], port, tmp_path / "server.log")
+    try:
+        status, body = post(port, good)
+        assert status == 200, body
+        [row] = body["predictions"]
+        assert row["item_ids"] == list(expected["item_ids"][0]) and len(row["item_ids"]) == 5
+        assert row["known"] is True and row["unknown_items"] == 1
+        assert not set(row["item_ids"]) & (r["own"] | set(r["history"]))   # the user's items, old and new, excluded
+
+        rec = {"user_id": r["user"], "history": r["history"]}
+        bad = {
+            "user_id": {"dataframe_records": [{"history": r["history"]}], "params": {"k": 5}},
+            "history": {"dataframe_records": [{"user_id": r["user"], "history": r["history"][0]}]},
+            "exclude": {"dataframe_records": [{**rec, "exclude": r["history"][0]}]},
+            "k=0": {"dataframe_records": [rec], "params": {"k": 0}},
+            "k=-3": {"dataframe_records": [rec], "params": {"k": -3}},
+            "k=catalogue+1": {"dataframe_records": [rec], "params": {"k": r["n_items"] + 1}},
+        }
+        answers = {case: post(port, request) for case, request in bad.items()}
+        for case, (status, body) in answers.items():
+            last = body.get("message", "").strip().splitlines()[-1:] or [""]
+            assert status == 400, (case, status, body)
+            assert re.search(rf"\b{case.split('=')[0]}\b", last[0]), (case, body)   # the field, on the last line
+            assert "stack_trace" not in body and "Traceback" not in body.get("message", ""), (case, body)
+
+        status, body = post(port, good)          # still serving, same answer
+        assert status == 200 and body["predictions"][0]["item_ids"] == row["item_ids"]
+    finally:
+        stop(proc)
