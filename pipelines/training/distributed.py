@@ -35,8 +35,11 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
         check_extension_locks()
         for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
+        invented = "MASTER_PORT" not in os.environ
         os.environ.setdefault("MASTER_PORT", str(free_port()))
         deepspeed.init_distributed(dist_backend=backend)
+        if invented:  # this process holds that port now: a child process (a task, a `make run`) must pick its own
+            del os.environ["MASTER_PORT"]
     return dist.get_rank(), dist.get_world_size()
 
 
