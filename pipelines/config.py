@@ -23,6 +23,7 @@ from pipelines.graph import BY_NAME
 
 CONF_DIR = Path(__file__).parent / "conf"
 DEFAULT_CONFIG = CONF_DIR / "synthetic.yaml"
+DEFAULT_SEED = 42  # the top-level ``seed`` when a config does not set one
 
 
 class ConfigError(ValueError):
@@ -153,6 +154,12 @@ class WalsConfig:
     seed: int | None = None  # None: the top-level ``seed`` (resolved by ``Config``); a number here wins
     refit_on_valid: bool = True
     grid: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def fit_seed(self) -> int:
+        """The seed a fit uses: ``seed``, or the top-level default when this section stands alone (outside a
+        ``Config``, which resolves ``None`` to the run's seed), so a fit is always reproducible."""
+        return DEFAULT_SEED if self.seed is None else self.seed
 
     def __post_init__(self) -> None:
         _one_of("engine", self.engine, ("implicit", "spark"))
@@ -538,7 +545,7 @@ class Config:
     """
 
     dataset: str = "synthetic"
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     data: DataConfig = DataConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     validate: ValidateConfig = ValidateConfig()

@@ -141,8 +141,10 @@ class Forward:
         self.items = torch.from_numpy(np.ascontiguousarray(item_emb, np.float32))   # (N + 1, H)
         with torch.inference_mode():
             table = self.model.item_table().detach()                          # (N + 1, H)
+        # bf16 training (infra/deepspeed/zero2_gpu.json) wrote its vectors at bf16's ~3 digits; a mix of two
+        # trainings differs by far more than that
         if self.items.shape != table.shape or \
-                float((table - self.items).abs().max()) > 1e-3 * (1.0 + float(self.items.abs().max())):
+                float((table - self.items).abs().max()) > 2e-2 * (1.0 + float(self.items.abs().max())):
             raise ValueError(f"{path} does not hold the weights the served item vectors came from (shapes "
                              f"{tuple(table.shape)} and {tuple(self.items.shape)}): two trainings were mixed")
 

@@ -39,7 +39,7 @@ def fit_implicit(m, p: WalsConfig, init: tuple[np.ndarray, np.ndarray] | None = 
     conf.data = 1.0 + p.alpha * conf.data                                 # c_ui = 1 + alpha * count
     with threadpool_limits(1, "blas"):  # implicit checks BLAS threads when constructed, so build it inside
         model = AlternatingLeastSquares(factors=p.factors, regularization=p.regularization, alpha=1.0,
-                                        iterations=iterations or p.iterations, random_state=p.seed,
+                                        iterations=iterations or p.iterations, random_state=p.fit_seed,
                                         num_threads=p.threads, calculate_training_loss=False)
         if init is not None:  # implicit starts from factors already set
             model.user_factors, model.item_factors = (np.ascontiguousarray(a, np.float32) for a in init)
@@ -96,7 +96,7 @@ def warm_init(ctx: StageContext, base: str, zone: str, users: list[str], items: 
     dims = {len(prev[t].column("factors")[0]) for t in prev if prev[t].num_rows}
     if dims != {p.factors}:
         return None, {"warm": False, "reason": f"{base}'s factors have {sorted(dims)} dimensions, not {p.factors}"}
-    rng = np.random.default_rng(p.seed)
+    rng = np.random.default_rng(p.fit_seed)
     out, info = [], {"warm": True, "base": base}
     for table, ids, id_col in (("user_factors", users, "user_id"), ("item_factors", items, "item_id")):
         t = prev[table]

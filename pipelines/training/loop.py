@@ -31,6 +31,7 @@ import resource
 import shutil
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -241,8 +242,8 @@ def damage(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error) as exc:  # the file's form; an OSError (permission,
+        return f"{type(exc).__name__}: {exc}"                             # I/O) is raised: never a reason to discard it
     return f"{bad} fails its CRC check" if bad else None
 
 
