@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import DS
 
 pytestmark = pytest.mark.slow
-SETS = ["split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.models=[sasrec]",
+SETS = ["synthetic.items_day0=240", "synthetic.users_day0=600", "split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.models=[sasrec]",
         "train_sequential.train.epochs=1", "train_sequential.sasrec.hidden=32", "train_sequential.train.batch_size=128"]
 BASELINES = ("content_knn", "content_knn_last", "sasrec_fill_in", "sasrec_regressor", "wals_fill_in")
 
