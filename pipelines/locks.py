@@ -43,35 +43,51 @@ def _holders(lock_dir: Path, name: str) -> list[dict]:
     return out
 
 
-@contextlib.contextmanager
-def hold(run_dir: Path, name: str, exclusive: bool, what: str) -> Iterator[None]:
-    """Hold ``runs/<ds>/.locks/<name>.lock`` (exclusive or shared) or raise ``DayBusy`` naming who holds it."""
-    lock_dir = Path(run_dir) / ".locks"
+def _open(lock: Path, label: str):
+    """The lock file ``lock`` opened for ``flock`` (its folder made), or an ``OSError`` naming ``label`` and the fix."""
     try:
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(lock_dir / f"{name}.lock", "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        return open(lock, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot create the run lock under {lock_dir}: {exc.strerror}; the home must be "
-                                 "writable (choose another --home or RECPIPE_HOME, or fix its permissions)") from None
-    try:
-        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        held = _holders(lock_dir, name)
-        who = "; ".join(f"pid {h['pid']} on {h['host']} since {h['since']} ({h['what']})" for h in held) or \
-            "another process"
-        raise DayBusy(f"{what} refused: {Path(run_dir).name} is being run by {who}. Wait for it to finish (or stop "
-                      f"it), then run again; two runs of one day on one home would replace each other's tables") from None
-    holder = lock_dir / f"{name}.holder-{os.getpid()}.json"
+        raise OSError(exc.errno, f"cannot create {label}: {exc.strerror}; the home must be writable (choose "
+                                 "another --home or RECPIPE_HOME, or fix its permissions)") from None
+
+
+def _who(lock: Path) -> str:
+    """The live holders of ``lock`` as recorded beside it, for a refusal."""
+    held = _holders(lock.parent, lock.stem)
+    return "; ".join(f"pid {h['pid']} on {h['host']} since {h['since']} ({h['what']})" for h in held) or \
+        "another process"
+
+
+@contextlib.contextmanager
+def _holding(fh, lock: Path, what: str, **extra) -> Iterator[None]:
+    """With ``fh`` locked: record who holds ``lock`` beside it while the block runs, then release both."""
+    holder = lock.parent / f"{lock.stem}.holder-{os.getpid()}.json"
     holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                  "command": " ".join(sys.argv)[:300]}))
+                                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **extra}))
     try:
         yield
     finally:
         holder.unlink(missing_ok=True)
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+@contextlib.contextmanager
+def hold(run_dir: Path, name: str, exclusive: bool, what: str) -> Iterator[None]:
+    """Hold ``runs/<ds>/.locks/<name>.lock`` (exclusive or shared) or raise ``DayBusy`` naming who holds it."""
+    lock = Path(run_dir) / ".locks" / f"{name}.lock"
+    fh = _open(lock, f"the run lock under {lock.parent}")
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise DayBusy(f"{what} refused: {Path(run_dir).name} is being run by {_who(lock)}. Wait for it to finish (or "
+                      "stop it), then run again; two runs of one day on one home would replace each other's "
+                      "tables") from None
+    with _holding(fh, lock, what, command=" ".join(sys.argv)[:300]):
+        yield
 
 
 @contextlib.contextmanager
@@ -80,12 +96,7 @@ def waiting(lock: Path, what: str, timeout_s: float = 600.0) -> Iterator[None]:
     ``DayBusy`` naming the holder. For work of seconds that must be done once (``pipelines.registry``: a store's
     creation), where a second process should wait for the first rather than be refused."""
     lock = Path(lock)
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock, "a+")  # noqa: SIM115 (held open for the lock's lifetime)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot create the lock {lock}: {exc.strerror}; the home must be writable "
-                                 "(choose another --home or RECPIPE_HOME, or fix its permissions)") from None
+    fh = _open(lock, f"the lock {lock}")
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -94,18 +105,8 @@ def waiting(lock: Path, what: str, timeout_s: float = 600.0) -> Iterator[None]:
         except BlockingIOError:
             if time.monotonic() > deadline:
                 fh.close()
-                held = _holders(lock.parent, lock.stem)
-                who = "; ".join(f"pid {h['pid']} on {h['host']} since {h['since']} ({h['what']})" for h in held) \
-                    or "another process"
-                raise DayBusy(f"{what} gave up after {timeout_s:.0f} s waiting for {lock}, held by {who}; stop it "
-                              "or wait for it, then run again") from None
+                raise DayBusy(f"{what} gave up after {timeout_s:.0f} s waiting for {lock}, held by {_who(lock)}; "
+                              "stop it or wait for it, then run again") from None
             time.sleep(0.05)
-    holder = lock.parent / f"{lock.stem}.holder-{os.getpid()}.json"
-    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}))
-    try:
+    with _holding(fh, lock, what):
         yield
-    finally:
-        holder.unlink(missing_ok=True)
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
