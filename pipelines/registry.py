@@ -361,6 +361,8 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict, for
     key = meta.get("model_key")
     if key:  # the trained weights' key: what the day's reasons table names in its ``model`` column
         tags["recpipe.model_key"] = key
+    if meta.get("day_one"):  # how it scores items it has no trained row for (chosen on the cold-valid users)
+        tags["recpipe.day_one"] = meta["day_one"]
     for key in ("NDCG@10", "HR@10"):
         if key in metrics.get("full", {}):
             tags[f"eval.full.{key.replace('@', '_')}"] = f"{metrics['full'][key]:.6f}"

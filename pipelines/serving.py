@@ -36,8 +36,9 @@ not a list of item ids, ``k`` below 1 or above the catalogue's size.
 
 The artifact ``model`` is a directory written by ``save_scorer``: ``model.npz`` (``user_emb (U, F)``,
 ``item_emb (N + 1, F)`` and ``item_bias (N + 1,)``: score = user_emb @ item_emb.T + item_bias; a popularity model has
-F = 0), ``history_indptr/indices`` (CSR of each user's items), ``meta.json`` (ids, kind, top_k) and optionally
-``reasons.json`` (``{user_id: [item_id, reason]}``). A sequential model also logs the artifact ``forward``
+F = 0), ``history_indptr/indices`` (CSR of each user's items), ``day_one_rows`` (the items whose rows a day-one
+path gave, ``pipelines.evaluation.scorers.day_one``), ``meta.json`` (ids, kind, top_k, ``day_one``: that path) and
+optionally ``reasons.json`` (``{user_id: [item_id, reason]}``). A sequential model also logs the artifact ``forward``
 (``save_forward``: ``forward.json``, ``weights.safetensors``, for GRASP ``tables.safetensors``): what inference needs,
 never optimiser state.
 """
@@ -59,16 +60,19 @@ except ImportError:  # pragma: no cover - save_scorer works without mlflow
 
 def save_scorer(path: Path, kind: str, user_ids: list[str], item_ids: list[str], user_emb: np.ndarray,
                 item_emb: np.ndarray, item_bias: np.ndarray, hist_indptr: np.ndarray, hist_indices: np.ndarray,
-                top_k: int, reasons: dict | None = None, model_key: str = "") -> Path:
-    """Write the artifact directory. ``item_ids[0]`` is the padding id ``""``."""
+                top_k: int, reasons: dict | None = None, model_key: str = "", day_one: str = "",
+                day_one_rows: np.ndarray | None = None) -> Path:
+    """Write the artifact directory. ``item_ids[0]`` is the padding id ``""``. ``day_one``: the path that gave the
+    items without a trained row theirs (``pipelines.evaluation.scorers.day_one``), ``day_one_rows`` those items."""
     path.mkdir(parents=True, exist_ok=True)
     if reasons:
         (path / "reasons.json").write_text(json.dumps(reasons))
     np.savez(path / "model.npz", user_emb=user_emb.astype(np.float32), item_emb=item_emb.astype(np.float32),
              item_bias=item_bias.astype(np.float32), history_indptr=hist_indptr.astype(np.int64),
-             history_indices=hist_indices.astype(np.int32))
+             history_indices=hist_indices.astype(np.int32),
+             day_one_rows=np.zeros(0, np.int64) if day_one_rows is None else np.asarray(day_one_rows, np.int64))
     (path / "meta.json").write_text(json.dumps({"kind": kind, "user_ids": user_ids, "item_ids": item_ids,
-                                                "top_k": top_k, "model_key": model_key}))
+                                                "top_k": top_k, "model_key": model_key, "day_one": day_one}))
     return path
 
 
@@ -116,8 +120,9 @@ def save_forward(path: Path, model) -> Path:
 class Forward:
     """A sequential model rebuilt from its artifact (``save_forward``): ``SASRec(config)`` + ``load_state_dict``."""
 
-    def __init__(self, path: Path, item_emb: np.ndarray) -> None:
-        """``item_emb`` (N + 1, H): the served item vectors (the model's ``item_table()``, computed at night)."""
+    def __init__(self, path: Path, item_emb: np.ndarray, day_one_rows: np.ndarray | None = None) -> None:
+        """``item_emb`` (N + 1, H): the served item vectors (the model's ``item_table()``, computed at night), the
+        rows ``day_one_rows`` given by a day-one path instead (items the model has no trained row for)."""
         import torch
         from safetensors.torch import load_file
 
@@ -141,6 +146,9 @@ class Forward:
         self.items = torch.from_numpy(np.ascontiguousarray(item_emb, np.float32))   # (N + 1, H)
         with torch.inference_mode():
             table = self.model.item_table().detach()                          # (N + 1, H)
+        if day_one_rows is not None and len(day_one_rows) and table.shape == self.items.shape:
+            rows = torch.from_numpy(np.asarray(day_one_rows, np.int64))
+            table[rows] = self.items[rows]                                    # rows the model never trained
         # bf16 training (infra/deepspeed/zero2_gpu.json) wrote its vectors at bf16's ~3 digits; a mix of two
         # trainings differs by far more than that
         if self.items.shape != table.shape or \
@@ -211,7 +219,8 @@ class TopKModel(PythonModel):
         self.top_k = int(meta["top_k"])
         self.reasons = json.loads((path / "reasons.json").read_text()) if (path / "reasons.json").exists() else {}
         self.mean_user = self.user_emb.mean(0) if len(self.user_emb) else np.zeros(self.item_emb.shape[1], np.float32)
-        self.forward = Forward(forward, self.item_emb) if forward is not None else None
+        rows = z["day_one_rows"] if "day_one_rows" in z.files else None           # (older artifacts: none)
+        self.forward = Forward(forward, self.item_emb, rows) if forward is not None else None
         self.foldin = None
         if foldin:
             from pipelines.training.llmrec import FoldIn

@@ -65,6 +65,18 @@ def cold_valid_users(data: EvalData) -> np.ndarray:
     return np.flatnonzero(data.groups("valid").get("cold", np.zeros(data.n_users, bool)))
 
 
+def warm_valid_users(data: EvalData) -> np.ndarray:
+    """The users with a valid target that is not a cold item."""
+    return np.flatnonzero((data.valid > 0) & ~data.cold_mask()[data.valid])
+
+
+def valid_ndcg(scorer: Scorer, data: EvalData, users: np.ndarray, batch: int = 1024) -> float:
+    """Full-ranking NDCG@10 of ``users`` on the valid phase (the test phase is never read)."""
+    dummy = np.zeros((data.n_users, 1), np.int32)                              # only the full ranking is read
+    full, *_ = target_ranks(scorer, data, "valid", users, dummy, batch)
+    return metrics_from_ranks(full, (10,))["NDCG@10"]
+
+
 def choose_on_cold_valid(candidates: dict[Hashable, Callable[[], Scorer]], data: EvalData,
                          batch: int = 1024) -> tuple[Hashable, dict, int]:
     """The key of ``candidates`` whose scorer has the highest full-ranking NDCG@10 on the cold-valid users (ties to
@@ -73,11 +85,7 @@ def choose_on_cold_valid(candidates: dict[Hashable, Callable[[], Scorer]], data:
     users = cold_valid_users(data)
     if len(users) == 0:
         return next(iter(candidates)), {}, 0
-    dummy = np.zeros((data.n_users, 1), np.int32)                              # only the full ranking is read
-    grid = {}
-    for key, make in candidates.items():
-        full, *_ = target_ranks(make(), data, "valid", users, dummy, batch)
-        grid[key] = metrics_from_ranks(full, (10,))["NDCG@10"]
+    grid = {key: valid_ndcg(make(), data, users, batch) for key, make in candidates.items()}
     return max(grid, key=grid.get), grid, len(users)
 
 

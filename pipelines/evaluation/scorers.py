@@ -7,7 +7,10 @@ served through MLflow (``user_emb``, ``item_emb``, ``item_bias``; see ``pipeline
 * ``CascadeScorer``: one model re-ranks another's top-k (``llmrec.rerank_from``); evaluated, not served.
 * With ``split.cold_items``: the cold-item baselines (``add_cold_start``; content kNN, choices and the text vectors
   in ``pipelines.evaluation.cold_start``): ``filled`` (kNN fill-in of SASRec's and WALS's cold rows) and
-  ``regressed`` (a ridge map from text vector to SASRec's item row); evaluated, not served.
+  ``regressed`` (a ridge map from text vector to SASRec's item row); evaluated, not served. And the day-one path
+  of every served factor model (``day_one``): WALS, SASRec, GRASP and the LLM recommender are scored and served
+  with their cold items' rows from the path chosen on the cold-valid users, ``<name>_as_trained`` evaluated
+  beside them.
 """
 from __future__ import annotations
 
@@ -225,7 +228,9 @@ def regressed(base: FactorScorer, text: np.ndarray, data: EvalData, batch: int =
 
 def add_cold_start(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served]], skipped: dict[str, str]) -> None:
     """Add the cold-item baselines to ``zoo`` (after the day's base models) when the split held cold items out and
-    their inputs exist; ``skipped`` receives a reason for each one left out. Without cold items nothing changes."""
+    their inputs exist, and put each served factor model on its day-one path (``day_one``; the model as trained
+    stays as ``<name>_as_trained``); ``skipped`` receives a reason for each one left out. Without cold items
+    nothing changes."""
     if not warehouse.partition_path(ctx.home, "cold_items", ctx.ds).exists():
         return
     why = cold_start.text_missing(ctx)
@@ -250,8 +255,48 @@ def add_cold_start(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served
         skipped.update(dict.fromkeys(("sasrec_fill_in", "sasrec_regressor"),
                                      f"no trained SASRec for ds={ctx.ds} (train_sequential/sasrec/vectors.npz): run "
                                      "train_sequential with sasrec in train_sequential.models"))
+    test_fit = "test" if ctx.cfg.wals.refit_on_valid else "valid"           # the history WALS's test fit saw
     if "wals" in zoo:
-        base, test_fit = zoo["wals"], "test" if ctx.cfg.wals.refit_on_valid else "valid"
-        zoo["wals_fill_in"] = lambda d: filled(base(d)[0], text(d), d, {"valid": "valid", "test": test_fit})
+        wals_base = zoo["wals"]
+        zoo["wals_fill_in"] = lambda d: filled(wals_base(d)[0], text(d), d, {"valid": "valid", "test": test_fit})
     else:
         skipped["wals_fill_in"] = f"no WALS factors for ds={ctx.ds}: run the wals stage"
+    for name in [n for n in zoo if n in DAY_ONE_MODELS]:   # served from the chosen day-one path; as trained beside
+        fit_on = {"valid": "valid", "test": test_fit if name == "wals" else "valid"}
+        zoo[f"{name}_as_trained"] = lambda d, m=zoo[name]: (m(d)[0], None)
+        zoo[name] = lambda d, m=zoo[name], fit_on=fit_on: day_one(m(d), text(d), d, fit_on, batch)
+
+
+DAY_ONE_MODELS = ("wals", "sasrec", "grasp", "llmrec")  # the served factor models
+# A day-one path may cost the warm valid users at most this share of the model's own warm-valid NDCG@10: new items
+# promoted above what a shopper would have bought is a loss the cold-valid figure alone does not see
+WARM_TOLERANCE = 0.01
+
+
+def day_one(base: Served, text: np.ndarray, data: EvalData, fit_on: dict[str, str], batch: int) -> Served:
+    """A served factor model with its cold items' rows from its day-one path: ``own`` (as trained: an ID model's
+    untrained row, the text path of GRASP and the LLM recommender), ``fill_in`` (``filled``) or, for a model with
+    one item table for both phases (the sequential models), ``regressor`` (``regressed``). Chosen on the valid
+    phase: the best full-ranking NDCG@10 of the cold-valid users among the paths whose warm-valid NDCG@10 is within
+    ``WARM_TOLERANCE`` of ``own``'s (ties to the earlier path). The served item table is the chosen one; the path,
+    the rows it gave and both grids go with it (``notes``, ``serving.save_scorer``)."""
+    scorer, arrays = base
+    paths: dict[str, FactorScorer] = {"own": scorer, "fill_in": filled(scorer, text, data, fit_on)[0]}
+    if scorer.by_phase["valid"][1] is scorer.by_phase["test"][1]:
+        paths["regressor"] = regressed(scorer, text, data, batch)[0]
+    _, cold, n = cold_start.choose_on_cold_valid({k: (lambda m=m: m) for k, m in paths.items()}, data, batch)
+    warm_users = cold_start.warm_valid_users(data)
+    warm = {k: cold_start.valid_ndcg(m, data, warm_users, batch) for k, m in paths.items()} if cold else {}
+    ok = [k for k in paths if k in cold and warm[k] >= (1.0 - WARM_TOLERANCE) * warm["own"]]
+    path = max(ok, key=cold.get) if ok else "own"
+    m = FactorScorer(paths[path].by_phase)
+    m.notes = {"day_one": path, "day_one_notes": getattr(paths[path], "notes", {}), "cold_valid_users": n,
+               "chosen_on": (f"cold-valid NDCG@10, warm-valid NDCG@10 within {WARM_TOLERANCE:.0%} of own" if cold
+                             else "no cold-valid users: own"),
+               "cold_valid_NDCG@10_by_path": cold, "warm_valid_NDCG@10_by_path": warm}
+    if arrays is not None and path != "own":
+        arrays = {**arrays, "item_emb": m.by_phase["test"][1], "day_one": path,
+                  "day_one_rows": np.flatnonzero(data.cold_mask())}
+    elif arrays is not None:
+        arrays = {**arrays, "day_one": path}
+    return m, arrays

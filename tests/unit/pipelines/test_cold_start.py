@@ -20,7 +20,7 @@ from features.cold_start import (
 from jobs import warehouse
 from pipelines.evaluation import cold_start as cs
 from pipelines.evaluation.protocol import COLD_TEST, COLD_VALID, Csr, EvalData, draw_negatives, evaluate
-from pipelines.evaluation.scorers import FactorScorer, filled, regressed
+from pipelines.evaluation.scorers import WARM_TOLERANCE, FactorScorer, day_one, filled, regressed
 
 DS = "2026-01-01"
 
@@ -148,6 +148,53 @@ def test_the_norm_scale_is_the_one_that_maximises_cold_valid_ndcg():
     assert (v[:4] == items[:4]).all() and (m.by_phase["valid"][0] == users).all()
 
 
+# ----------------------------------------------------------------------------- the day-one path
+
+def _day_one_case(one_table: bool):
+    items = np.array([[0, 0], [0.8, 0], [0, 1.3], [0, 3], [-9, 9], [-9, 9]], np.float32)   # cold rows: noise
+    text = items.copy()
+    text[4], text[5] = (1, 1), (-1, 2)
+    users = np.array([[1, 0], [0, -1], [1, 1]], np.float32)
+    d = _data([[3], [1], [2]], [4, 4, 1], [0, 0, 3], {4: COLD_VALID, 5: COLD_TEST}, 5)
+    base = FactorScorer({"valid": (users, items), "test": (users, items if one_table else items * 2)})
+    arrays = {"user_emb": users, "item_emb": items if one_table else items * 2, "item_bias": np.zeros(6, np.float32)}
+    return base, arrays, text, d, items
+
+
+def test_day_one_serves_the_path_best_on_cold_valid_and_names_it():
+    base, arrays, text, d, items = _day_one_case(True)
+    m, served = day_one((base, arrays), text, d, {"valid": "valid", "test": "valid"}, 1024)
+    cold, warm = m.notes["cold_valid_NDCG@10_by_path"], m.notes["warm_valid_NDCG@10_by_path"]
+    assert set(cold) == set(warm) == {"own", "fill_in", "regressor"} and m.notes["cold_valid_users"] == 2
+    # fill-in beats own on the cold-valid users (A, B) but costs the warm one (C) its first place: not eligible
+    assert cold["own"] < cold["fill_in"] < cold["regressor"] and warm["fill_in"] < warm["own"] == warm["regressor"]
+    assert m.notes["day_one"] == served["day_one"] == "regressor"
+    table = served["item_emb"]
+    assert table is m.by_phase["test"][1] and served["day_one_rows"].tolist() == [4, 5]
+    assert (table[:4] == arrays["item_emb"][:4]).all() and not (table[4:] == arrays["item_emb"][4:]).any()
+    assert served["user_emb"] is arrays["user_emb"] and (items[4] == [-9, 9]).all()    # nothing modified in place
+
+
+def test_day_one_never_buys_cold_figures_with_the_warm_users():
+    # WALS-like, two item tables: no regressor; fill-in alone is better on cold-valid and worse on warm-valid
+    base, arrays, text, d, _ = _day_one_case(False)
+    m, served = day_one((base, arrays), text, d, {"valid": "valid", "test": "valid"}, 1024)
+    cold, warm = m.notes["cold_valid_NDCG@10_by_path"], m.notes["warm_valid_NDCG@10_by_path"]
+    assert set(cold) == {"own", "fill_in"} and cold["fill_in"] > cold["own"]
+    assert warm["fill_in"] < (1 - WARM_TOLERANCE) * warm["own"]
+    assert m.notes["day_one"] == served["day_one"] == "own" and served["item_emb"] is arrays["item_emb"]
+
+
+def test_day_one_keeps_the_model_as_trained_when_that_is_best():
+    base, arrays, text, d, _ = _day_one_case(True)
+    good = base.by_phase["valid"][1].copy()
+    good[4] = (9, -0.5)                                                    # first for both cold-valid users
+    base = FactorScorer({ph: (u, good) for ph, (u, _) in base.by_phase.items()})
+    m, served = day_one((base, {**arrays, "item_emb": good}), text, d, {"valid": "valid", "test": "valid"}, 1024)
+    assert m.notes["day_one"] == served["day_one"] == "own" and "day_one_rows" not in served
+    assert served["item_emb"] is good
+
+
 # ----------------------------------------------------------------------------- the zoo
 
 def _home(tmp_path, cold: bool, text: bool = True):
@@ -187,7 +234,7 @@ def test_with_cold_items_the_baselines_join_the_zoo_or_say_why_not(tmp_path):
     skipped: dict = {}
     zoo = model_zoo(ctx, skipped)
     assert list(zoo) == ["popularity", "wals", "sasrec", "content_knn", "content_knn_last", "sasrec_fill_in",
-                         "sasrec_regressor", "wals_fill_in"] and skipped == {}
+                         "sasrec_regressor", "wals_fill_in", "wals_as_trained", "sasrec_as_trained"] and skipped == {}
     d = _data([[1]], [0], [2], {2: COLD_TEST}, 2)
     s = zoo["content_knn_last"](d)[0].score(np.array([0]), "test")        # text read from text_embeddings
     assert s[0, 1:] == pytest.approx([1.0, 0.0])

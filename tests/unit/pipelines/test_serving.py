@@ -126,6 +126,39 @@ def test_a_request_history_scores_as_the_model_would_on_the_stored_history_plus_
     assert out["known"].tolist() == [True, True, True, True]
 
 
+def test_a_day_one_row_is_served_and_only_it_may_differ_from_the_weights(tmp_path):
+    """A cold item's row given by a day-one path (``day_one_rows``) is the one a request's forward pass scores with
+    (the model's own row for it was never trained); any other row that differs from the weights is refused."""
+    import torch
+
+    from pipelines.serving import save_forward
+
+    model = tiny_sequential(False)
+    with torch.no_grad():
+        table = model.item_table().numpy()
+    filled = table.copy()
+    filled[8] = 3 * table[2]                                               # i8: the day-one row
+
+    def load(rows):
+        path = save_scorer(tmp_path / f"m{len(rows)}", "sasrec", USERS, CATALOGUE,
+                           user_emb=np.ones((3, table.shape[1]), np.float32),
+                           item_emb=filled, item_bias=np.zeros(9, np.float32),
+                           hist_indptr=np.cumsum([0] + [len(s) for s in STORED]),
+                           hist_indices=np.concatenate(STORED).astype(np.int32), top_k=3, day_one="fill_in",
+                           day_one_rows=np.array(rows, np.int64))
+        return TopKModel().load(path, forward=save_forward(tmp_path / f"f{len(rows)}", model))
+
+    with pytest.raises(ValueError, match="two trainings were mixed"):
+        load([])
+    m = load([8])
+    with torch.no_grad():
+        h = model(torch.tensor([[1, 4]]), torch.tensor([0]), torch.from_numpy(filled))[0, -1].numpy()
+    out = m.predict(None, pd.DataFrame({"user_id": ["newcomer"], "history": [["i1", "i4"]]}), {"k": 6})
+    want = h @ filled.T
+    assert out["item_ids"][0] == expected_top(want, [1, 4], 6) and "i8" in out["item_ids"][0]
+    assert np.allclose(out["scores"][0], at(want, out["item_ids"][0]), atol=1e-5)
+
+
 def test_without_new_items_the_nightly_vector_answers(tmp_path):
     m = served_sequential(tmp_path, tiny_sequential(False))
     plain = m.predict(None, pd.DataFrame({"user_id": ["u0", "u1"]}), {"k": 4})
