@@ -24,7 +24,7 @@ from pipelines.backends.llm import render_chat, require_hf_dir
 @dataclass
 class Rationale:
     text: str
-    pieces: list[str]           # the generated tokens (EOS excluded), decoded one by one
+    pieces: list[str]           # the generated tokens (EOS excluded), each the text it adds (pieces_of)
     attention: np.ndarray       # (G,) s_attn
     entropy: np.ndarray         # (G,) s_ent, nats
 
@@ -98,9 +98,22 @@ class RationaleWriter:
             self.tokens += n
             a = att[b, : p + n, : p + n].float().numpy()
             res.append(Rationale(self.tok.decode(toks, skip_special_tokens=True).strip(),
-                                 [self.tok.decode([t]) for t in toks], attention_scores(a, p),
+                                 pieces_of(self.tok, toks), attention_scores(a, p),
                                  entropies(logits[b, :n].float().numpy())))
         return res
+
+
+def pieces_of(tok, ids: list[int]) -> list[str]:
+    """Each token of ``ids`` as the text it adds to the decoded sequence, the space before it included: a byte-level
+    BPE token (SmolLM2's) carries its space, a WordPiece one (BERT's) gets it from the decoder, so each piece is
+    what the decoded prefix grows by (the token decoded alone where the prefix is not kept, e.g. a split
+    character)."""
+    out, prev = [], ""
+    for i, t in enumerate(ids):
+        cur = tok.decode(ids[:i + 1], skip_special_tokens=True)
+        out.append(cur[len(prev):] if cur.startswith(prev) else tok.decode([t]))
+        prev = cur
+    return out
 
 
 def teacher_forced(model, layers: list[int], full, fmask, start: int, g: int):

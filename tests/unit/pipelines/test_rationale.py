@@ -64,3 +64,21 @@ def test_padding_columns_get_no_attention():
     fmask = torch.tensor([[0, 0, 1, 1, 1, 1]])
     att, _ = teacher_forced(model, [1], full, fmask, 5, 1)
     assert torch.all(att[0, :, :2] == 0) and torch.allclose(att[0, 2:].sum(-1), torch.ones(4))
+
+
+def test_pieces_carry_the_space_before_each_word_for_a_wordpiece_tokenizer_too():
+    """A WordPiece token decoded alone has no space before it (BERT's decoder adds it): pieces are what each token
+    adds to the decoded text, so the words of the query are the rationale's words, never several glued into one."""
+    from transformers import AutoTokenizer
+
+    from features.query_scoring import merge_words
+    from pipelines.backends.rationale import pieces_of
+    from pipelines.backends.weights import default_encoder_dir
+
+    tok = AutoTokenizer.from_pretrained(default_encoder_dir())
+    ids = tok("guarantee turnpike mall, unbelievably worst", add_special_tokens=False)["input_ids"]
+    pieces = pieces_of(tok, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == tok.decode(ids)
+    assert [w for w, _ in merge_words(pieces, np.ones(len(pieces)))] == [
+        "guarantee", "turnpike", "mall", ",", "unbelievably", "worst"]
+    assert [tok.decode([t]) for t in ids][1] == "turnpike"                    # alone: no space, so it would glue
