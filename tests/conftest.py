@@ -51,13 +51,20 @@ def small_llmrec(model_dir: Path) -> list[str]:
             f"web.model_path={model_dir}", "web.users=5", "web.max_new_tokens=6"]
 
 
+# A smaller synthetic shop than the default (600 items, 1,500 users on day 0) for the tests that run stages on one:
+# the same stages and checks, about a third of the compute per stage
+SMALL_SHOP = ["synthetic.items_day0=240", "synthetic.users_day0=500", "synthetic.new_items_per_day=6",
+              "synthetic.new_users_per_day=15"]
+
+
 @pytest.fixture(scope="session")
 def _synthetic_split(tmp_path_factory) -> Path:
+    """A synthetic home (``SMALL_SHOP``) after ingest, validate and split."""
     from pipelines import runner
     from pipelines.config import load_config
 
     home = tmp_path_factory.mktemp("synthetic_split")
-    runner.run(load_config(), DS, home, ["ingest", "validate", "split"])
+    runner.run(load_config(None, SMALL_SHOP), DS, home, ["ingest", "validate", "split"])
     return home
 
 

@@ -29,10 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 LLM_KEY, SEARCH_KEY = "sk-e2e-llm-marker-51d0", "tvly-e2e-search-marker-8c2e"
 MODELS = ("popularity", "wals", "sasrec", "grasp", "llmrec")
-# a smaller synthetic shop than the default (600 items, 1,500 users on day 0): the same stages, days and checks,
-# a third of the compute per task
-SMALL_SHOP = ["synthetic.items_day0=240", "synthetic.users_day0=500", "synthetic.new_items_per_day=6",
-              "synthetic.new_users_per_day=15"]
 pytestmark = pytest.mark.slow
 
 
@@ -76,7 +72,7 @@ def _logs_tail(stack) -> str:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, tiny_llm_dir):
-    from tests.conftest import small_llmrec
+    from tests.conftest import SMALL_SHOP, small_llmrec
 
     root = tmp_path_factory.mktemp("airflow_deployment")
     # backfills and triggers only: no scheduled run of today competes with them on 2 cores; both API keys set to

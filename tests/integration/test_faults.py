@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import without_process_group
+from tests.conftest import SMALL_SHOP, without_process_group
 
 pytestmark = pytest.mark.slow
 DS = "2026-01-01"
@@ -74,7 +74,8 @@ def test_runs_killed_in_split_and_in_training_then_rerun_equal_uninterrupted_one
     import numpy as np
 
     victim = tmp_path / "victim"
-    run = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(victim), "--ds", DS, "--until", "split"]
+    run = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(victim), "--ds", DS, "--until", "split",
+           *[a for kv in SMALL_SHOP for a in ("--set", kv)]]
     assert _run_until(run, f"[{DS}] split ...", 4.0) == -9
     again = subprocess.run(run, capture_output=True, text=True, timeout=600, env=without_process_group())
     assert again.returncode == 0, again.stderr[-2000:]

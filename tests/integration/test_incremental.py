@@ -11,7 +11,7 @@ import pytest
 from jobs import warehouse
 from pipelines import runner
 from pipelines.config import load_config
-from tests.conftest import DS, private_home
+from tests.conftest import DS, SMALL_SHOP, private_home
 from tests.llm_server import LocalLLMServer
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def _record(home, ds: str, stage: str) -> dict:
 def test_the_second_day_builds_on_the_first(_synthetic_split, tmp_path):
     home = private_home(_synthetic_split, tmp_path)
     with LocalLLMServer() as server:
-        sets = [*SETS, f"describe.openai.base_url={server.base_url}"]
+        sets = [*SMALL_SHOP, *SETS, f"describe.openai.base_url={server.base_url}"]
         cfg = load_config(None, sets)
         runner.run(cfg, DS, home, STAGES)                                   # day 1 on the shared split
         runner.run(cfg, D2, home, ["ingest", "validate", "split", *STAGES])

@@ -62,7 +62,7 @@ def local(ctx) -> dict:
 
 def test_spark_on_separate_executors_matches_local(ctx, local):
     cluster = _spark_job(ctx, "local-cluster[2,1,1024]", "spark_cluster")
-    assert local["user_factors"] == cluster["user_factors"] > 1000
+    assert local["user_factors"] == cluster["user_factors"] > 400
     assert local["item_factors"] == cluster["item_factors"] > 100
     nd_local, nd_cluster = _valid_ndcg(ctx, "spark_local"), _valid_ndcg(ctx, "spark_cluster")
     assert nd_local > 0.1  # far above popularity on the synthetic shop (~0.09)
