@@ -281,8 +281,10 @@ def day_one(base: Served, text: np.ndarray, data: EvalData, fit_on: dict[str, st
     ``WARM_TOLERANCE`` of ``own``'s (ties to the earlier path). The served item table is the chosen one; the path,
     the rows it gave and both grids go with it (``notes``, ``serving.save_scorer``)."""
     scorer, arrays = base
-    paths: dict[str, FactorScorer] = {"own": scorer, "fill_in": filled(scorer, text, data, fit_on)[0]}
-    if scorer.by_phase["valid"][1] is scorer.by_phase["test"][1]:
+    paths: dict[str, FactorScorer] = {"own": scorer}
+    if len(cold_start.cold_valid_users(data)):                          # else nothing to choose on: own
+        paths["fill_in"] = filled(scorer, text, data, fit_on)[0]
+    if len(paths) > 1 and scorer.by_phase["valid"][1] is scorer.by_phase["test"][1]:
         paths["regressor"] = regressed(scorer, text, data, batch)[0]
     _, cold, n = cold_start.choose_on_cold_valid({k: (lambda m=m: m) for k, m in paths.items()}, data, batch)
     warm_users = cold_start.warm_valid_users(data)

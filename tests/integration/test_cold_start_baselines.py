@@ -55,6 +55,7 @@ def _registered_and_served_with_their_day_one_path(home, metrics):
     from mlflow import MlflowClient
 
     from jobs import warehouse
+    from pipelines.registry import forward_dir
     from pipelines.serving import TopKModel
 
     uri = json.loads((home / "runs" / DS / "mlflow.json").read_text())["tracking_uri"]
@@ -65,7 +66,7 @@ def _registered_and_served_with_their_day_one_path(home, metrics):
     served = json.loads((home / "runs" / DS / "models.json").read_text())
     assert "sasrec_as_trained" not in served                            # evaluated beside, not served
     cold = set(warehouse.read_arrow(home, "cold_items", DS).column("item_id").to_pylist())
-    m = TopKModel().load(Path(served["sasrec"]), forward=home / "runs" / DS / "train_sequential" / "sasrec" / "forward")
+    m = TopKModel().load(Path(served["sasrec"]), forward=forward_dir(home / "runs" / DS, "sasrec"))
     users = json.loads((Path(served["sasrec"]) / "meta.json").read_text())["user_ids"][:200]
     out = m.predict(None, pd.DataFrame({"user_id": users}), {"k": 20})
     assert cold & set(np.concatenate(out["item_ids"].to_numpy()))          # new items reach the served lists

@@ -66,10 +66,10 @@ def test_describe_caches_and_regenerates_only_what_changed(synthetic_home, tiny_
                        synthetic_home, "items", DS)
     imap = table(synthetic_home, "item_map")
     idx = imap.filter(pc.equal(imap.column("item_id"), item_id)).column("item_idx")[0].as_py()
-    seq = table(synthetic_home, "sequences").filter(pc.equal(table(synthetic_home, "sequences").column("split"), "train"))
+    from pipelines.catalogue import load_catalogue
+
     last = ctx.cfg.describe.user_history                                     # a user's text reads their last items
-    train = seq.to_pandas().sort_values(["user_idx", "position"]).groupby("user_idx")["item_idx"].apply(list)
-    buyers = {u for u, items in train.items() if idx in items[-last:]}
+    buyers = {u for u, items in load_catalogue(ctx).histories.items() if idx in items[-last:]}
     described_users = set(d.filter(pc.equal(d.column("kind"), "user")).column("idx").to_pylist())
     third = stage(ctx, "describe")
     assert third["generated"] == 1 + len(buyers & described_users)
