@@ -33,6 +33,7 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
 
     if not dist.is_initialized():
         check_extension_locks()
+        skip_inference_all_reduce_op()
         for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(k, v)
         invented = "MASTER_PORT" not in os.environ
@@ -41,6 +42,22 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
         if invented:  # this process holds that port now: a child process (a task, a `make run`) must pick its own
             del os.environ["MASTER_PORT"]
     return dist.get_rank(), dist.get_world_size()
+
+
+def skip_inference_all_reduce_op() -> None:
+    """On CPU, DeepSpeed's process-group setup compiles its shared-memory all-reduce op (``deepspeed_shm_comm``) just
+    in time: a C++ build of about 40 s on 2 cores, repeated for every new venv, and a compiler every user must have.
+    That op serves ``inference_all_reduce`` only (tensor-parallel inference), which recpipe never calls; training's
+    all-reduces go through the torch process group either way. Marking it not compatible is DeepSpeed's own way to
+    skip it (its setup then leaves ``shm_comm_op`` None, as on a platform without the op)."""
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    import deepspeed.ops
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
 STALE_LOCK_S = 600  # a JIT build of DeepSpeed's ops takes about a minute on 2 cores
