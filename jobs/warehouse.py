@@ -121,7 +121,12 @@ def check_spark(table: str, df: "DataFrame") -> None:
 def write_spark(df: "DataFrame", home: str | Path, table: str, ds: str, zone: str = "warehouse") -> int:
     """Check ``df`` against the declared schema, write it as the ``ds`` partition atomically, return rows."""
     check_spark(table, df)
-    final = partition_path(home, table, ds, zone)
+    return write_spark_to(df, partition_path(home, table, ds, zone))
+
+
+def write_spark_to(df: "DataFrame", final: Path) -> int:
+    """Write ``df`` as a Parquet folder ``final`` atomically (a sibling first, swapped in when complete, the old
+    folder removed only after); return its rows."""
     tmp = _tmp_sibling(final)
     try:
         df.write.mode("overwrite").parquet(str(tmp))

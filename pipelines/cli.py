@@ -7,6 +7,7 @@
   recpipe promote  --model NAME --history [same options]
   recpipe rollback --model NAME [--to-version N] [--reason TEXT] [same options]
   recpipe tune     wals|sasrec|grasp [same options]
+  recpipe score    --model NAME[@alias] --users PATH --out PATH [--k K] [--partitions N] [same options]
 """
 from __future__ import annotations
 
@@ -73,6 +74,15 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tune", help="grid search on valid only, then evaluate the chosen model once on test")
     t.add_argument("model", choices=["wals", "sasrec", "grasp"])  # pipelines.tuning.TUNERS (not imported here: it loads the pipeline)
     _common(t)
+    sc = sub.add_parser("score", help="score a user file with a registered model on Spark (mlflow spark_udf)")
+    sc.add_argument("--model", required=True, help="registered model and alias, e.g. sasrec@champion (default "
+                    "alias: champion)")
+    sc.add_argument("--users", required=True, help="Parquet file/folder or CSV with user_id and optional history, "
+                    "exclude (item ids, oldest first: a list column, or space-separated in CSV)")
+    sc.add_argument("--out", required=True, help="Parquet folder to write (replaced whole when complete)")
+    sc.add_argument("--k", type=int, default=None, help="items per user (default: mlflow.top_k)")
+    sc.add_argument("--partitions", type=int, default=0, help="repartition the users into N tasks (default: as read)")
+    _common(sc, ds=False)
     return p
 
 
@@ -161,9 +171,18 @@ def main(argv: list[str] | None = None) -> int:
             out = TUNERS[args.model](cfg, args.ds, home)
             print(json.dumps(out["chosen"], indent=2))
             return 0
+        if args.cmd == "score":
+            from pipelines.batch import score
+
+            out = score(cfg, home, args.model, args.users, args.out, args.k, args.partitions)
+            print(f"scored {out['rows']} users with {out['model']} (k={out['k']}) into {out['out']} "
+                  f"({out['files']} Parquet files)")
+            return 0
     except (ValueError, LookupError, OSError) as exc:
         fix = (f"see `recpipe promote --history --model {args.model}` for the versions and pass --to-version N"
                if args.cmd == "rollback" and not isinstance(exc, OSError) else None)
+        if args.cmd == "score" and isinstance(exc, ValueError):
+            fix = "correct the users file or the option named above and score again"
         return _fail(args.cmd, getattr(args, "ds", None), exc, fix=fix)
     return 1
 

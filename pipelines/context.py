@@ -14,6 +14,13 @@ def resolve_home(home: str | Path | None) -> Path:
     return Path(home or os.environ.get("RECPIPE_HOME") or ".recpipe").resolve()
 
 
+def spark_args(cfg: Config) -> tuple[str, dict]:
+    """``(master, conf)`` for the Spark jobs of ``jobs/``: the ``spark`` section."""
+    conf = {"spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+            "spark.driver.memory": cfg.spark.driver_memory, **cfg.spark.conf}
+    return cfg.spark.master, conf
+
+
 @dataclass(frozen=True)
 class StageContext:
     """One stage run: the resolved config, the logical date and ``RECPIPE_HOME``."""
@@ -33,9 +40,7 @@ class StageContext:
 
     def spark_args(self) -> tuple[str, dict]:
         """``(master, conf)`` for the Spark jobs of ``jobs/``."""
-        conf = {"spark.sql.shuffle.partitions": str(self.cfg.spark.shuffle_partitions),
-                "spark.driver.memory": self.cfg.spark.driver_memory, **self.cfg.spark.conf}
-        return self.cfg.spark.master, conf
+        return spark_args(self.cfg)
 
 
 @dataclass

@@ -138,3 +138,51 @@ def test_mlflow_serves_request_time_history_and_refuses_bad_requests_with_400(re
         assert status == 200 and body["predictions"][0]["item_ids"] == row["item_ids"]
     finally:
         stop(proc)
+
+
+def test_recpipe_score_writes_what_the_served_model_answers_on_spark(registered, tmp_path, capsys):
+    """``recpipe score`` on the local Spark master (the configured one): a Parquet users file (a known user with a
+    history holding an unknown item, one without, a new user with a history, one without) and the same users as CSV
+    (histories space-separated) give, row for row, what
+    the registered pyfunc answers in process; the output folder is written whole; a refused request names the field
+    and leaves the earlier output in place; a missing alias is named with the fix."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import cli
+
+    r = registered
+    mlflow.set_tracking_uri(r["uri"])
+    served = mlflow.pyfunc.load_model(MODEL)
+    other = next(u for u in served.unwrap_python_model().user_pos if u != r["user"])
+    users = pd.DataFrame({"user_id": [r["user"], other, "new-today", "new-and-silent"],
+                          "history": [r["history"], None, r["history"][:1], None]})
+    pq.write_table(pa.Table.from_pandas(users, preserve_index=False), tmp_path / "users.parquet")
+    users.assign(history=[" ".join(h) if h else None for h in users["history"]]).to_csv(tmp_path / "users.csv",
+                                                                                        index=False)
+    expected = served.predict(users, params={"k": 5}).set_index("user_id")
+    assert list(expected["known"]) == [True, True, True, False] and list(expected["unknown_items"]) == [1, 0, 0, 0]
+    home = ["--home", str(r["home"])]
+    for name in ("users.parquet", "users.csv"):
+        out = tmp_path / f"out-{name}"
+        assert cli.main(["score", *home, "--model", "sasrec@challenger", "--users", str(tmp_path / name),
+                         "--out", str(out), "--k", "5"]) == 0, capsys.readouterr().err
+        got = pd.read_parquet(out).set_index("user_id")
+        assert sorted(got.index) == sorted(expected.index) and not list(tmp_path.glob("_tmp-*"))
+        for user, want in expected.iterrows():
+            assert list(got.loc[user, "item_ids"]) == list(want["item_ids"]), (name, user)
+            assert np.allclose(got.loc[user, "scores"], want["scores"], rtol=1e-6), (name, user)
+            assert (got.loc[user, "known"], got.loc[user, "unknown_items"]) == (want["known"], want["unknown_items"])
+    before = sorted(p.name for p in out.iterdir())
+    code = cli.main(["score", *home, "--model", "sasrec@challenger", "--users", str(tmp_path / "users.csv"),
+                     "--out", str(out), "--k", str(r["n_items"] + 1)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Bad request: 'k'" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out.iterdir()) == before                   # the earlier output is untouched
+    assert cli.main(["score", *home, "--model", "sasrec", "--users", str(tmp_path / "users.csv"),
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "has the alias 'champion'" in err and "--model sasrec@challenger" in err, err
