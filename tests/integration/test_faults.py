@@ -18,7 +18,8 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     """One runs the day, the other is refused at once naming the holder (exit 2). The winner's record is its own:
     it says success and exits 0 (before the per-day lock the loser's failure record overwrote the winner's summary,
     both trained into one checkpoint folder and one deleted the other's MLflow run: reliability issue, part two, 6)."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(tmp_path), "--ds", DS, "--until", "split"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(tmp_path), "--ds", DS, "--until", "split",
+           *[a for kv in SMALL_SHOP for a in ("--set", kv)]]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=without_process_group())
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
