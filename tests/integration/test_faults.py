@@ -18,7 +18,7 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     """One runs the day, the other is refused at once naming the holder (exit 2). The winner's record is its own:
     it says success and exits 0 (before the per-day lock the loser's failure record overwrote the winner's summary,
     both trained into one checkpoint folder and one deleted the other's MLflow run: reliability issue, part two, 6)."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(tmp_path), "--ds", DS, "--until", "split",
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "--home", str(tmp_path), "--ds", DS, "--until", "validate",
            *[a for kv in SMALL_SHOP for a in ("--set", kv)]]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=without_process_group())
              for _ in range(2)]
@@ -29,7 +29,7 @@ def test_two_runs_of_one_day_started_together(tmp_path):
     assert "is being run by pid" in lose[1] and "Traceback" not in lose[1]
     assert "failed" not in win[0]
     summary = json.loads((tmp_path / "runs" / DS / "summary.json").read_text())
-    assert summary["status"] == "partial" and list(summary["stages"]) == ["ingest", "validate", "split"]
+    assert summary["status"] == "partial" and list(summary["stages"]) == ["ingest", "validate"]
     assert all(s["status"] == "success" for s in summary["stages"].values())
     # the day is free again once the winner is done: a second run goes through
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=without_process_group())
