@@ -46,6 +46,7 @@ QUESTIONS: dict[str, tuple[str, str]] = {
     "describe": ("Speed", "Describe, embed and neighbours throughput on 2 cores"),
     "engines": ("Speed", "CPU engines for the LLM and the encoder (llama.cpp, CTranslate2, ONNX Runtime)"),
     "wals_engines": ("Speed", "WALS: implicit against Spark ALS"),
+    "serving": ("Speed", "Serving through MLflow's own server: latency, throughput, memory; request-time NDCG"),
     "reliability": ("Reliability", "Fault-injection trials of a run"),
 }
 META_KEYS = ("dataset", "protocol", "seeds", "command", "commit", "date", "machine")

@@ -63,8 +63,9 @@ BENCHMARKS = (
               "neighbours and train_sequential)"),
     Benchmark("bench_recbole.py", (), 16, "results/recbole_sasrec.json: RecBole 2,493 s for 9 epochs (3 here: "
               "about 830 s), recpipe's 3 epochs about 1 min; installs RecBole from PyPI the first time"),
-    Benchmark("bench_serving.py", (), 15, "estimate until its first results file: the Beauty split 1.5 min, "
-              "SASRec's 5 epochs and the evaluation about 10 min, the load loops and NDCG check about 3 min"),
+    Benchmark("bench_serving.py", (), 10, "results/serving.json's run: about 7 min after the split (SASRec's 5 "
+              "epochs 75 s, WALS, evaluate and register about a minute, two servers' load loops and the NDCG check), "
+              "plus the Beauty split about 1.5 min when the home is new"),
     Benchmark("reliability.py", (), 8, "results/reliability.json: 446 s (the named tests of make test)"),
     Benchmark("heldout_movielens.py", ("--describe-cap", "50"), 17, "results/heldout_ml100k.json: the two configs "
               "474 s and 517 s with --describe-cap 50; downloads the recbole wheel (PyPI) the first time; the "
