@@ -6,8 +6,6 @@ output paths that ``run_task`` returns travel between tasks (XCom); the data sta
 """
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Param, dag, task
 
@@ -31,7 +29,7 @@ PARAMS = {
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=True,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
+    default_args={"retries": 2},  # after Airflow's [core] default_task_retry_delay (300 s unless a deployment sets it)
     tags=["recpipe", "nightly"],
     params=PARAMS,
 )
@@ -62,6 +60,10 @@ def nightly_refresh():
 
     **Params** (trigger conf overrides them): `config` (YAML path, empty = the synthetic default),
     `overrides` (list of `key=value`), `home` (empty = `$RECPIPE_HOME` or `./.recpipe`).
+
+    **Retries.** Each task is retried twice, after `[core] default_task_retry_delay` (300 s by default). A retried
+    task resumes what its killed try left: training from its last epoch checkpoint, describe and embed from their
+    caches.
 
     Output: `$RECPIPE_HOME/runs/<ds>/summary.json`, MLflow run and model versions under alias `challenger`.
     Promotion to `champion` is the separate, manually triggered `promote_model` DAG.

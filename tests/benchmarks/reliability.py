@@ -124,6 +124,19 @@ CASES: dict[str, tuple[str, list[str]]] = {
         "converted default LLM, written through the code and cut to half: each named in a warning, moved aside as "
         "<name>.corrupt-<time> and built again (a lock or a full disk is not taken for damage)",
         ["tests/unit/pipelines/test_damaged_caches.py"]),
+    "44.4_bad_requests_to_the_server": (
+        "mlflow models serve answers a missing user_id, a history or exclude that is not a list, and k of 0, -3 or "
+        "above the catalogue with HTTP 400 naming the field on the message's last line (no traceback), and keeps "
+        "serving; the pyfunc refuses the same requests in process",
+        ["tests/integration/test_serving_http.py::"
+         "test_mlflow_serves_request_time_history_and_refuses_bad_requests_with_400",
+         "tests/unit/pipelines/test_serving.py::test_a_bad_request_is_refused_naming_the_field"]),
+    "44.5_worker_killed_in_training": (
+        "the Airflow worker running day two's train_sequential, SIGKILLed after SASRec's first epoch under the real "
+        "scheduler: the task is retried, the retry resumes from the checkpoint, the day ends success, and every "
+        "model's epochs, valid NDCG@10 and vectors equal the same stage run undisturbed",
+        ["tests/dags/test_scheduler.py::"
+         "test_a_worker_killed_in_training_was_retried_resumed_and_ended_as_an_undisturbed_day"]),
     "extra_two_stage_zero2_engines": ("a ZeRO-2 engine leaves no gradient hooks for the next training stage",
                                       [f"{LO}::test_a_zero2_engine_leaves_no_gradient_hooks_for_the_next_stage"]),
 }
