@@ -16,6 +16,10 @@ def model_uri(cfg: Config, home: Path, spec: str) -> str:
     """``models:/<registered name>@<alias>`` for ``NAME[@alias]`` (alias: champion), checked to exist."""
     name, _, alias = spec.partition("@")
     alias = alias or registry.CHAMPION
+    db = registry.sqlite_file(registry.tracking_uri(cfg, home))
+    if db is not None and not db.exists():  # (opening it would create an empty store in the wrong place)
+        raise LookupError(f"{db} does not exist: no model is registered in the home {home}; give the home the "
+                          "pipeline ran in (--home or RECPIPE_HOME) or its tracking URI (mlflow.tracking_uri)")
     c = registry.client(cfg, home)
     registered = registry.model_name(cfg, name)
     try:

@@ -186,3 +186,7 @@ def test_recpipe_score_writes_what_the_served_model_answers_on_spark(registered,
                      "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "has the alias 'champion'" in err and "--model sasrec@challenger" in err, err
+    assert cli.main(["score", "--home", str(tmp_path / "elsewhere"), "--model", "sasrec", "--users",
+                     str(tmp_path / "users.csv"), "--out", str(out)]) == 2
+    assert "does not exist: no model is registered" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()                              # no empty store made there
