@@ -139,6 +139,13 @@ class MlflowConfig:
     top_k: int = 20
     promote_metric: str = "NDCG@10"
     promote_min_delta: float = 0.0
+    # torch threads of a served model's request-time forward pass or fold-in (logged with each model; 0: torch's
+    # default, every core): with several server workers on a small host, 1 each
+    serve_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.serve_threads < 0:
+            raise FieldError("serve_threads", f"must be 0 (torch's default) or more, got {self.serve_threads}")
 
 
 @dataclass(frozen=True)

@@ -353,7 +353,8 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict, for
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE), artifacts=artifacts,
-                                       model_config={"foldin": foldin} if foldin else None,
+                                       model_config={"threads": cfg.mlflow.serve_threads,
+                                                     **({"foldin": foldin} if foldin else {})},
                                        registered_model_name=registered, signature=signature(top_k),
                                        pip_requirements=list(dict.fromkeys(needs)))
     version = str(info.registered_model_version)

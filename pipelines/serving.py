@@ -15,7 +15,7 @@ history (a user the model does not know has none) and the model is run on the re
 
 * SASRec and GRASP (logged with a ``forward`` folder, ``save_forward``): the model, rebuilt from its config and
   weights, runs its forward pass on the last ``max_len`` items (CPU torch, one batch for the request's rows,
-  ``torch.inference_mode``, torch's default threads); the scores are the last position's hidden state against the
+  ``torch.inference_mode``, ``mlflow.serve_threads`` torch threads); the scores are the last position's hidden state against the
   served item vectors, as at night. To score exactly a given sequence, send it with a ``user_id`` the model does
   not know.
 * WALS (logged with ``model_config={"foldin": {"regularization", "alpha"}}``): the user factor is the least-squares
@@ -199,13 +199,19 @@ def _item_lists(col: pd.Series, field: str) -> list[list[str] | None]:
 
 class TopKModel(PythonModel):
     def load_context(self, context) -> None:
-        forward = context.artifacts.get("forward")
-        self.load(Path(context.artifacts["model"]), Path(forward) if forward else None,
-                  (context.model_config or {}).get("foldin"))
+        forward, conf = context.artifacts.get("forward"), context.model_config or {}
+        self.load(Path(context.artifacts["model"]), Path(forward) if forward else None, conf.get("foldin"),
+                  int(conf.get("threads") or 0))
 
-    def load(self, path: Path, forward: Path | None = None, foldin: dict | None = None) -> "TopKModel":
+    def load(self, path: Path, forward: Path | None = None, foldin: dict | None = None,
+             threads: int = 0) -> "TopKModel":
         """The artifact ``path`` (``save_scorer``); ``forward``: a ``save_forward`` folder (SASRec, GRASP);
-        ``foldin``: ``{"regularization", "alpha"}`` of the WALS fit whose factors ``path`` serves."""
+        ``foldin``: ``{"regularization", "alpha"}`` of the WALS fit whose factors ``path`` serves; ``threads``: torch's
+        threads for the request-time path (``mlflow.serve_threads``; 0 leaves torch's default)."""
+        if threads and (forward is not None or foldin):
+            import torch
+
+            torch.set_num_threads(threads)
         z = np.load(path / "model.npz")
         meta = json.loads((path / "meta.json").read_text())
         self.kind = meta.get("kind", "")

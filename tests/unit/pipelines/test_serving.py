@@ -236,3 +236,26 @@ def test_a_bad_request_is_refused_naming_the_field(tmp_path, request_, params, f
     assert err.value.get_http_status_code() == 400
     assert f"'{field}'" in err.value.message and "\n" not in err.value.message
     assert m.predict(None, pd.DataFrame({"user_id": ["u0"]}), {"k": 4})["item_ids"][0] == ["b", "c", "d"]   # a is u0's
+
+
+def test_the_serving_threads_are_set_when_the_model_loads(tmp_path):
+    """``mlflow.serve_threads`` (logged as the model's config) sets torch's threads for the request-time path; 0 leaves
+    torch's default; a negative value is refused when the config loads."""
+    import torch
+
+    from pipelines.config import load_config
+    from pipelines.serving import save_forward
+
+    model = tiny_sequential(grasp=False)
+    served_sequential(tmp_path, model)                                        # the nightly artifact at tmp_path / "m"
+    path = tmp_path / "m"
+    before = torch.get_num_threads()
+    try:
+        TopKModel().load(path, forward=save_forward(tmp_path / "f1", model), threads=1)
+        assert torch.get_num_threads() == 1
+        TopKModel().load(path, forward=save_forward(tmp_path / "f2", model), threads=0)
+        assert torch.get_num_threads() == 1                                   # 0: left as it was
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(Exception, match="serve_threads"):
+        load_config(None, ["mlflow.serve_threads=-1"])
