@@ -53,9 +53,10 @@ def nightly_refresh():
     previous day, the run starts when it ends, and `ds` is that previous day. (The deployment setting
     `[scheduler] create_cron_data_intervals = True` flips every `@daily` DAG to that meaning at parse time.)
 
-    **Backfills.** `catchup=True` from 2026-01-01 and `max_active_runs=1`: missed days run one at a time,
+    **Backfills.** `catchup=True` from 2026-01-01 and `max_active_runs=1`: missed scheduled days run one at a time,
     in order (each day's stages overwrite that day's partitions, so re-running a day is safe).
-    `airflow backfill create --dag-id nightly_refresh --from-date ... --to-date ...` queues more.
+    `airflow backfill create --dag-id nightly_refresh --from-date ... --to-date ...` queues more; a backfill runs up
+    to its own `--max-active-runs` days at once (default 10): pass `--max-active-runs 1` with incremental refresh.
     A manual trigger must carry a logical date (the tasks need `ds`).
 
     **Params** (trigger conf overrides them): `config` (YAML path, empty = the synthetic default),

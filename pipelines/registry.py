@@ -338,6 +338,18 @@ def foldin_settings(cfg: Config, name: str) -> dict | None:
     return {"regularization": cfg.wals.regularization, "alpha": cfg.wals.alpha} if name == "wals" else None
 
 
+def challenger_day(c, registered: str) -> str | None:
+    """The ``recpipe.ds`` of the version holding ``challenger`` (None: no challenger yet). Days of a backfill run side
+    by side (Airflow's backfill runs up to its own ``--max-active-runs`` days at once, the DAG's limit aside), so the
+    last to register is not always the newest."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(registered, CHALLENGER).tags.get("recpipe.ds")
+    except MlflowException:
+        return None
+
+
 def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict, forward: Path | None = None,
               foldin: dict | None = None) -> dict:
     """Log ``mdir`` (``serving.save_scorer``) as a pyfunc version of ``name`` under alias challenger, with the
@@ -371,6 +383,8 @@ def _register(c, cfg: Config, ds: str, name: str, mdir: Path, metrics: dict, for
     tags["eval.status"] = "ok" if "NDCG@10" in metrics.get("full", {}) else "missing"
     for k, v in tags.items():
         c.set_model_version_tag(registered, version, k, v)
-    c.set_registered_model_alias(registered, CHALLENGER, version)
+    newer = challenger_day(c, registered)
+    if newer is None or newer <= ds:  # a backfilled or retried older day never takes challenger from a newer one
+        c.set_registered_model_alias(registered, CHALLENGER, version)
     aliases = sorted(c.get_model_version(registered, version).aliases)
     return {"name": registered, "version": version, "aliases": aliases}

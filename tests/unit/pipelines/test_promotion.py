@@ -154,3 +154,18 @@ def test_a_version_without_its_evaluation_never_becomes_champion(home):
     out = promotion.promote(cfg, home, "wals", None)
     assert out["decision"] == "refused" and "failed to load or score" in out["reason"], out
     assert str(c.get_model_version_by_alias("wals", "champion").version) == v1 != v3
+
+
+def test_an_older_day_registered_last_leaves_challenger_on_the_newer_day(home):
+    """Days of an Airflow backfill run side by side: a day retried or slower than the next one registers last, and
+    moved challenger back to the older day (seen on the scheduler test when day two's training was killed and
+    retried). The newest day keeps it; the same day registered again takes it."""
+    from pipelines import registry
+
+    c = registry.client(load_config(None, []), home)
+    write_day(home, "2026-01-03")
+    newer = register(home, "2026-01-03", BETTER)
+    older = register(home, DS, WORSE)
+    assert str(c.get_model_version_by_alias("wals", "challenger").version) == newer != older
+    again = register(home, "2026-01-03", BETTER)
+    assert str(c.get_model_version_by_alias("wals", "challenger").version) == again
