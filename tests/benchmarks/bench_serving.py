@@ -21,7 +21,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -41,6 +40,7 @@ from tests.benchmarks.common import (  # noqa: E402
     prepare_beauty,
     write_results,
 )
+from tests.process_group import stop  # noqa: E402
 
 LEVELS = (1, 8, 32)
 PATHS = ("lookup", "request_time")
@@ -92,18 +92,8 @@ def serve(uri: str, model: str, port: int, workers: int, threads: int, log: Path
                 return proc
         except OSError:
             time.sleep(0.5)
-    stop(proc)
+    stop(proc, grace_s=20)
     sys.exit(f"the server did not answer /ping in 180 s: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def group_rss_mb(pgid: int) -> float:
@@ -223,7 +213,7 @@ def bench_model(model: str, uri: str, args, users, hists, targets, log: Path) ->
         ndcg = request_time_ndcg(port, users, hists, targets) if model == "sasrec" else None
         return out, ndcg
     finally:
-        stop(proc)
+        stop(proc, grace_s=20)
 
 
 def main(argv: list[str] | None = None) -> int:

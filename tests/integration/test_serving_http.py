@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DS, private_home, without_process_group
+from tests.process_group import stop
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/sasrec@challenger"
@@ -80,17 +80,6 @@ def serve(uri: str, port: int, log: Path) -> subprocess.Popen:
             time.sleep(0.5)
     stop(proc)
     raise AssertionError(f"the server did not answer /ping in {START_SECONDS} s: {log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (mlflow and the uvicorn it started), SIGKILL if it lingers."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
 
 
 def test_mlflow_serves_request_time_history_and_refuses_bad_requests_with_400(registered, tmp_path):
