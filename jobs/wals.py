@@ -11,12 +11,16 @@ given in params; the split's ``cold_items`` (when it wrote some) are left out of
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from features.errors import DataError
 from jobs.warehouse import base_parser, partition_path, spark_session, write_json, write_spark
+
+CHECKPOINT_EVERY = 10  # iterations between ALS checkpoints (Spark's default interval, effective once a dir is set)
 
 
 def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf: dict | None = None) -> dict:
@@ -36,11 +40,18 @@ def run(home: str, ds: str, params: dict, master: str | None = None, spark_conf:
     als = ALS(rank=int(params["factors"]), maxIter=int(params["iterations"]), regParam=float(params["regularization"]),
               alpha=float(params["alpha"]), implicitPrefs=True, userCol="user_idx", itemCol="item_idx",
               ratingCol="count", seed=int(params.get("seed", 42)), coldStartStrategy="drop",
-              checkpointInterval=-1)
+              checkpointInterval=CHECKPOINT_EVERY)
+    # ALS's lineage grows with every iteration: without a checkpoint 30 iterations ended in a StackOverflowError
+    # (Spark 4, JVM defaults, the synthetic shop). The checkpoints go under the home, which executors share.
+    ckpt = Path(home) / "checkpoints" / "spark-wals" / f"{ds}-{uuid.uuid4().hex[:8]}"
+    spark.sparkContext.setCheckpointDir(str(ckpt))
     t0 = time.perf_counter()
-    model = als.fit(counts)
-    uf, itf = model.userFactors.cache(), model.itemFactors.cache()
-    uf.count(), itf.count()
+    try:
+        model = als.fit(counts)
+        uf, itf = model.userFactors.cache(), model.itemFactors.cache()
+        uf.count(), itf.count()
+    finally:
+        shutil.rmtree(ckpt, ignore_errors=True)
     fit_seconds = time.perf_counter() - t0
     umap = spark.read.parquet(str(partition_path(home, "user_map", ds)))
     imap = spark.read.parquet(str(partition_path(home, "item_map", ds)))

@@ -45,13 +45,14 @@ def spark_session(app: str, master: str | None = None, conf: dict | None = None)
     from pyspark.sql import SparkSession
 
     conf = dict(conf or {})
-    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J}"
+    log4j = f"-Dlog4j2.configurationFile=file:{LOG4J}"
+    for role in ("driver", "executor"):  # JVM options given in conf come after the quiet logging, not instead of it
+        key = f"spark.{role}.extraJavaOptions"
+        conf[key] = f"{log4j} {conf[key]}" if conf.get(key) else log4j
     builder = (SparkSession.builder.appName(app)
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.session.timeZone", "UTC")
-               .config("spark.driver.extraJavaOptions", java_opts)
-               .config("spark.executor.extraJavaOptions", java_opts)
                .config("spark.sql.execution.arrow.pyspark.enabled", "true"))
     if master:
         builder = builder.master(master)

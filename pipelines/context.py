@@ -14,10 +14,19 @@ def resolve_home(home: str | Path | None) -> Path:
     return Path(home or os.environ.get("RECPIPE_HOME") or ".recpipe").resolve()
 
 
+LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xss16m"
+
+
 def spark_args(cfg: Config) -> tuple[str, dict]:
-    """``(master, conf)`` for the Spark jobs of ``jobs/``: the ``spark`` section."""
+    """``(master, conf)`` for the Spark jobs of ``jobs/``: the ``spark`` section (``spark.conf`` wins)."""
+    local = cfg.spark.master.startswith("local")
+    java = LOCAL_JAVA_OPTIONS if cfg.spark.java_options == "auto" and local else cfg.spark.java_options
+    if java == "auto":
+        java = ""
+    roles = ("driver", "executor") if local else ("driver",)
     conf = {"spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
-            "spark.driver.memory": cfg.spark.driver_memory, **cfg.spark.conf}
+            "spark.driver.memory": cfg.spark.driver_memory,
+            **{f"spark.{r}.extraJavaOptions": java for r in roles if java}, **cfg.spark.conf}
     return cfg.spark.master, conf
 
 

@@ -42,7 +42,7 @@ def _spark_job(ctx, master: str, zone: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": sys.executable}
     proc = subprocess.run([sys.executable, str(ROOT / "jobs" / "wals.py"), "--home", str(ctx.home), "--ds", DS,
                            "--master", master, "--params", json.dumps(params),
-                           "--spark-conf", json.dumps({"spark.sql.shuffle.partitions": "4"})],
+                           "--spark-conf", json.dumps(ctx.spark_args()[1])],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

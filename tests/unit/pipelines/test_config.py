@@ -326,3 +326,18 @@ def test_shipped_configs_keep_their_effective_wals_seed(path):
     # earlier figures were made with wals.seed 42 (the old default) and seed 42: both still hold
     cfg = load_config(path, ["data.path=/x"])
     assert (cfg.seed, cfg.wals.seed) == (42, 42)
+
+
+def test_spark_java_options_auto_on_a_local_master_only_and_conf_wins():
+    from pipelines.context import LOCAL_JAVA_OPTIONS, spark_args
+
+    _, local = spark_args(load_config(None, []))
+    assert local["spark.driver.extraJavaOptions"] == local["spark.executor.extraJavaOptions"] == LOCAL_JAVA_OPTIONS
+    _, cluster = spark_args(load_config(None, ["spark.master=spark://h:7077"]))
+    assert not any(k.endswith("extraJavaOptions") for k in cluster)
+    _, own = spark_args(load_config(None, ["spark.master=spark://h:7077", "spark.java_options=-Xss8m"]))
+    assert own["spark.driver.extraJavaOptions"] == "-Xss8m" and "spark.executor.extraJavaOptions" not in own
+    _, off = spark_args(load_config(None, ["spark.java_options="]))
+    assert not any(k.endswith("extraJavaOptions") for k in off)
+    _, conf = spark_args(load_config(None, ['spark.conf={"spark.driver.extraJavaOptions": "-Xmx3g"}']))
+    assert conf["spark.driver.extraJavaOptions"] == "-Xmx3g"
