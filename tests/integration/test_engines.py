@@ -10,7 +10,7 @@ from pipelines.backends.llm import CTranslate2Backend, TransformersBackend, conv
 from pipelines.config import load_config
 from pipelines.stages import describe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("private_model_cache")]  # the conversions under test: private
 
 PROMPTS = [[{"role": "user", "content": f"Describe item {i}: a {w} for dry skin."}]
            for i, w in enumerate(["cream", "serum", "lotion", "soap bar", "face mask", "toner"])]

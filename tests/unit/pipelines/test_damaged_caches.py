@@ -12,6 +12,8 @@ import pytest
 
 from pipelines.cache import Cache
 
+pytestmark = pytest.mark.usefixtures("private_model_cache")  # conversions are damaged here: each test's own
+
 
 def _cut_to_half(path) -> None:
     with open(path, "r+b") as f:
