@@ -87,6 +87,11 @@ BENCHMARKS = (
                                     "2014-07-07"), 341,
               "results/nightly_replay.json: the full-length week's 14 day runs sum to 20,460 s",
               "hours of CPU: a week of nightly runs, twice (its docstring: --resume across sessions)"),
+    Benchmark("cold_items.py", ("--config", "pipelines/conf/amazon_beauty.yaml", "--set",
+                                "data.path=../shared/datasets/amazon-beauty"), 150,
+              "its docstring and results/cold_items.json: per cold_by a prepare, then per seed SASRec and GRASP "
+              "trained with the section's settings and the cold-item evaluation",
+              "hours of CPU: two cold_by values x 3 seeds of SASRec and GRASP"),
     Benchmark("grasp_tuning.py", ("LABEL=HOME:MODEL", "..."), None, "scores the valid phase of finished runs only "
               "(a minute or two each)", "not standalone: needs finished train_sequential runs given as "
               "LABEL=HOME:MODEL"),
