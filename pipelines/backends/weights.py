@@ -7,8 +7,8 @@
 
 What is derived from weights (that conversion, CTranslate2 conversions, ONNX exports) is kept under
 ``models_dir(home)``: ``RECPIPE_MODEL_CACHE`` when set (one folder shared by every home on a machine: each entry is
-named by the content hash of what it was made from, and written aside then renamed, so homes and processes never
-see half of one), else ``RECPIPE_HOME/models``.
+named by what it was made from, a content hash or, for the packaged LLM, its pinned package's model, and written
+aside then renamed, so homes and processes never see half of one), else ``RECPIPE_HOME/models``.
 """
 from __future__ import annotations
 
