@@ -5,9 +5,9 @@ first seen last (``split.cold_by=latest``) and for a seeded random share (``rand
         --set data.path=../shared/datasets/amazon-beauty [--seeds 42,43,44] [--cold-by latest,random] \
         [--models sasrec,grasp]
 
-For each ``cold_by`` a home of its own (``HOME-<cold_by>``) is prepared once with ``split.cold_items=0.1``
-(``recpipe run --until neighbours``: split, WALS, metadata text vectors, neighbours; no LLM descriptions: a cold
-item's text is its metadata, ``embed.sources=[metadata]``); then for every seed ``recpipe stage train_sequential``
+For each ``cold_by`` a home of its own (``HOME-<cold_by>``) is prepared once (unless it holds the day's neighbours)
+with ``split.cold_items=0.1`` (``recpipe run --until neighbours``: split, WALS, metadata text vectors, neighbours;
+no LLM descriptions: a cold item's text is its metadata, ``embed.sources=[metadata]``); then for every seed ``recpipe stage train_sequential``
 and ``recpipe stage evaluate`` run with ``--set seed=S``. The evaluate stage scores every cold-item baseline
 (``pipelines/evaluation/cold_start.py``) and each model with the day-one path it chose on the cold-valid users; its
 per-user ranks (``runs/<ds>/ranks/<model>.npz``) are kept under ``HOME-<cold_by>/cold_items/seed-S``, so a re-run
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                            "(cold-valid / cold-test halves); cold-test and warm-test users of the test phase")
     for by in args.cold_by.split(","):
         home, sets = Path(f"{args.home}-{by}"), [*PROTOCOL, f"split.cold_by={by}", *args.sets]
-        if not args.skip_prepare:
+        if not (args.skip_prepare or (home / "warehouse" / "neighbours" / f"ds={BEAUTY_DS}").exists()):
             day = day_args(home, BEAUTY_DS, args.config, sets)
             print(f"{by}: prepare {recpipe(['run', '--until', 'neighbours', *day], Path(f'{home}.log')):.0f} s", flush=True)
         per_seed = [seed_figures(run_seed(home, args, sets, s, models)) for s in args.seeds]
