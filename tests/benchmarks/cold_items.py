@@ -17,7 +17,9 @@ Budget (the issue's): the sequential models train with the section's settings (`
 0.001, batch 256, patience 5), not ``per_model.sasrec``'s 200-epoch schedule, the same for every model and seed.
 Reported per ``cold_by`` and row: cold-test and warm-test NDCG@10 / HR@10 (full ranking over all items, history
 excluded; mean over seeds), the share of cold items in warm users' top 10, and the NDCG@10 delta to content kNN on
-the cold-test users (per-seed paired deltas on the same users, the harness's t-interval over seeds) and to the
+the cold-test users (per-seed paired deltas on the same users; the harness's two-level bootstrap, seeds then users:
+content kNN, popularity and WALS do not change with the training seed, so a t-interval over seeds alone would give
+their deltas zero width) and to the
 ID-only SASRec on the warm-test users. Results: ``results/cold_items<suffix>.{json,md}``.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ ROWS = {"popularity": "popularity", "sasrec_id_only": "sasrec_as_trained", "wals
         "content_knn": "content_knn", "content_knn_last": "content_knn_last", "sasrec_fill_in": "sasrec_fill_in",
         "sasrec_regressor": "sasrec_regressor", "wals_fill_in": "wals_fill_in", "sasrec": "sasrec", "wals": "wals",
         "grasp": "grasp", "llmrec": "llmrec"}
+INTERVAL, RESAMPLES = "two-level", 2000
 PROTOCOL = ["split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.text_source=metadata",
             "describe.entities=[]", "train_sequential.per_model={}"]
 
@@ -94,11 +97,11 @@ def summarise(per_seed: list[dict[str, dict]]) -> dict:
         rec["warm"]["cold_share_top10"] = mean("warm", "cold_top10")
         diff = lambda other, grp, row=row: [s[row]["ndcg"][s[row][grp]] - s[other]["ndcg"][s[other][grp]]  # noqa: E731
                                             for s in per_seed]
-        cold = paired_interval_from_deltas(diff("content_knn", "cold"))
+        cold = paired_interval_from_deltas(diff("content_knn", "cold"), INTERVAL, resamples=RESAMPLES)
         rec |= {"delta_vs_content_knn_cold": cold["delta"], "delta_vs_content_knn_cold_ci95": cold["ci95"],
                 "per_seed_deltas_vs_content_knn_cold": cold["per_seed_deltas"]}
         if "sasrec_id_only" in per_seed[0]:
-            warm = paired_interval_from_deltas(diff("sasrec_id_only", "warm"))
+            warm = paired_interval_from_deltas(diff("sasrec_id_only", "warm"), INTERVAL, resamples=RESAMPLES)
             rec |= {"delta_vs_sasrec_id_only_warm": warm["delta"], "delta_vs_sasrec_id_only_warm_ci95": warm["ci95"]}
         models[row] = rec
     return {"models": models, "n_cold_test_users": int(ref["cold"].sum()), "n_warm_test_users": int(ref["warm"].sum())}
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="train every seed again even where its figures are kept")
     args = ap.parse_args(argv)
     models, payload = args.models.split(","), {"dataset": "amazon-beauty", "seeds": args.seeds, "cold_by": {},
-                                               "machine": machine(), "interval": interval_record(reference="content kNN")}
+                                               "machine": machine(), "interval": interval_record(INTERVAL, resamples=RESAMPLES, reference="content kNN")}
     payload["protocol"] = ("leave-one-out, full ranking over all items with history excluded; split.cold_items=0.1 "
                            "(cold-valid / cold-test halves); cold-test and warm-test users of the test phase")
     for by in args.cold_by.split(","):
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         payload |= {k: first[k] for k in ("n_cold_test_users", "n_warm_test_users")}
         notes = [f"models trained: {', '.join(models)} (train_sequential, the section's settings for every model); "
                  "rows without figures were not run", "text: item metadata only (no LLM descriptions)",
-                 f"seeds {args.seeds}; deltas: t-interval over per-seed paired deltas on the same users",
+                 f"seeds {args.seeds}; deltas: paired on the same users, 95% two-level bootstrap (seeds, then users; "
+                 f"{RESAMPLES} resamples)",
                  *(f"{b}: {r['n_cold_test_users']} cold-test users, {r['n_warm_test_users']} warm-test users"
                    for b, r in payload["cold_by"].items())]
         write_results(f"cold_items{args.suffix}", payload, table(payload), notes)
