@@ -64,6 +64,7 @@ def run_seed(home: Path, args, sets: list[str], seed: int, models: list[str]) ->
         return out
     day = day_args(home, BEAUTY_DS, args.config, [*sets, f"seed={seed}", f"train_sequential.models=[{','.join(models)}]"])
     log = home / "cold_items.log"
+    shutil.rmtree(home / "runs" / BEAUTY_DS / "ranks", ignore_errors=True)  # only this seed's models are kept below
     print(f"seed {seed}: train_sequential {recpipe(['stage', 'train_sequential', *day], log):.0f} s, "
           f"evaluate {recpipe(['stage', 'evaluate', *day], log):.0f} s", flush=True)
     shutil.rmtree(out, ignore_errors=True)

@@ -89,8 +89,8 @@ BENCHMARKS = (
               "hours of CPU: a week of nightly runs, twice (its docstring: --resume across sessions)"),
     Benchmark("cold_items.py", ("--config", "pipelines/conf/amazon_beauty.yaml", "--set",
                                 "data.path=../shared/datasets/amazon-beauty"), 150,
-              "its docstring and results/cold_items.json: per cold_by a prepare, then per seed SASRec and GRASP "
-              "trained with the section's settings and the cold-item evaluation",
+              "results/cold_items.json's run (SASRec only): prepare 550 s (embed 497 s), per seed train_sequential "
+              "404-586 s and evaluate 115-125 s; GRASP adds about as much per seed",
               "hours of CPU: two cold_by values x 3 seeds of SASRec and GRASP"),
     Benchmark("grasp_tuning.py", ("LABEL=HOME:MODEL", "..."), None, "scores the valid phase of finished runs only "
               "(a minute or two each)", "not standalone: needs finished train_sequential runs given as "
