@@ -39,6 +39,8 @@ QUESTIONS: dict[str, tuple[str, str]] = {
     "llmrec_beauty_gpu": ("Quality", "The LLM recommender on all Beauty users on a GPU"),
     "webrec_beauty": ("Quality", "Web retrieval and the MP-Head on Beauty"),
     "recbole_sasrec": ("Quality", "recpipe's SASRec beside RecBole's on the same split"),
+    "cold_items": ("Quality", "New items from their first night: day-one paths against content kNN (Beauty, cold "
+                              "items held out)"),
     "nightly_replay": ("Daily life", "A week of nightly incremental refreshes against full retrains (Beauty, dated)"),
     "nightly_replay_grasp_patience10": ("Daily life", "The same week for GRASP with patience 10"),
     "beauty_sequential": ("Speed", "Sequential training on 2 CPU cores: one process against two (torchrun)"),
