@@ -20,9 +20,8 @@ LOCAL_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xss16m"
 def spark_args(cfg: Config) -> tuple[str, dict]:
     """``(master, conf)`` for the Spark jobs of ``jobs/``: the ``spark`` section (``spark.conf`` wins)."""
     local = cfg.spark.master.startswith("local")
-    java = LOCAL_JAVA_OPTIONS if cfg.spark.java_options == "auto" and local else cfg.spark.java_options
-    if java == "auto":
-        java = ""
+    auto = LOCAL_JAVA_OPTIONS if local else ""
+    java = auto if cfg.spark.java_options == "auto" else cfg.spark.java_options
     roles = ("driver", "executor") if local else ("driver",)
     conf = {"spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
             "spark.driver.memory": cfg.spark.driver_memory,

@@ -27,7 +27,7 @@ from pipelines.config import Config, load_config
 from pipelines.context import StageContext, resolve_home
 from pipelines.evaluation.data import load_eval_data
 from pipelines.evaluation.protocol import metrics_from_ranks
-from pipelines.registry import CHALLENGER, CHAMPION, client, decisions, model_name
+from pipelines.registry import CHALLENGER, CHAMPION, challenger_day, client, decisions, model_name
 from pipelines.summary import successful_days
 
 
@@ -253,13 +253,7 @@ def history_lines(cfg: Config, home: Path, model: str) -> list[str]:
 
 def challenger_ds(cfg: Config, home: Path, model: str) -> str | None:
     """The day the current challenger was registered from (its ``recpipe.ds`` tag), if any."""
-    import mlflow
-
-    c = client(cfg, home)
-    try:
-        return c.get_model_version_by_alias(model_name(cfg, model), CHALLENGER).tags.get("recpipe.ds")
-    except mlflow.exceptions.MlflowException:
-        return None
+    return challenger_day(client(cfg, home), model_name(cfg, model))
 
 
 def promote(cfg: Config, home: Path, model: str, ds: str | None) -> dict:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipelines.evaluation.stats import ndcg_at  # noqa: E402
 from tests.benchmarks.common import (  # noqa: E402
     BEAUTY_DS,
     day_args,
@@ -50,11 +51,6 @@ ROWS = {"popularity": "popularity", "sasrec_id_only": "sasrec_as_trained", "wals
 INTERVAL, RESAMPLES = "two-level", 2000
 PROTOCOL = ["split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.text_source=metadata",
             "describe.entities=[]", "train_sequential.per_model={}"]
-
-
-def ndcg10(ranks: np.ndarray) -> np.ndarray:
-    """Per-user NDCG@10 of one held-out target from its 0-based full-ranking rank."""
-    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def run_seed(home: Path, args, sets: list[str], seed: int, models: list[str]) -> Path:
@@ -80,7 +76,7 @@ def seed_figures(out: Path) -> dict[str, dict]:
         f = out / "ranks" / f"{name}.npz"
         if f.exists():
             z = np.load(f)
-            figs[row] = {"users": z["users"], "cold": z["cold"], "warm": z["warm"], "ndcg": ndcg10(z["full"]),
+            figs[row] = {"users": z["users"], "cold": z["cold"], "warm": z["warm"], "ndcg": ndcg_at(z["full"], 10),
                          "hr": (z["full"] < 10).astype(float), "cold_top10": z["cold_top10"]}
     return figs
 
