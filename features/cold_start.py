@@ -93,3 +93,43 @@ def norm_matched(pred: np.ndarray, reference: np.ndarray, scale: float) -> np.nd
     p = float(np.linalg.norm(pred, axis=1).mean()) if len(pred) else 0.0
     r = float(np.linalg.norm(reference, axis=1).mean()) if len(reference) else 0.0
     return (pred * (scale * r / p if p > 0 else 0.0)).astype(np.float32)
+
+
+def dot_moments(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``users`` (B, H): the mean and the standard deviation of its dot products with the rows of
+    ``items`` (M, H), without forming the (B, M) products (``u . mean`` and ``sqrt(u C u)``, ``C`` the rows'
+    covariance). (B,), (B,) float64."""
+    x, u = np.asarray(items, np.float64), np.asarray(users, np.float64)
+    cov = np.cov(x, rowvar=False, bias=True).reshape(x.shape[1], x.shape[1])
+    return u @ x.mean(0), np.sqrt(np.maximum(np.einsum("bh,hk,bk->b", u, cov, u), 0.0))
+
+
+def text_gate(users: np.ndarray, items: np.ndarray, profiles: np.ndarray, text: np.ndarray, cold: np.ndarray,
+              gamma: float, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """A factor model ``(U', V')`` that scores warm items by the model's own score and cold items by their text,
+    each standardised per user so that the two compare:
+
+    * warm item i: ``(u . v_i - m_u) / s_u``, ``m_u``, ``s_u`` the mean and deviation of ``u``'s warm scores;
+    * cold item i: ``gamma * ((p_u . t_i - c_u) / d_u - threshold)``, ``p_u`` the user's text profile and ``t_i``
+      the item's text vector (both unit length), ``c_u``, ``d_u`` the mean and deviation of ``p_u``'s cosines.
+
+    A cold item enters a user's list only where its text matches the user's profile ``threshold`` deviations above
+    that user's usual; ``gamma`` sets how fast it climbs beyond. One dot product, so it serves as any factor model:
+    ``U' = [u / s_u, gamma p_u / d_u, -m_u / s_u, -gamma (c_u / d_u + threshold)]``, a warm row ``[v_i, 0, 1, 0]``,
+    a cold row ``[0, t_i, 0, 1]``, row 0 (padding) zero. ``users`` (B, H), ``items`` (N + 1, H), ``profiles``
+    (B, D), ``text`` (N + 1, D), ``cold`` (N + 1,) bool."""
+    cold = np.asarray(cold, bool).copy()
+    cold[0] = False
+    warm = ~cold
+    warm[0] = False
+    t, p = unit_rows(text), unit_rows(profiles)
+    m, s = dot_moments(users, items[warm])
+    c, d = dot_moments(p, t[1:])
+    inv_s, inv_d = 1.0 / np.maximum(s, 1e-12), np.where(d > 0, 1.0 / np.maximum(d, 1e-12), 0.0)
+    u_out = np.concatenate([users * inv_s[:, None], gamma * p * inv_d[:, None], (-m * inv_s)[:, None],
+                            (-gamma * (c * inv_d + threshold))[:, None]], axis=1)
+    h, dim = items.shape[1], text.shape[1]
+    v_out = np.zeros((len(items), h + dim + 2), np.float64)
+    v_out[warm, :h], v_out[warm, h + dim] = items[warm], 1.0
+    v_out[cold, h:h + dim], v_out[cold, h + dim + 1] = t[cold], 1.0
+    return u_out.astype(np.float32), v_out.astype(np.float32)

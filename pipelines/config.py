@@ -121,6 +121,9 @@ class EvalConfig:
     users_seed: int = 7  # fixed by the protocol like negatives_seed: the same users for every model and seed
     candidates: tuple[int, ...] = (20,)  # extra n-candidate protocols (cand20: WebRec's), from the stored negatives
     report_days: int = 7  # the report's day-over-day view: this day and the successful days before it
+    # with split.cold_items: the share of a model's own warm-valid NDCG@10 a day-one path (and the text gate) may
+    # cost, new items shown above what the other shoppers would have bought (pipelines.evaluation.scorers.day_one)
+    day_one_warm_tolerance: float = 0.01
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,12 @@ DECAY_GRID = (0.3, 0.5, 0.7, 1.0)
 SCALE_GRID = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 RIDGE_GRID = (0.1, 1.0, 10.0)
 FILL_K = 5
-MODELS = ("content_knn", "content_knn_last", "sasrec_fill_in", "sasrec_regressor", "wals_fill_in")
+# the text gate (``features.cold_start.text_gate``): a cold item scored by its text's match to the user's last item,
+# in deviations of that user's usual match; the threshold scanned from the highest (fewest new items shown) down
+GATE_GAMMA = 4.0
+GATE_THRESHOLDS = (8.0, 7.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0)
+MODELS = ("content_knn", "content_knn_last", "sasrec_fill_in", "sasrec_regressor", "sasrec_text_gate",
+          "wals_fill_in")
 CHOSEN_ON = "cold-valid NDCG@10"
 
 
@@ -101,6 +106,13 @@ def content_knn_last(data: EvalData, text: np.ndarray) -> tuple[ContentKnn, None
     m = ContentKnn(data, text, 0.0)                                            # 0**0 = 1: the last item alone
     m.notes = {"decay": 0.0, "text_source": TEXT_SOURCE}
     return m, None
+
+
+def profiles(data: EvalData, text: np.ndarray, phase: str, decay: float) -> np.ndarray:
+    """(U, D) every user's recency-weighted mean of the text vectors of the phase's history (``recency_profiles``)."""
+    hist = data.history(phase)
+    rows, items = hist.rows(np.arange(data.n_users))
+    return recency_profiles(text, rows, items, recency_ages(hist.lengths()), data.n_users, decay)
 
 
 def trained_items(data: EvalData, items: np.ndarray, phase: str) -> np.ndarray:

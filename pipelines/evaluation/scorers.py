@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from features.cold_start import fill_in, norm_matched, ridge_fit, ridge_predict
+from features.cold_start import fill_in, norm_matched, ridge_fit, ridge_predict, text_gate
 from jobs import warehouse
 from pipelines.backends.wals import SCRATCH, load_factors
 from pipelines.context import StageContext
@@ -226,6 +226,40 @@ def regressed(base: FactorScorer, text: np.ndarray, data: EvalData, batch: int =
     return m, None
 
 
+def gated(base: FactorScorer, text: np.ndarray, data: EvalData, tolerance: float, batch: int) -> Served:
+    """``base`` with each cold item scored through the text gate (``features.cold_start.text_gate``: the cold item's
+    text against the user's last item, in deviations of that user's usual match, ``GATE_GAMMA`` per deviation above
+    the threshold). The threshold is scanned on the valid phase from the highest down while the warm-valid NDCG@10
+    stays within ``tolerance`` of ``base``'s own; the best cold-valid NDCG@10 among those wins (none: ``base`` as
+    trained, threshold None). Its notes hold every scanned threshold's cold-valid and warm-valid NDCG@10: the valid
+    trade-off, what showing new items costs the other shoppers. Evaluated, not served (serving recomputes a
+    sequential model's user state from the live sequence, and the gate's user vector needs the last item's text)."""
+    cold_users, warm_users = cold_start.cold_valid_users(data), cold_start.warm_valid_users(data)
+    own_warm = cold_start.valid_ndcg(base, data, warm_users, batch)
+    prof = {ph: cold_start.profiles(data, text, ph, 0.0) for ph in base.by_phase}   # the last item alone
+
+    def scorer(t: float) -> FactorScorer:
+        return FactorScorer({ph: text_gate(u, v, prof[ph], text, data.cold_mask(), cold_start.GATE_GAMMA, t)
+                             for ph, (u, v) in base.by_phase.items()})
+
+    grid, best = {}, None
+    for t in cold_start.GATE_THRESHOLDS if len(cold_users) else ():
+        m = scorer(t)
+        grid[t] = {"cold": cold_start.valid_ndcg(m, data, cold_users, batch),
+                   "warm": cold_start.valid_ndcg(m, data, warm_users, batch)}
+        if grid[t]["warm"] < (1.0 - tolerance) * own_warm:
+            break                                                    # lower thresholds show more: cost more
+        if best is None or grid[t]["cold"] > grid[best]["cold"]:
+            best = t
+    m = FactorScorer(base.by_phase) if best is None else scorer(best)
+    m.notes = {"gamma": cold_start.GATE_GAMMA, "threshold": best, "profile": "last history item",
+               "warm_tolerance": tolerance, "warm_valid_NDCG@10_own": own_warm,
+               "chosen_on": f"cold-valid NDCG@10, warm-valid NDCG@10 within {tolerance:.0%} of the model's own",
+               "valid_NDCG@10_by_threshold": {str(t): g for t, g in grid.items()},
+               "text_source": cold_start.TEXT_SOURCE}
+    return m, None
+
+
 def add_cold_start(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served]], skipped: dict[str, str]) -> None:
     """Add the cold-item baselines to ``zoo`` (after the day's base models) when the split held cold items out and
     their inputs exist, and put each served factor model on its day-one path (``day_one``; the model as trained
@@ -244,15 +278,16 @@ def add_cold_start(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served
             cache[d.n_items] = cold_start.text_vectors(ctx, d.n_items)
         return cache[d.n_items]
 
-    batch = ctx.cfg.eval.batch_size
+    batch, tolerance = ctx.cfg.eval.batch_size, ctx.cfg.eval.day_one_warm_tolerance
     zoo["content_knn"] = lambda d: cold_start.content_knn(d, text(d), batch)
     zoo["content_knn_last"] = lambda d: cold_start.content_knn_last(d, text(d))
     if "sasrec" in zoo:
         sasrec = zoo["sasrec"]
         zoo["sasrec_fill_in"] = lambda d: filled(sasrec(d)[0], text(d), d, {"valid": "valid", "test": "valid"})
         zoo["sasrec_regressor"] = lambda d: regressed(sasrec(d)[0], text(d), d, batch)
+        zoo["sasrec_text_gate"] = lambda d: gated(sasrec(d)[0], text(d), d, tolerance, batch)
     else:
-        skipped.update(dict.fromkeys(("sasrec_fill_in", "sasrec_regressor"),
+        skipped.update(dict.fromkeys(("sasrec_fill_in", "sasrec_regressor", "sasrec_text_gate"),
                                      f"no trained SASRec for ds={ctx.ds} (train_sequential/sasrec/vectors.npz): run "
                                      "train_sequential with sasrec in train_sequential.models"))
     test_fit = "test" if ctx.cfg.wals.refit_on_valid else "valid"           # the history WALS's test fit saw
@@ -264,22 +299,21 @@ def add_cold_start(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served
     for name in [n for n in zoo if n in DAY_ONE_MODELS]:   # served from the chosen day-one path; as trained beside
         fit_on = {"valid": "valid", "test": test_fit if name == "wals" else "valid"}
         zoo[f"{name}_as_trained"] = lambda d, m=zoo[name]: (m(d)[0], None)
-        zoo[name] = lambda d, m=zoo[name], fit_on=fit_on: day_one(m(d), text(d), d, fit_on, batch)
+        zoo[name] = lambda d, m=zoo[name], fit_on=fit_on: day_one(m(d), text(d), d, fit_on, batch, tolerance)
 
 
 DAY_ONE_MODELS = ("wals", "sasrec", "grasp", "llmrec")  # the served factor models
-# A day-one path may cost the warm valid users at most this share of the model's own warm-valid NDCG@10: new items
-# promoted above what a shopper would have bought is a loss the cold-valid figure alone does not see
-WARM_TOLERANCE = 0.01
 
 
-def day_one(base: Served, text: np.ndarray, data: EvalData, fit_on: dict[str, str], batch: int) -> Served:
+def day_one(base: Served, text: np.ndarray, data: EvalData, fit_on: dict[str, str], batch: int,
+            tolerance: float) -> Served:
     """A served factor model with its cold items' rows from its day-one path: ``own`` (as trained: an ID model's
     untrained row, the text path of GRASP and the LLM recommender), ``fill_in`` (``filled``) or, for a model with
     one item table for both phases (the sequential models), ``regressor`` (``regressed``). Chosen on the valid
     phase: the best full-ranking NDCG@10 of the cold-valid users among the paths whose warm-valid NDCG@10 is within
-    ``WARM_TOLERANCE`` of ``own``'s (ties to the earlier path). The served item table is the chosen one; the path,
-    the rows it gave and both grids go with it (``notes``, ``serving.save_scorer``)."""
+    ``tolerance`` (``eval.day_one_warm_tolerance``) of ``own``'s (ties to the earlier path): new items shown above
+    what a shopper would have bought are a loss the cold-valid figure alone does not see. The served item table is
+    the chosen one; the path, the rows it gave and both grids go with it (``notes``, ``serving.save_scorer``)."""
     scorer, arrays = base
     paths: dict[str, FactorScorer] = {"own": scorer}
     if len(cold_start.cold_valid_users(data)):                          # else nothing to choose on: own
@@ -289,11 +323,11 @@ def day_one(base: Served, text: np.ndarray, data: EvalData, fit_on: dict[str, st
     _, cold, n = cold_start.choose_on_cold_valid({k: (lambda m=m: m) for k, m in paths.items()}, data, batch)
     warm_users = cold_start.warm_valid_users(data)
     warm = {k: cold_start.valid_ndcg(m, data, warm_users, batch) for k, m in paths.items()} if cold else {}
-    ok = [k for k in paths if k in cold and warm[k] >= (1.0 - WARM_TOLERANCE) * warm["own"]]
+    ok = [k for k in paths if k in cold and warm[k] >= (1.0 - tolerance) * warm["own"]]
     path = max(ok, key=cold.get) if ok else "own"
     m = FactorScorer(paths[path].by_phase)
     m.notes = {"day_one": path, "day_one_notes": getattr(paths[path], "notes", {}), "cold_valid_users": n,
-               "chosen_on": (f"cold-valid NDCG@10, warm-valid NDCG@10 within {WARM_TOLERANCE:.0%} of own" if cold
+               "chosen_on": (f"cold-valid NDCG@10, warm-valid NDCG@10 within {tolerance:.0%} of own" if cold
                              else "no cold-valid users: own"),
                "cold_valid_NDCG@10_by_path": cold, "warm_valid_NDCG@10_by_path": warm}
     if arrays is not None and path != "own":

@@ -38,7 +38,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
         [f"{LF}::test_a_401_that_echoes_the_key_leaves_it_nowhere",
          "tests/unit/pipelines/test_secrets.py"]),
     "22.2_secret_scan_full_run": (
-        "with the LLM and search keys set to markers, three synthetic days on the Airflow deployment leave neither "
+        "with the LLM and search keys set to markers, the synthetic days on the Airflow deployment leave neither "
         "in any file under the home (tables, records, caches, MLflow artifacts), Airflow's logs or PostgreSQL's files "
         "(Airflow's metadata, MLflow's store)",
         ["tests/dags/test_scheduler.py::test_no_secret_reaches_a_file_the_database_or_a_log_line"]),

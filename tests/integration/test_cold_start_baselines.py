@@ -14,14 +14,17 @@ from tests.conftest import DS, SMALL_SHOP
 pytestmark = pytest.mark.slow
 SETS = [*SMALL_SHOP, "split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.models=[sasrec]",
         "train_sequential.train.epochs=1", "train_sequential.sasrec.hidden=32", "train_sequential.train.batch_size=128"]
-BASELINES = ("content_knn", "content_knn_last", "sasrec_fill_in", "sasrec_regressor", "wals_fill_in")
+BASELINES = ("content_knn", "content_knn_last", "sasrec_fill_in", "sasrec_regressor", "sasrec_text_gate",
+             "wals_fill_in")
+
+
+TOLERANCE = 0.01  # eval.day_one_warm_tolerance's default
 
 
 def test_the_baselines_are_scored_on_the_cold_and_warm_groups(tmp_path):
     from pipelines import runner
     from pipelines.config import load_config
     from pipelines.evaluation import cold_start as cs
-    from pipelines.evaluation.scorers import WARM_TOLERANCE
 
     stages = ["ingest", "validate", "split", "wals", "embed", "train_sequential", "evaluate", "register"]
     summary = runner.run(load_config(None, SETS), DS, tmp_path, stages)
@@ -40,11 +43,13 @@ def test_the_baselines_are_scored_on_the_cold_and_warm_groups(tmp_path):
     assert metrics["content_knn"]["notes"]["cold_valid_users"] == metrics["sasrec"]["valid"]["cold"]["full"]["users"]
     n = metrics["sasrec_regressor"]["notes"]
     assert n["norm_scale"] in cs.SCALE_GRID and n["ridge_lambda"] in cs.RIDGE_GRID and n["donors"] > 0
+    n = metrics["sasrec_text_gate"]["notes"]
+    assert n["threshold"] in (None, *cs.GATE_THRESHOLDS) and n["valid_NDCG@10_by_threshold"]
     assert metrics["wals_fill_in"]["notes"]["k"] == cs.FILL_K == metrics["sasrec_fill_in"]["notes"]["k"]
     for name, paths in (("wals", {"own", "fill_in"}), ("sasrec", {"own", "fill_in", "regressor"})):
         n = metrics[name]["notes"]
         cold, warm = n["cold_valid_NDCG@10_by_path"], n["warm_valid_NDCG@10_by_path"]
-        ok = [p for p in cold if warm[p] >= (1 - WARM_TOLERANCE) * warm["own"]]   # what may cost warm users
+        ok = [p for p in cold if warm[p] >= (1 - TOLERANCE) * warm["own"]]   # what may cost warm users
         assert set(cold) == set(warm) == paths and n["day_one"] == max(ok, key=cold.get)
     _registered_and_served_with_their_day_one_path(tmp_path, metrics)
 

@@ -15,12 +15,16 @@ from features.cold_start import (
     recency_profiles,
     ridge_fit,
     ridge_predict,
+    text_gate,
     top_similar,
+    unit_rows,
 )
 from jobs import warehouse
 from pipelines.evaluation import cold_start as cs
 from pipelines.evaluation.protocol import COLD_TEST, COLD_VALID, Csr, EvalData, draw_negatives, evaluate
-from pipelines.evaluation.scorers import WARM_TOLERANCE, FactorScorer, day_one, filled, regressed
+from pipelines.evaluation.scorers import FactorScorer, day_one, filled, gated, regressed
+
+WARM_TOLERANCE = 0.01
 
 DS = "2026-01-01"
 
@@ -163,7 +167,7 @@ def _day_one_case(one_table: bool):
 
 def test_day_one_serves_the_path_best_on_cold_valid_and_names_it():
     base, arrays, text, d, items = _day_one_case(True)
-    m, served = day_one((base, arrays), text, d, {"valid": "valid", "test": "valid"}, 1024)
+    m, served = day_one((base, arrays), text, d, {"valid": "valid", "test": "valid"}, 1024, WARM_TOLERANCE)
     cold, warm = m.notes["cold_valid_NDCG@10_by_path"], m.notes["warm_valid_NDCG@10_by_path"]
     assert set(cold) == set(warm) == {"own", "fill_in", "regressor"} and m.notes["cold_valid_users"] == 2
     # fill-in beats own on the cold-valid users (A, B) but costs the warm one (C) its first place: not eligible
@@ -178,7 +182,7 @@ def test_day_one_serves_the_path_best_on_cold_valid_and_names_it():
 def test_day_one_never_buys_cold_figures_with_the_warm_users():
     # WALS-like, two item tables: no regressor; fill-in alone is better on cold-valid and worse on warm-valid
     base, arrays, text, d, _ = _day_one_case(False)
-    m, served = day_one((base, arrays), text, d, {"valid": "valid", "test": "valid"}, 1024)
+    m, served = day_one((base, arrays), text, d, {"valid": "valid", "test": "valid"}, 1024, WARM_TOLERANCE)
     cold, warm = m.notes["cold_valid_NDCG@10_by_path"], m.notes["warm_valid_NDCG@10_by_path"]
     assert set(cold) == {"own", "fill_in"} and cold["fill_in"] > cold["own"]
     assert warm["fill_in"] < (1 - WARM_TOLERANCE) * warm["own"]
@@ -190,9 +194,38 @@ def test_day_one_keeps_the_model_as_trained_when_that_is_best():
     good = base.by_phase["valid"][1].copy()
     good[4] = (9, -0.5)                                                    # first for both cold-valid users
     base = FactorScorer({ph: (u, good) for ph, (u, _) in base.by_phase.items()})
-    m, served = day_one((base, {**arrays, "item_emb": good}), text, d, {"valid": "valid", "test": "valid"}, 1024)
+    m, served = day_one((base, {**arrays, "item_emb": good}), text, d, {"valid": "valid", "test": "valid"}, 1024, WARM_TOLERANCE)
     assert m.notes["day_one"] == served["day_one"] == "own" and "day_one_rows" not in served
     assert served["item_emb"] is good
+
+
+def test_text_gate_is_one_dot_product_of_the_standardised_scores():
+    rng = np.random.default_rng(3)
+    items, users = rng.normal(size=(9, 4)), rng.normal(size=(5, 4))
+    text, prof = rng.normal(size=(9, 6)), rng.normal(size=(5, 6))
+    prof[4] = 0                                                            # a user without history
+    cold = np.zeros(9, bool)
+    cold[[6, 7, 8]] = True
+    u, v = text_gate(users, items, prof, text, cold, gamma=4.0, threshold=2.0)
+    got = u @ v.T                                                          # (5, 9)
+    own = users @ items[1:6].T                                             # warm items 1..5 (0 is padding)
+    want_warm = (own - own.mean(1, keepdims=True)) / own.std(1, keepdims=True)
+    cos = unit_rows(prof) @ unit_rows(text)[1:].T                          # every real item
+    z = np.divide(cos - cos.mean(1, keepdims=True), cos.std(1, keepdims=True), out=np.zeros_like(cos),
+                  where=cos.std(1, keepdims=True) > 0)
+    assert np.allclose(got[:, 1:6], want_warm, atol=1e-5) and (v[0] == 0).all()
+    assert np.allclose(got[:, 6:], 4.0 * (z[:, 5:] - 2.0), atol=1e-4)      # no profile: every cold item at -8
+
+
+def test_gated_keeps_the_warm_users_and_records_the_trade_off():
+    base, _, text, d, _ = _day_one_case(True)
+    m, served = gated(base, text, d, WARM_TOLERANCE, 1024)
+    n = m.notes
+    grid = {float(t): g for t, g in n["valid_NDCG@10_by_threshold"].items()}
+    assert served is None and list(grid) == list(cs.GATE_THRESHOLDS[:len(grid)])    # scanned from the top down
+    kept = [t for t, g in grid.items() if g["warm"] >= (1 - WARM_TOLERANCE) * n["warm_valid_NDCG@10_own"]]
+    assert kept == list(grid)[:len(kept)] and len(grid) - len(kept) <= 1            # stops at the first loss
+    assert n["threshold"] == (max(kept, key=lambda t: grid[t]["cold"]) if kept else None)
 
 
 # ----------------------------------------------------------------------------- the zoo
@@ -234,7 +267,8 @@ def test_with_cold_items_the_baselines_join_the_zoo_or_say_why_not(tmp_path):
     skipped: dict = {}
     zoo = model_zoo(ctx, skipped)
     assert list(zoo) == ["popularity", "wals", "sasrec", "content_knn", "content_knn_last", "sasrec_fill_in",
-                         "sasrec_regressor", "wals_fill_in", "wals_as_trained", "sasrec_as_trained"] and skipped == {}
+                         "sasrec_regressor", "sasrec_text_gate", "wals_fill_in", "wals_as_trained",
+                         "sasrec_as_trained"] and skipped == {}
     d = _data([[1]], [0], [2], {2: COLD_TEST}, 2)
     s = zoo["content_knn_last"](d)[0].score(np.array([0]), "test")        # text read from text_embeddings
     assert s[0, 1:] == pytest.approx([1.0, 0.0])
