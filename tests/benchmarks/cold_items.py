@@ -53,7 +53,7 @@ ROWS = {"popularity": "popularity", "sasrec_id_only": "sasrec_as_trained", "wals
         "content_knn": "content_knn", "content_knn_last": "content_knn_last", "sasrec_fill_in": "sasrec_fill_in",
         "sasrec_regressor": "sasrec_regressor", "sasrec_text_gate": "sasrec_text_gate", "wals_fill_in": "wals_fill_in",
         "sasrec": "sasrec", "wals": "wals",
-        "grasp": "grasp", "llmrec": "llmrec"}
+        "grasp_as_trained": "grasp_as_trained", "grasp": "grasp", "llmrec": "llmrec"}
 INTERVAL, RESAMPLES = "two-level", 2000
 PROTOCOL = ["split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.text_source=metadata",
             "describe.entities=[]", "train_sequential.per_model={}"]
