@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         first = payload["cold_by"][next(iter(payload["cold_by"]))]
         payload |= {k: first[k] for k in ("n_cold_test_users", "n_warm_test_users")}
         notes = [f"models trained: {', '.join(models)} (train_sequential, the section's settings for every model); "
-                 "rows without figures were not run", "text: item metadata only (no LLM descriptions)",
+                 "seeds kept from an earlier run keep that run's models: rows without figures were not run", "text: item metadata only (no LLM descriptions)",
                  "sasrec_text_gate: threshold chosen on valid under a 1% warm-valid bound; the valid trade-off at every "
                  "threshold scanned is in the JSON (text_gate_valid)",
                  f"seeds {args.seeds}; deltas: paired on the same users, 95% two-level bootstrap (seeds, then users; "
