@@ -7,7 +7,8 @@ served through MLflow (``user_emb``, ``item_emb``, ``item_bias``; see ``pipeline
 * ``CascadeScorer``: one model re-ranks another's top-k (``llmrec.rerank_from``); evaluated, not served.
 * With ``split.cold_items``: the cold-item baselines (``add_cold_start``; content kNN, choices and the text vectors
   in ``pipelines.evaluation.cold_start``): ``filled`` (kNN fill-in of SASRec's and WALS's cold rows) and
-  ``regressed`` (a ridge map from text vector to SASRec's item row); evaluated, not served. And the day-one path
+  ``regressed`` (a ridge map from text vector to SASRec's item row) and ``gated`` (SASRec's scores for warm items,
+  the text gate for cold ones, its threshold under the warm bound); evaluated, not served. And the day-one path
   of every served factor model (``day_one``): WALS, SASRec, GRASP and the LLM recommender are scored and served
   with their cold items' rows from the path chosen on the cold-valid users, ``<name>_as_trained`` evaluated
   beside them.
