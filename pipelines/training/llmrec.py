@@ -40,12 +40,11 @@ from models.llmrec import DOC, ITEM, TEXT, USER, LLMRec, info_nce, ranking_loss
 from models.sasrec import never_candidates
 from pipelines.backends.wals import fit_implicit
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
+from pipelines.training.code_key import MODELS_DIR, model_files, source_hash
 from pipelines.training.loop import Step, StepLoss, Task
 from pipelines.training.ranking import full_ranks, sample_items, training_exclude
 
 PROMPT_VERSION = "llmrec-v3"
-CODE_FILES = (Path(__file__), Path(__file__).resolve().parents[2] / "models" / "llmrec.py",
-              Path(__file__).resolve().parents[2] / "models" / "configs.py")
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -343,12 +342,13 @@ def load_backbone(path: Path, layers: int):
     return causal, tok, ident
 
 
-def code_version() -> str:
-    """The recommender's code and prompt version: a change retrains it."""
+def code_version(models_dir: Path = MODELS_DIR) -> str:
+    """The recommender's code and prompt version: its training task (this file) and every ``models`` module the
+    model runs (``models.llmrec`` and what it imports: the MP-Head, SASRec's candidate rule, the configs), without
+    comments and docstrings (``code_key``): a change to what they compute retrains it, a documentation edit does
+    not."""
     h = hashlib.sha256(PROMPT_VERSION.encode())
-    for f in CODE_FILES:
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
+    return source_hash([Path(__file__), *model_files("models.llmrec", models_dir)], h).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------- whose documents
