@@ -44,6 +44,7 @@ from pipelines.training.llmrec import (
     calibrate_scale,
     code_version,
     held_out_factors,
+    llmrec_users,
     load_backbone,
     phase_examples,
     seeded_users,
@@ -197,8 +198,7 @@ def run(ctx: StageContext) -> StageResult:
     t0 = time.perf_counter()
     data, _, _ = load_eval_data(ctx)
     text = item_text(ctx, data.n_items)
-    with_train = np.flatnonzero(data.train.lengths() >= 2)
-    train_users = seeded_users(with_train, c.train_users, ctx.cfg.seed)
+    train_users, valid_users = llmrec_users(data, c, ctx.cfg.seed)
     factors = held_out_factors(data.train, data.n_items, train_users, c.examples_per_user,
                                dataclasses.replace(ctx.cfg.wals, engine="implicit"))
     cat = load_catalogue(ctx)
@@ -207,8 +207,7 @@ def run(ctx: StageContext) -> StageResult:
     prompts = Prompts(tok, [""] + [cat.items[i].get("title") or "" for i in range(1, data.n_items + 1)], c)
     foldin = FoldIn(factors, ctx.cfg.wals.regularization, ctx.cfg.wals.alpha)
     train = train_examples(data.train, train_users, c.examples_per_user)
-    valid = phase_examples(data, seeded_users(np.flatnonzero(data.valid > 0), c.valid_users, ctx.cfg.seed + 1),
-                           "valid")
+    valid = phase_examples(data, valid_users, "valid")
     docs = retrieved_texts(ctx) if c.retrieval != "none" else {}
     if docs:
         train.with_docs(prompts, docs.get("train", {}))

@@ -218,6 +218,14 @@ def seeded_users(candidates: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(candidates, n, replace=False))
 
 
+def llmrec_users(data: EvalData, c: LLMRecConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The recommender's training users (two train items or more; ``c.train_users`` of them, seeded, 0 = all) and
+    its validation users (a valid target; ``c.valid_users``, seeded with ``seed + 1``): the one draw that
+    ``train_llmrec`` trains and stops on and ``web_queries`` fetches documents for."""
+    return (seeded_users(np.flatnonzero(data.train.lengths() >= 2), c.train_users, seed),
+            seeded_users(np.flatnonzero(data.valid > 0), c.valid_users, seed + 1))
+
+
 # ----------------------------------------------------------------------------- the task
 
 class LLMRecTask(Task):
@@ -361,8 +369,7 @@ def retrieval_histories(data: EvalData, cfg, eval_users: np.ndarray) -> dict[str
     ``web.users`` > 0 each phase keeps a seeded sample of that many. (The evaluate stage's valid column of a
     retrieval model therefore reads documents for the validation users only.)"""
     c, seed = cfg.llmrec, cfg.seed
-    train_users = seeded_users(np.flatnonzero(data.train.lengths() >= 2), c.train_users, seed)
-    valid_users = seeded_users(np.flatnonzero(data.valid > 0), c.valid_users, seed + 1)
+    train_users, valid_users = llmrec_users(data, c, seed)
     out = {}
     for phase, users in (("train", train_users), ("valid", valid_users), ("test", eval_users)):
         hist = data.train if phase != "test" else data.history("test")
