@@ -38,6 +38,7 @@ class Domain:
     inventions: str = "ingredients, sizes or prices"
     reason_inventions: str = "ingredients or prices"
     categories: str = "path"
+    choose: str = "buy"  # what a user does with the next item (the LLM recommender's prompt)
 
     def __post_init__(self) -> None:
         if self.categories not in ("path", "tags"):

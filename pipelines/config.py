@@ -519,7 +519,8 @@ class DomainConfig(Domain):
     """The words the LLM prompts use (``features.text.Domain``): what is recommended (``item``, ``items``), to whom
     (``user``), where (``catalogue``, ``shop``), what a user's history is (``history``), who an item suits
     (``audience``), what a user summary covers (``user_traits``), what a description must not invent
-    (``inventions``, ``reason_inventions``), and whether ``categories`` are a ``path`` or ``tags``. Defaults: a shop's.
+    (``inventions``, ``reason_inventions``), whether ``categories`` are a ``path`` or ``tags``, and what a user does with
+    the next item (``choose``: the LLM recommender's prompt). Defaults: a shop's.
     """
 
     def __post_init__(self) -> None:

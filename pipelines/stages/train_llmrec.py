@@ -204,7 +204,8 @@ def run(ctx: StageContext) -> StageResult:
     cat = load_catalogue(ctx)
     model_dir = Path(c.model_path) if c.model_path else default_model_dir(ctx.home)
     causal, tok, ident = load_backbone(model_dir, c.layers)
-    prompts = Prompts(tok, [""] + [cat.items[i].get("title") or "" for i in range(1, data.n_items + 1)], c)
+    prompts = Prompts(tok, [""] + [cat.items[i].get("title") or "" for i in range(1, data.n_items + 1)], c,
+                      ctx.cfg.domain)
     foldin = FoldIn(factors, ctx.cfg.wals.regularization, ctx.cfg.wals.alpha)
     train = train_examples(data.train, train_users, c.examples_per_user)
     valid = phase_examples(data, valid_users, "valid")

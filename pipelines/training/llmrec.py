@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from features.text import content_hash
+from features.text import SHOP, Domain, content_hash
 from models.configs import LLMRecConfig
 from models.llmrec import DOC, ITEM, TEXT, USER, LLMRec, info_nce, ranking_loss
 from models.sasrec import never_candidates
@@ -52,15 +52,15 @@ PROMPT_VERSION = "llmrec-v3"
 class Prompts:
     """Token ids of the prompt's fixed pieces and of every item's title, built once; ``build`` assembles batches."""
 
-    def __init__(self, tokenizer, titles: list[str], cfg: LLMRecConfig) -> None:
-        """``titles[item_idx]`` (``titles[0]`` is padding)."""
+    def __init__(self, tokenizer, titles: list[str], cfg: LLMRecConfig, domain: Domain = SHOP) -> None:
+        """``titles[item_idx]`` (``titles[0]`` is padding); the prompt's words from ``domain`` (the config's)."""
         def enc(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
         self.cfg = cfg
         self.pad = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
-        lead = " will next buy what suits these purchases, oldest first:"
-        self.head = enc("A shopper") if cfg.soft_tokens else enc("A shopper" + lead)
+        who, lead = f"A {domain.user}", f" will next {domain.choose} what suits these {domain.history}, oldest first:"
+        self.head = enc(who) if cfg.soft_tokens else enc(who + lead)
         self.after_user = enc(lead)
         self.sep = enc(";")
         clean = [" " + " ".join((t or "").split()) for t in titles]

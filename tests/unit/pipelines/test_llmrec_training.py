@@ -47,6 +47,12 @@ def test_prompt_layout(tok):
     assert ids.shape[1] - 1 - last == len(p.titles[4]) == 4                # its soft token, then its title
     titles_only = Prompts(tok, TITLES, LLMRecConfig(soft_tokens=False, max_history=3))
     assert not titles_only.build([np.array([1, 2])])["kinds"].any()
+    from features.text import Domain
+
+    music = Prompts(tok, TITLES, CFG, Domain(user="listener", history="plays", choose="play"))  # the config's words
+    b = music.build([np.array([5])])
+    assert tok.decode(b["input_ids"][0][b["kinds"][0] == 0]).startswith(
+        "a listener will next play what suits these plays, oldest first :")
 
 
 def test_fold_in_is_implicits_least_squares_solve():
