@@ -7,10 +7,7 @@ Every global batch is split across ranks (``rows[rank::world]``) and each rank d
 """
 from __future__ import annotations
 
-import ast
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
@@ -23,11 +20,9 @@ from models.sasrec import SASRec, bce_loss, ce_loss
 from pipelines.config import Config
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
+from pipelines.training.code_key import MODELS_DIR, source_hash
 from pipelines.training.loop import Step, StepLoss, Task
 from pipelines.training.ranking import full_ranks, sample_items, training_exclude
-
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -186,16 +181,7 @@ def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarr
 
 
 def code_version(name: str) -> str:
-    """A hash of the model's code without comments and docstrings: an edit to what it computes trains afresh,
-    an edit to its documentation does not."""
+    """A hash of the model's code without comments and docstrings (``code_key``): an edit to what it computes
+    trains afresh, an edit to its documentation does not."""
     files = ["configs.py", "sasrec.py"] + (["grasp.py"] if name == "grasp" else [])
-    h = hashlib.sha256()
-    for f in files:
-        tree = ast.parse((MODELS_DIR / f).read_text())
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-        h.update(ast.dump(tree).encode())
-    return h.hexdigest()[:12]
+    return source_hash([MODELS_DIR / f for f in files]).hexdigest()[:12]
