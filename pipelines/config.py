@@ -728,6 +728,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def dump_yaml(cfg: Config) -> str:
+    """``cfg`` as a config file. A section seed equal to the top-level ``seed`` is written as null (it follows the
+    top-level seed), so a run of the file with ``--set seed=7`` re-seeds that section too."""
     def plain(x: Any) -> Any:
         if isinstance(x, dict):
             return {k: plain(v) for k, v in x.items()}
@@ -735,4 +737,8 @@ def dump_yaml(cfg: Config) -> str:
             return [plain(v) for v in x]
         return x
 
-    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+    raw = plain(to_dict(cfg))
+    for name in Config.SEEDED_SECTIONS:
+        if raw[name]["seed"] == cfg.seed:
+            raw[name]["seed"] = None
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -226,6 +226,14 @@ def test_config_is_frozen():
         cfg.seed = 1  # type: ignore[misc]
 
 
+def test_a_dumped_config_reseeds_every_section_that_followed_the_top_level_seed(tmp_path):
+    path = _yaml(tmp_path, dump_yaml(load_config(None)))                 # what `recpipe tune` writes
+    assert load_config(path, ["seed=7"]).wals.seed == 7                   # not the 42 it was resolved to
+    (tmp_path / "own").mkdir()
+    own = _yaml(tmp_path / "own", dump_yaml(load_config(None, ["wals.seed=5"])))
+    assert load_config(own, ["seed=7"]).wals.seed == 5                    # a seed of its own stays
+
+
 def test_dump_yaml_round_trips(tmp_path):
     cfg = load_config(None, ["wals.factors=12", "eval.ks=[1, 2]", "data.path=/x"])
     assert load_config(_yaml(tmp_path, dump_yaml(cfg))) == cfg
