@@ -21,7 +21,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +39,7 @@ from tests.benchmarks.common import (  # noqa: E402
     prepare_beauty,
     write_results,
 )
-from tests.process_group import stop  # noqa: E402
+from tests.process_group import mlflow_serve, stop  # noqa: E402
 
 LEVELS = (1, 8, 32)
 PATHS = ("lookup", "request_time")
@@ -72,29 +71,6 @@ def test_users(ctx) -> tuple[list[str], list[list[str]], list[str]]:
 
 
 # ----------------------------------------------------------------------------- the server
-
-def serve(uri: str, model: str, port: int, workers: int, threads: int, log: Path) -> subprocess.Popen:
-    """``mlflow models serve`` in its own process group, the venv's bin on PATH; returns once /ping answers."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": str(threads)}
-    with log.open("w") as out:
-        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{model}@challenger", "--env-manager",
-                                 "local", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"mlflow models serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/ping")
-            if c.getresponse().status == 200:
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    stop(proc, grace_s=20)
-    sys.exit(f"the server did not answer /ping in 180 s: {log.read_text()[-2000:]}")
-
 
 def group_rss_mb(pgid: int) -> float:
     """Resident memory of every process in the process group ``pgid`` (the server, uvicorn and its workers)."""
@@ -199,7 +175,8 @@ def bench_model(model: str, uri: str, args, users, hists, targets, log: Path) ->
     from pipelines.training.distributed import free_port
 
     port = free_port()
-    proc = serve(uri, model, port, args.workers, args.threads, log)
+    proc = mlflow_serve(f"models:/{model}@challenger", port, log, {**os.environ, "MLFLOW_TRACKING_URI": uri,
+                                                                   "OMP_NUM_THREADS": str(args.threads)}, args.workers)
     try:
         out: dict = {}
         for path in PATHS:

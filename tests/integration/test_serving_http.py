@@ -4,11 +4,7 @@ bad request gets a 400 naming the field (never a 500 or a traceback), and the se
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DS, private_home, without_process_group
-from tests.process_group import stop
+from tests.process_group import mlflow_serve, stop
 
 pytestmark = pytest.mark.slow
 MODEL = "models:/sasrec@challenger"
@@ -58,30 +54,6 @@ def post(port: int, body: dict) -> tuple[int, dict]:
             return e.code, {"message": text}
 
 
-def serve(uri: str, port: int, log: Path) -> subprocess.Popen:
-    """``mlflow models serve`` as docs/operations.md starts it (the venv's bin on PATH: it runs ``uvicorn`` by
-    name), in its own process group; returns once ``/ping`` answers (bounded wait)."""
-    venv_bin = Path(sys.executable).parent
-    env = {**without_process_group(), "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": uri}
-    with log.open("w") as out:  # the child keeps its own copy of the file
-        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", MODEL, "--env-manager", "local", "--host",
-                                 "127.0.0.1", "--port", str(port), "--workers", "1"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + START_SECONDS
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    stop(proc)
-    raise AssertionError(f"the server did not answer /ping in {START_SECONDS} s: {log.read_text()[-3000:]}")
-
-
 def test_mlflow_serves_request_time_history_and_refuses_bad_requests_with_400(registered, tmp_path):
     import mlflow
     import pandas as pd
@@ -98,7 +70,8 @@ def test_mlflow_serves_request_time_history_and_refuses_bad_requests_with_400(re
     good = {"dataframe_records": [{"user_id": r["user"], "history": r["history"]}], "params": {"k": 5}}
     expected = mlflow.pyfunc.load_model(MODEL).predict(pd.DataFrame(good["dataframe_records"]), params={"k": 5})
     port = free_port()
-    proc = serve(r["uri"], port, tmp_path / "server.log")
+    proc = mlflow_serve(MODEL, port, tmp_path / "server.log", {**without_process_group(), "MLFLOW_TRACKING_URI": r["uri"]},
+                        start_s=START_SECONDS)
     try:
         status, body = post(port, good)
         assert status == 200, body
