@@ -127,9 +127,17 @@ def text_gate(users: np.ndarray, items: np.ndarray, profiles: np.ndarray, text: 
     c, d = dot_moments(p, t[1:])
     inv_s, inv_d = 1.0 / np.maximum(s, 1e-12), np.where(d > 0, 1.0 / np.maximum(d, 1e-12), 0.0)
     u_out = np.concatenate([users * inv_s[:, None], gamma * p * inv_d[:, None], (-m * inv_s)[:, None],
-                            (-gamma * (c * inv_d + threshold))[:, None]], axis=1)
+                            (-gamma * c * inv_d)[:, None]], axis=1)
     h, dim = items.shape[1], text.shape[1]
     v_out = np.zeros((len(items), h + dim + 2), np.float64)
     v_out[warm, :h], v_out[warm, h + dim] = items[warm], 1.0
     v_out[cold, h:h + dim], v_out[cold, h + dim + 1] = t[cold], 1.0
-    return u_out.astype(np.float32), v_out.astype(np.float32)
+    return gate_threshold(u_out.astype(np.float32), gamma, threshold), v_out.astype(np.float32)
+
+
+def gate_threshold(users: np.ndarray, gamma: float, threshold: float) -> np.ndarray:
+    """``text_gate``'s user table built at threshold 0, moved to ``threshold`` (a copy): only its last column, the
+    cold items' offset, changes, so a scan over thresholds builds the gate once."""
+    out = users.copy()
+    out[:, -1] -= gamma * threshold
+    return out

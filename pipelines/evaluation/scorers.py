@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from features.cold_start import fill_in, norm_matched, ridge_fit, ridge_predict, text_gate
+from features.cold_start import fill_in, gate_threshold, norm_matched, ridge_fit, ridge_predict, text_gate
 from jobs import warehouse
 from pipelines.backends.wals import SCRATCH, load_factors
 from pipelines.context import StageContext
@@ -237,11 +237,12 @@ def gated(base: FactorScorer, text: np.ndarray, data: EvalData, tolerance: float
     sequential model's user state from the live sequence, and the gate's user vector needs the last item's text)."""
     cold_users, warm_users = cold_start.cold_valid_users(data), cold_start.warm_valid_users(data)
     own_warm = cold_start.valid_ndcg(base, data, warm_users, batch)
-    prof = {ph: cold_start.profiles(data, text, ph, 0.0) for ph in base.by_phase}   # the last item alone
+    gamma = cold_start.GATE_GAMMA
+    gate = {ph: text_gate(u, v, cold_start.profiles(data, text, ph, 0.0), text, data.cold_mask(), gamma, 0.0)
+            for ph, (u, v) in base.by_phase.items()}                             # the last item alone; built once
 
     def scorer(t: float) -> FactorScorer:
-        return FactorScorer({ph: text_gate(u, v, prof[ph], text, data.cold_mask(), cold_start.GATE_GAMMA, t)
-                             for ph, (u, v) in base.by_phase.items()})
+        return FactorScorer({ph: (gate_threshold(u, gamma, t), v) for ph, (u, v) in gate.items()})
 
     grid, best = {}, None
     for t in cold_start.GATE_THRESHOLDS if len(cold_users) else ():
@@ -253,7 +254,7 @@ def gated(base: FactorScorer, text: np.ndarray, data: EvalData, tolerance: float
         if best is None or grid[t]["cold"] > grid[best]["cold"]:
             best = t
     m = FactorScorer(base.by_phase) if best is None else scorer(best)
-    m.notes = {"gamma": cold_start.GATE_GAMMA, "threshold": best, "profile": "last history item",
+    m.notes = {"gamma": gamma, "threshold": best, "profile": "last history item",
                "warm_tolerance": tolerance, "warm_valid_NDCG@10_own": own_warm,
                "chosen_on": f"cold-valid NDCG@10, warm-valid NDCG@10 within {tolerance:.0%} of the model's own",
                "valid_NDCG@10_by_threshold": {str(t): g for t, g in grid.items()},

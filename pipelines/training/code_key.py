@@ -14,22 +14,24 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 def model_files(module: str, models_dir: Path = MODELS_DIR) -> list[Path]:
     """The source of ``module`` (``models.<name>``) and of every ``models`` module it imports, directly or through
     another, each once, in the order first reached (depth first, imports in source order)."""
-    order: list[str] = []
+    order: list[Path] = []
 
-    def visit(name: str) -> None:
-        if name in order:
+    def source(name: str) -> Path:
+        return models_dir / f"{name.split('.', 1)[1]}.py"
+
+    def visit(path: Path) -> None:
+        if path in order:
             return
-        order.append(name)
-        tree = ast.parse((models_dir / f"{name.split('.', 1)[1]}.py").read_text())
-        for node in ast.walk(tree):
+        order.append(path)
+        for node in ast.walk(ast.parse(path.read_text())):
             names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             for n in names:
-                if n.startswith("models.") and (models_dir / f"{n.split('.', 1)[1]}.py").exists():
-                    visit(n)
+                if n.startswith("models.") and source(n).exists():
+                    visit(source(n))
 
-    visit(module)
-    return [models_dir / f"{n.split('.', 1)[1]}.py" for n in order]
+    visit(source(module))
+    return order
 
 
 def source_hash(files: list[Path], h=None):
