@@ -19,6 +19,28 @@ class FieldError(ValueError):
 
 
 @dataclass(frozen=True)
+class ItemsConfig:
+    """How the backbone represents an item (``models.items``): ``source`` ``id`` (a free vector per item, SASRec's
+    own) or ``text`` (a learned linear map of the item's frozen text vector plus a per-item delta whose norm is at
+    most ``delta_max``, 0 = unbounded; in a training step a share ``id_dropout`` of the items lose their delta, so
+    the text path alone must rank them). An item that never appears in training keeps delta 0."""
+
+    source: str = "id"
+    delta_max: float = 0.0
+    id_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("id", "text"):
+            raise FieldError("source", f"must be one of ['id', 'text'], got {self.source!r}")
+        if self.delta_max < 0:
+            raise FieldError("delta_max", f"must be 0 (unbounded) or a positive norm, got {self.delta_max}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise FieldError("id_dropout", f"must be in [0, 1), got {self.id_dropout}")
+        if self.source == "id" and (self.delta_max or self.id_dropout):
+            raise FieldError("source", "is 'id': delta_max and id_dropout apply to source 'text' only")
+
+
+@dataclass(frozen=True)
 class SASRecConfig:
     """The SASRec backbone (``models.sasrec``): causal self-attention over the last ``max_len`` items."""
 
@@ -35,6 +57,7 @@ class SASRecConfig:
     # let every position also attend to the left padding (zero inputs, so keys and values are the projections'
     # biases: a learned "attend to nothing"), as SASRec.pytorch and the CE reproductions do by masking only the future
     attend_padding: bool = False
+    items: ItemsConfig = ItemsConfig()  # the item table: ids, or text plus a per-item delta (``models.items``)
 
     def __post_init__(self) -> None:
         for name in ("max_len", "hidden", "n_layers", "n_heads"):

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.configs import SASRecConfig
+from models.items import TextItems
 
 
 class Enhancer(nn.Module):
@@ -116,11 +117,17 @@ def attention_mask(seq: torch.Tensor, attend_padding: bool = False) -> torch.Ten
 
 
 class SASRec(nn.Module):
-    def __init__(self, cfg: SASRecConfig, n_items: int, enhancer: Enhancer | None = None) -> None:
-        """``n_items``: items are ``1..n_items``, 0 is padding."""
+    def __init__(self, cfg: SASRecConfig, n_items: int, enhancer: Enhancer | None = None,
+                 text: torch.Tensor | None = None) -> None:
+        """``n_items``: items are ``1..n_items``, 0 is padding. ``text`` (N + 1, D): the standardised item text
+        vectors ``cfg.items.source = "text"`` reads (``models.items``); ``item_emb`` is then each item's delta."""
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
+        if (cfg.items.source == "text") != (text is not None):
+            raise ValueError(f"items.source={cfg.items.source!r} needs the item text table exactly when it is 'text'")
+        assert text is None or text.shape[0] == n_items + 1, "the text table needs a row per item and padding row 0"
+        self.item_text = None if text is None else TextItems(cfg.items, cfg.hidden, text, cfg.item_init_std)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -128,6 +135,8 @@ class SASRec(nn.Module):
         self.enhancer = enhancer
         self.apply(self._init if cfg.block == "prenorm" else self._init_xavier)
         nn.init.normal_(self.item_emb.weight, std=cfg.item_init_std)
+        if self.item_text is not None:
+            self.item_text.post_init(self.item_emb)
         if enhancer is not None:
             enhancer.post_init(self.item_emb)  # after the generic init, which would overwrite it
 
@@ -135,7 +144,8 @@ class SASRec(nn.Module):
     def _init(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
@@ -143,12 +153,14 @@ class SASRec(nn.Module):
     def _init_xavier(m: nn.Module) -> None:  # the original SASRec's (and its CE reproductions') init
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.xavier_normal_(m.weight)
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
     def item_table(self) -> torch.Tensor:
         """(N + 1, H) item vectors used both as input and for scoring (the enhancer may enrich them)."""
         w = self.item_emb.weight
+        if self.item_text is not None:
+            w = self.item_text(w)
         if self.enhancer is not None:
             w = self.enhancer.enrich_items(w)
         return w

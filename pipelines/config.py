@@ -328,7 +328,8 @@ class DistributedConfig:
 class TrainSequentialConfig:
     """SASRec and SASRec + GRASP (``pipelines/stages/train_sequential.py``), trained by the generic loop.
 
-    ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``.
+    ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``; also
+    the text of a backbone whose ``sasrec.items.source`` is ``text`` (``models.items``).
     ``sasrec``: the backbone of both models; ``grasp``: GRASP's own settings (SASRec ignores them, so changing one
     does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative.
     ``batching``: ``length_weighted`` (the default) puts users of similar history length in one batch (the least

@@ -82,7 +82,8 @@ def save_forward(path: Path, model) -> Path:
     ``sasrec`` and ``grasp`` configs), ``weights.safetensors`` (the state dict in float32: parameters only, no optimiser
     state) and, for GRASP, ``tables.safetensors``: its frozen text tables ``item_sem``/``item_nb`` (N + 1, D) and
     ``user_sem``/``user_nb``: (U + 1, D), the last row zero for users the model does not know, when the config reads
-    user texts (``user_neighbours``, ``own_user_text``), else (1, D) zeros."""
+    user texts (``user_neighbours``, ``own_user_text``), else (1, D) zeros; with ``sasrec.items.source = text``,
+    ``item_text.safetensors``: the standardised item text table (N + 1, D) the item vectors are computed from."""
     import dataclasses
 
     import torch
@@ -102,6 +103,8 @@ def save_forward(path: Path, model) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: cpu(v) for k, v in model.state_dict().items()}, str(tmp / "weights.safetensors"))
+    if model.item_text is not None:  # the standardised text table the item vectors are computed from
+        save_file({"item_text": cpu(model.item_text.text)}, str(tmp / "item_text.safetensors"))
     if enh is not None:
         spec["grasp"] = dataclasses.asdict(enh.cfg)
         spec["user_tables"] = bool(enh.cfg.user_neighbours or enh.cfg.own_user_text)
@@ -126,11 +129,13 @@ class Forward:
         import torch
         from safetensors.torch import load_file
 
-        from models.configs import GRASPConfig, SASRecConfig
+        from models.configs import GRASPConfig, ItemsConfig, SASRecConfig
         from models.sasrec import SASRec
 
         spec = json.loads((path / "forward.json").read_text())
-        cfg, n = SASRecConfig(**spec["sasrec"]), int(spec["n_items"])
+        cfg = SASRecConfig(**{**spec["sasrec"], "items": ItemsConfig(**spec["sasrec"].get("items", {}))})
+        n = int(spec["n_items"])
+        text = (load_file(str(path / "item_text.safetensors"))["item_text"] if cfg.items.source == "text" else None)
         enhancer = None
         self.user_tables = bool(spec.get("user_tables"))
         if spec["arch"] == "grasp":
@@ -139,7 +144,7 @@ class Forward:
             tables = load_file(str(path / "tables.safetensors"))
             self.unknown_user = tables["user_sem"].shape[0] - 1
             enhancer = build(n, cfg.hidden, cfg.dropout, tables, GRASPConfig(**spec["grasp"]))
-        self.model = SASRec(cfg, n, enhancer)
+        self.model = SASRec(cfg, n, enhancer, text=text)
         self.model.load_state_dict(load_file(str(path / "weights.safetensors")))
         self.model.eval()
         self.max_len = cfg.max_len

@@ -32,7 +32,15 @@ from pipelines.evaluation.data import load_eval_data
 from pipelines.refresh import carry_item_rows, uncarried_cold
 from pipelines.training.distributed import init_distributed
 from pipelines.training.loop import damage, fit
-from pipelines.training.sequential import SequentialTask, build_model, code_version, feature_tables, user_vectors
+from pipelines.training.ranking import training_exclude
+from pipelines.training.sequential import (
+    SequentialTask,
+    build_model,
+    code_version,
+    feature_tables,
+    reads_text,
+    user_vectors,
+)
 
 STAGE = "train_sequential"
 
@@ -54,6 +62,8 @@ def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
                 "loss": t.loss, "seed": ctx.cfg.seed, "code": code_version(name)}
     if name == "grasp":
         settings.update(grasp=dataclasses.asdict(t.grasp), text_source=t.text_source)
+    elif reads_text(name, ctx.cfg):
+        settings.update(text_source=t.text_source)
     if t.batching != "length":  # the behaviour before the option stays out: checkpoints made then keep their keys
         settings["batching"] = t.batching
     if t.min_batches:  # so does the batch size's floor (the batch it gives depends on the data, also in the key)
@@ -92,7 +102,8 @@ def run(ctx: StageContext) -> StageResult:
     if t.distributed.threads:
         torch.set_num_threads(t.distributed.threads)
     data, _, item_ids = load_eval_data(ctx)
-    tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if "grasp" in t.models else None
+    text_models = [name for name in t.models if reads_text(name, ctx.cfg)]
+    tables = feature_tables(ctx, t.text_source, data.n_items, data.n_users) if text_models else None
     rank, world = init_distributed(t.distributed.dist_backend)
     plan = refresh.plan(ctx)
     out, outputs, warm_log, tasks = {}, {}, {}, {}
@@ -111,7 +122,8 @@ def run(ctx: StageContext) -> StageResult:
         if task.batch_size != tm.train.batch_size and rank == 0:
             print(f"  {name}: batches of {task.batch_size} (train.batch_size {tm.train.batch_size}, min_batches "
                   f"{tm.min_batches}: {len(task.train.users):,} training users)", flush=True)
-        model = build_model(name, data.n_items, ctx.cfg, tables if name == "grasp" else None)
+        model = build_model(name, data.n_items, ctx.cfg, tables if name in text_models else None,
+                            training_exclude(data))
         warm, base_key = (warm_start(ctx, plan.base, name, model, uncarried_cold(list(item_ids), data.cold))
                           if plan.incremental else (None, ""))
         train = dataclasses.replace(tm.train, batch_size=task.batch_size,
@@ -121,7 +133,7 @@ def run(ctx: StageContext) -> StageResult:
         if warm:
             warm_log[name]["epochs"] = train.epochs
         key = _fingerprint(checkpoint_settings(ctx, name, world), data.train.indptr, data.train.indices, data.valid,
-                           *(tables.values() if name == "grasp" else ()),
+                           *(tables.values() if name in text_models else ()),
                            *([{"warm_from": base_key}] if base_key else []))  # full runs keep their keys
         ckpt = ctx.home / "checkpoints" / STAGE / ctx.ds / f"{name}-{key}"
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -134,7 +146,7 @@ def run(ctx: StageContext) -> StageResult:
         dev = "cpu" if t.distributed.device == "cpu" else next(model.parameters()).device
         summary = {**res.summary(), "parameters": n_params, "batch_size": task.batch_size,
                    "seconds": round(time.perf_counter() - t0, 2),
-                   "text_source": t.text_source if name == "grasp" else None, "checkpoint": str(ckpt),
+                   "text_source": t.text_source if name in text_models else None, "checkpoint": str(ckpt),
                    "model_key": f"{name}-{key}"}
         out[name] = {k: v for k, v in summary.items() if k != "history"}
         if rank == 0:  # the serving vectors: valid phase from train, test phase from train + valid

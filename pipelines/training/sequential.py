@@ -16,11 +16,12 @@ import torch
 from features.embeddings import vectors_of
 from jobs import warehouse
 from models.grasp import build, mean_neighbours
+from models.items import standardise
 from models.sasrec import SASRec, bce_loss, ce_loss
 from pipelines.config import Config
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
-from pipelines.training.code_key import MODELS_DIR, source_hash
+from pipelines.training.code_key import model_files, source_hash
 from pipelines.training.loop import Step, StepLoss, Task
 from pipelines.training.ranking import full_ranks, sample_items, training_exclude
 
@@ -168,20 +169,35 @@ def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -
     return out
 
 
-def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarray] | None) -> SASRec:
-    """``sasrec`` or ``grasp`` (SASRec + holistic attention over ``tables``), initialised from ``cfg.seed``."""
+def reads_text(name: str, cfg: Config) -> bool:
+    """Whether ``name`` reads the item text tables: GRASP always, any model whose items are ``source: text``."""
+    return name == "grasp" or cfg.train_sequential.for_model(name).sasrec.items.source == "text"
+
+
+def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarray] | None,
+                exclude: torch.Tensor | None = None) -> SASRec:
+    """``sasrec`` or ``grasp`` (SASRec + holistic attention over ``tables``), initialised from ``cfg.seed``; with
+    ``sasrec.items.source = text`` its item table reads ``tables["item_sem"]``, standardised on the items outside
+    ``exclude`` ((N + 1,) bool, the held-out cold items)."""
     t = cfg.train_sequential.for_model(name)
     torch.manual_seed(cfg.seed)
+    text = None
+    if t.sasrec.items.source == "text":
+        assert tables is not None, f"{name} reads the item text: it needs the feature tables"
+        sem = torch.from_numpy(tables["item_sem"])
+        rows = sem.abs().sum(1) > 0
+        if exclude is not None:
+            rows &= ~exclude.cpu()
+        text = standardise(sem, rows)
     if name == "sasrec":
-        return SASRec(t.sasrec, n_items)
+        return SASRec(t.sasrec, n_items, text=text)
     assert tables is not None, "GRASP needs its feature tables"
     enhancer = build(n_items, t.sasrec.hidden, t.sasrec.dropout, {k: torch.from_numpy(v) for k, v in tables.items()},
                      t.grasp)
-    return SASRec(t.sasrec, n_items, enhancer)
+    return SASRec(t.sasrec, n_items, enhancer, text=text)
 
 
 def code_version(name: str) -> str:
     """A hash of the model's code without comments and docstrings (``code_key``): an edit to what it computes
     trains afresh, an edit to its documentation does not."""
-    files = ["configs.py", "sasrec.py"] + (["grasp.py"] if name == "grasp" else [])
-    return source_hash([MODELS_DIR / f for f in files]).hexdigest()[:12]
+    return source_hash(model_files("models.grasp" if name == "grasp" else "models.sasrec")).hexdigest()[:12]

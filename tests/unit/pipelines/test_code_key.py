@@ -15,7 +15,7 @@ def _copy(tmp_path):
 
 
 def test_the_llm_recommenders_key_covers_the_mp_head_and_what_else_it_imports(tmp_path):
-    assert [f.name for f in model_files("models.llmrec")] == ["llmrec.py", "configs.py", "mp_head.py", "sasrec.py"]
+    assert [f.name for f in model_files("models.llmrec")] == ["llmrec.py", "configs.py", "mp_head.py", "sasrec.py", "items.py"]
     d = _copy(tmp_path)
     key = llmrec.code_version(d)
     assert key == llmrec.code_version()                                   # a copy is the same code

@@ -41,23 +41,26 @@ USERS = ["u0", "u1", "u2"]
 STORED = [[1, 2, 3], [3, 2], [2, 2, 6, 3]]   # each user's items as of the nightly run, oldest first
 
 
-def tiny_sequential(grasp: bool, user_neighbours: bool = False):
-    """A small SASRec (max_len 4), or GRASP, its weights all random (GRASP's adapters start at zero otherwise)."""
+def tiny_sequential(grasp: bool, user_neighbours: bool = False, text: bool = False):
+    """A small SASRec (max_len 4), or GRASP, its weights all random (GRASP's adapters start at zero otherwise);
+    ``text``: its items are text vectors plus a bounded delta (``models.items``)."""
     import torch
 
-    from models.configs import GRASPConfig, SASRecConfig
+    from models.configs import GRASPConfig, ItemsConfig, SASRecConfig
     from models.grasp import build
     from models.sasrec import SASRec
 
     torch.manual_seed(0)
-    cfg = SASRecConfig(max_len=4, hidden=16, n_layers=2, n_heads=2, dropout=0.1)
+    items = ItemsConfig(source="text", delta_max=0.5) if text else ItemsConfig()
+    cfg = SASRecConfig(max_len=4, hidden=16, n_layers=2, n_heads=2, dropout=0.1, items=items)
     enhancer = None
     if grasp:
         g = torch.Generator().manual_seed(1)
         t = {n: torch.randn(r, 6, generator=g) for n, r in (("item_sem", 9), ("item_nb", 9), ("user_sem", 3),
                                                              ("user_nb", 3))}
         enhancer = build(8, cfg.hidden, cfg.dropout, t, GRASPConfig(user_neighbours=user_neighbours))
-    model = SASRec(cfg, 8, enhancer)
+    item_text = torch.randn(9, 6, generator=torch.Generator().manual_seed(2)) if text else None
+    model = SASRec(cfg, 8, enhancer, text=item_text)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
@@ -106,13 +109,15 @@ def at(scores: np.ndarray, ids: list[str]) -> np.ndarray:
     return scores[[CATALOGUE.index(i) for i in ids]]
 
 
-@pytest.mark.parametrize("grasp, user_neighbours", [(False, False), (True, False), (True, True)],
-                         ids=["sasrec", "grasp", "grasp-user-neighbours"])
-def test_a_request_history_scores_as_the_model_would_on_the_stored_history_plus_it(tmp_path, grasp, user_neighbours):
+@pytest.mark.parametrize("grasp, user_neighbours, text", [(False, False, False), (True, False, False),
+                                                           (True, True, False), (False, False, True)],
+                         ids=["sasrec", "grasp", "grasp-user-neighbours", "sasrec-text-items"])
+def test_a_request_history_scores_as_the_model_would_on_the_stored_history_plus_it(tmp_path, grasp, user_neighbours,
+                                                                                     text):
     """Appending the request's items to the stored history and re-running the model gives the served list and
     scores, several rows in one batch; past max_len the last max_len items are read; unknown ids are skipped and
     counted; a newcomer's list is their own."""
-    model = tiny_sequential(grasp, user_neighbours)
+    model = tiny_sequential(grasp, user_neighbours, text)
     m = served_sequential(tmp_path, model)
     req = pd.DataFrame({"user_id": ["u0", "u1", "u2", "newcomer"],
                         "history": [["i4", "nope", "i7"], ["i1"], None, ["i8", "i3"]]})
