@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipelines.evaluation.stats import ndcg_at  # noqa: E402
 from tests.benchmarks.common import (  # noqa: E402
     BEAUTY_DS,
+    RESULTS,
     day_args,
     interval_record,
     machine,
@@ -55,13 +56,21 @@ ROWS = {"popularity": "popularity", "sasrec_id_only": "sasrec_as_trained", "wals
         "sasrec": "sasrec", "wals": "wals",
         "grasp_as_trained": "grasp_as_trained", "grasp": "grasp", "llmrec": "llmrec"}
 INTERVAL, RESAMPLES = "two-level", 2000
+# trained day-one paths: SASRec with text-aware item vectors (models/items.py), each trained as a model of its own
+# (only sasrec, same section settings and seeds); its rows are NAME (its day-one path chosen on cold-valid, which may
+# be its own text rows) and NAME_as_trained
+VARIANTS = {"sasrec_text_dropout": ["train_sequential.sasrec.items.source=text",
+                                    "train_sequential.sasrec.items.id_dropout=0.5"],
+            "sasrec_text_delta": ["train_sequential.sasrec.items.source=text",
+                                  "train_sequential.sasrec.items.delta_max=0.5"]}
 PROTOCOL = ["split.cold_items=0.1", "embed.sources=[metadata]", "train_sequential.text_source=metadata",
             "describe.entities=[]", "train_sequential.per_model={}"]
 
 
-def run_seed(home: Path, args, sets: list[str], seed: int, models: list[str]) -> Path:
-    """Train and evaluate one seed; its ranks and metrics under ``home/cold_items/seed-S`` (kept: a re-run reads them)."""
-    out = home / "cold_items" / f"seed-{seed}"
+def run_seed(home: Path, args, sets: list[str], seed: int, models: list[str], variant: str = "") -> Path:
+    """Train and evaluate one seed; its ranks and metrics under ``home/cold_items/seed-S[-VARIANT]`` (kept: a re-run
+    reads them)."""
+    out = home / "cold_items" / (f"seed-{seed}-{variant}" if variant else f"seed-{seed}")
     if (out / "metrics.json").exists() and not args.fresh:
         return out
     day = day_args(home, BEAUTY_DS, args.config, [*sets, f"seed={seed}", f"train_sequential.models=[{','.join(models)}]"])
@@ -75,10 +84,10 @@ def run_seed(home: Path, args, sets: list[str], seed: int, models: list[str]) ->
     return out
 
 
-def seed_figures(out: Path) -> dict[str, dict]:
+def seed_figures(out: Path, rows: dict[str, str] = ROWS) -> dict[str, dict]:
     """Per row: the users, per-user cold/warm NDCG@10 and HR@10, and the cold share of warm top-10 lists."""
     figs = {}
-    for row, name in ROWS.items():
+    for row, name in rows.items():
         f = out / "ranks" / f"{name}.npz"
         if f.exists():
             z = np.load(f)
@@ -100,7 +109,7 @@ def summarise(per_seed: list[dict[str, dict]]) -> dict:
     """Means over seeds and the paired intervals of one ``cold_by``."""
     ref = per_seed[0]["content_knn"]
     models = {}
-    for row in [r for r in ROWS if all(r in s for s in per_seed)]:
+    for row in [r for r in per_seed[0] if all(r in s for s in per_seed)]:
         for s in per_seed:
             assert np.array_equal(s[row]["users"], ref["users"]), f"{row} scored other users than content kNN"
         mean = lambda grp, key, row=row: float(np.mean([s[row][key][s[row][grp]].mean()  # noqa: E731
@@ -131,14 +140,26 @@ def table(payload: dict) -> list[tuple]:
     return rows
 
 
+def kept_cold_by(name: str, run: list[str]) -> tuple[dict, list[str]]:
+    """The earlier results file's ``cold_by`` entries this run does not redo, and a note for each."""
+    f = RESULTS / f"{name}.json"
+    prev = json.loads(f.read_text()) if f.exists() else {}
+    kept = {b: r for b, r in prev.get("cold_by", {}).items() if b not in run}
+    commit = prev.get("meta", {}).get("commit", "?")
+    return kept, [f"{b}: figures kept from this file's earlier run (commit {commit}), not re-run" for b in kept]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__, home="/tmp/recpipe-bench-cold")
     ap.add_argument("--cold-by", default="latest,random", help="comma list of split.cold_by values")
     ap.add_argument("--models", default="sasrec,grasp", help="train_sequential.models for every seed")
+    ap.add_argument("--variants", default="", help=f"comma list of trained day-one variants to add: {', '.join(VARIANTS)}")
     ap.add_argument("--fresh", action="store_true", help="train (resume) and evaluate every seed again even where its figures are kept")
     args = ap.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
     models, payload = args.models.split(","), {"dataset": "amazon-beauty", "seeds": args.seeds, "cold_by": {},
                                                "machine": machine(), "interval": interval_record(INTERVAL, resamples=RESAMPLES, reference="content kNN")}
+    payload["cold_by"], kept_notes = kept_cold_by(f"cold_items{args.suffix}", args.cold_by.split(","))
     payload["protocol"] = ("leave-one-out, full ranking over all items with history excluded; split.cold_items=0.1 "
                            "(cold-valid / cold-test halves); cold-test and warm-test users of the test phase")
     for by in args.cold_by.split(","):
@@ -147,17 +168,24 @@ def main(argv: list[str] | None = None) -> int:
             day = day_args(home, BEAUTY_DS, args.config, sets)
             print(f"{by}: prepare {recpipe(['run', '--until', 'neighbours', *day], Path(f'{home}.log')):.0f} s", flush=True)
         outs = [run_seed(home, args, sets, s, models) for s in args.seeds]
-        payload["cold_by"][by] = summarise([seed_figures(o) for o in outs]) | {"text_gate_valid": trade_offs(outs)}
+        figs = [seed_figures(o) for o in outs]
+        for v in variants:
+            for f, s in zip(figs, args.seeds, strict=True):
+                f |= seed_figures(run_seed(home, args, [*sets, *VARIANTS[v]], s, ["sasrec"], v),
+                                  {v: "sasrec", f"{v}_as_trained": "sasrec_as_trained"})
+        payload["cold_by"][by] = summarise(figs) | {"text_gate_valid": trade_offs(outs)}
         first = payload["cold_by"][next(iter(payload["cold_by"]))]
         payload |= {k: first[k] for k in ("n_cold_test_users", "n_warm_test_users")}
         notes = [f"models trained: {', '.join(models)} (train_sequential, the section's settings for every model); "
                  "seeds kept from an earlier run keep that run's models: rows without figures were not run", "text: item metadata only (no LLM descriptions)",
                  "sasrec_text_gate: threshold chosen on valid under a 1% warm-valid bound; the valid trade-off at every "
                  "threshold scanned is in the JSON (text_gate_valid)",
+                 *(f"{v}: SASRec trained with {' '.join(VARIANTS[v])} (models/items.py; only sasrec trained, same "
+                   "settings and seeds); its row takes the day-one path chosen on cold-valid" for v in variants),
                  f"seeds {args.seeds}; deltas: paired on the same users, 95% two-level bootstrap (seeds, then users; "
                  f"{RESAMPLES} resamples)",
                  *(f"{b}: {r['n_cold_test_users']} cold-test users, {r['n_warm_test_users']} warm-test users"
-                   for b, r in payload["cold_by"].items())]
+                   for b, r in payload["cold_by"].items()), *kept_notes]
         write_results(f"cold_items{args.suffix}", payload, table(payload), notes)
     return 0
 
