@@ -156,3 +156,30 @@ def test_full_ranks_nan_target_is_the_worst_and_nan_items_never_beat_a_finite_ta
     ref, *_ = target_ranks(FactorScorer({"valid": (u, v)}), data, "valid", np.arange(3), np.ones((3, 1), np.int32), 2)
     np.testing.assert_array_equal(got, ref)
     assert np.isfinite(metrics_from_ranks(got, (10,))["NDCG@10"])
+
+
+def test_a_text_item_backbone_is_built_from_the_config_and_a_held_out_items_text_shapes_nothing():
+    """``sasrec.items.source=text`` reads the item text table (and only then), standardised on the trained items:
+    the cold item's text moves its own row only, and its delta starts (and, untrained, stays) at zero."""
+    import torch
+
+    from pipelines.config import load_config
+    from pipelines.training.sequential import build_model, reads_text
+
+    cfg = load_config(None, ["train_sequential.sasrec.items.source=text", "train_sequential.sasrec.hidden=8",
+                             "train_sequential.sasrec.n_heads=1"])
+    assert reads_text("sasrec", cfg) and not reads_text("sasrec", load_config(None, []))
+    n = 6
+    sem = np.random.default_rng(0).normal(size=(n + 1, 5)).astype(np.float32)
+    sem[0] = 0
+    exclude = torch.zeros(n + 1, dtype=torch.bool)
+    exclude[n] = True                                                   # the cold item
+    tables = {"item_sem": sem}
+    m = build_model("sasrec", n, cfg, tables, exclude)
+    text = m.item_text.text
+    assert torch.allclose(text[1:n].mean(0), torch.zeros(5), atol=1e-5)  # standardised on the trained items only
+    moved = sem.copy()
+    moved[n] += 50.0
+    m2 = build_model("sasrec", n, cfg, {"item_sem": moved}, exclude)
+    assert torch.allclose(m2.item_text.text[:n], text[:n]) and not torch.allclose(m2.item_text.text[n], text[n])
+    assert float(m.item_emb.weight.detach().abs().sum()) == 0.0
