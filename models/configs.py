@@ -23,7 +23,8 @@ class ItemsConfig:
     """How the backbone represents an item (``models.items``): ``source`` ``id`` (a free vector per item, SASRec's
     own) or ``text`` (a learned linear map of the item's frozen text vector plus a per-item delta whose norm is at
     most ``delta_max``, 0 = unbounded; in a training step a share ``id_dropout`` of the items lose their delta, so
-    the text path alone must rank them). An item that never appears in training keeps delta 0."""
+    the text path alone must rank them; both are ignored with ``id``). An item that never appears in training keeps
+    delta 0."""
 
     source: str = "id"
     delta_max: float = 0.0
@@ -36,8 +37,6 @@ class ItemsConfig:
             raise FieldError("delta_max", f"must be 0 (unbounded) or a positive norm, got {self.delta_max}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise FieldError("id_dropout", f"must be in [0, 1), got {self.id_dropout}")
-        if self.source == "id" and (self.delta_max or self.id_dropout):
-            raise FieldError("source", "is 'id': delta_max and id_dropout apply to source 'text' only")
 
 
 @dataclass(frozen=True)

@@ -381,6 +381,11 @@ class TrainSequentialConfig:
                 raise FieldError(f"per_model.{name}.{shared[0]}", "is one setting for the whole stage: set it in "
                                                                   "train_sequential itself")
             self.for_model(name)  # every key and value checked now, not when the model trains
+        if "grasp" in self.models:
+            g = self.for_model("grasp") if self.per_model.get("grasp") else self  # (for_model's own copy: self)
+            if g.sasrec.items.source == "text" and g.grasp.text_init > 0:
+                raise FieldError("grasp.text_init", "must be 0 when sasrec.items.source is 'text': the item vectors "
+                                                    "already start from the text (and each delta at 0)")
 
     def for_model(self, name: str) -> "TrainSequentialConfig":
         """The settings ``name`` trains with: this section with its ``per_model`` entry on top (and no entries)."""

@@ -84,8 +84,9 @@ def uncarried_cold(ids: list[str], cold: np.ndarray | None) -> list[str]:
 def carry_item_rows(state: dict, prev_items: list[str], items: list[str], module) -> tuple[dict, dict]:
     """An earlier day's trainable weights for ``module`` (whose items are ``items``, padding first): every tensor
     indexed by item (first dimension ``len(prev_items)``, and ``len(items)`` in the module) is re-indexed by item id,
-    new items keeping the module's fresh rows; tensors of the same shape are taken as they are, others skipped.
-    Returns the state to load and what was done."""
+    new items keeping the module's fresh rows; tensors of the same shape are taken as they are, others skipped;
+    the module's parameters the state lacks are listed (``tensors_missing``). Returns the state to load and what
+    was done."""
     import torch
 
     own = dict(module.named_parameters())
@@ -105,5 +106,7 @@ def carry_item_rows(state: dict, prev_items: list[str], items: list[str], module
         else:
             skipped.append(name)
     known = len(set(prev_items) & set(items))
-    return out, {"tensors_loaded": len(out), "tensors_skipped": skipped, "reindexed_by_item": reindexed,
+    missing = [name for name in own if name not in state]  # e.g. text-aware items' map after an ID-only day
+    return out, {"tensors_loaded": len(out), "tensors_skipped": skipped, "tensors_missing": missing,
+                 "reindexed_by_item": reindexed,
                  "items_carried": max(known - 1, 0), "new_items": len(items) - known}

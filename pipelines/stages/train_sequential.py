@@ -54,7 +54,8 @@ def _fingerprint(*parts) -> str:
 
 def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
     """Everything that changes what ``name`` learns; more epochs, patience or min_epochs resume instead, threads
-    change nothing, and SASRec does not read GRASP's settings or the text."""
+    change nothing, SASRec does not read GRASP's settings, and only a model that reads the text
+    (``reads_text``) has its source in the key."""
     t = ctx.cfg.train_sequential.for_model(name)
     train = {k: v for k, v in dataclasses.asdict(t.train).items() if k not in ("epochs", "patience", "min_epochs")}
     dist = {k: v for k, v in dataclasses.asdict(t.distributed).items() if k != "threads"}
@@ -91,7 +92,8 @@ def warm_start(ctx: StageContext, base: str, name: str, model, items: list[str])
     imap = warehouse.read_arrow(ctx.home, "item_map", base).sort_by("item_idx")
     state, info = carry_item_rows(torch.load(best, map_location="cpu"), [""] + imap.column("item_id").to_pylist(),
                                   items, model)
-    if info["tensors_skipped"]:  # another architecture or size: a fine-tune would start half cold
+    if info["tensors_skipped"] or info["tensors_missing"]:  # another architecture or size (ID-only weights for a
+        # text-item model, say): a fine-tune would start half cold
         return None, ""
     model.load_state_dict(state, strict=False)
     return {"warm": True, "base": base, "base_model": prev.get("model_key"), **info}, prev.get("model_key", "")

@@ -148,7 +148,7 @@ def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -
     """``item_sem``/``item_nb`` (N + 1, D) and ``user_sem``/``user_nb`` (U, D): own vectors and neighbours' mean."""
     for table, stage in (("text_embeddings", "embed"), ("neighbours", "neighbours")):
         if not warehouse.partition_path(ctx.home, table, ctx.ds).exists():
-            raise FileNotFoundError(f"GRASP needs the '{table}' table of ds={ctx.ds}: run the '{stage}' stage first "
+            raise FileNotFoundError(f"GRASP and text-item models need the '{table}' table of ds={ctx.ds}: run the '{stage}' stage first "
                                     f"(recpipe run --ds {ctx.ds} --until neighbours)")
     emb = warehouse.read_arrow(ctx.home, "text_embeddings", ctx.ds)
     nb = warehouse.read_arrow(ctx.home, "neighbours", ctx.ds, columns=["kind", "source", "idx", "rank", "neighbour_idx"])

@@ -81,7 +81,7 @@ def test_standardise_uses_the_fit_rows_only_and_keeps_missing_text_zero():
 def test_items_config_names_the_field_and_the_text_table_is_required_exactly_for_text():
     with pytest.raises(FieldError, match="'source' must be one of"):
         ItemsConfig(source="semantic")
-    with pytest.raises(FieldError, match="'source' is 'id': delta_max and id_dropout"):
-        ItemsConfig(delta_max=0.5)
+    with pytest.raises(FieldError, match="'delta_max' must be 0"):
+        ItemsConfig(source="text", delta_max=-1.0)
     with pytest.raises(ValueError, match="needs the item text table exactly when it is 'text'"):
         SASRec(SASRecConfig(hidden=H, n_heads=1, items=ItemsConfig(source="text")), N_ITEMS)

@@ -349,3 +349,12 @@ def test_spark_java_options_auto_on_a_local_master_only_and_conf_wins():
     assert not any(k.endswith("extraJavaOptions") for k in off)
     _, conf = spark_args(load_config(None, ['spark.conf={"spark.driver.extraJavaOptions": "-Xmx3g"}']))
     assert conf["spark.driver.extraJavaOptions"] == "-Xmx3g"
+
+
+def test_text_items_and_grasps_text_init_are_refused_together_naming_the_key():
+    """Both would start the item table from the text: GRASP's PCA init would overwrite the deltas' zero start."""
+    for sets in (["train_sequential.sasrec.items.source=text", "train_sequential.grasp.text_init=0.3"],
+                 ["train_sequential.per_model={grasp: {sasrec: {items: {source: text}}, grasp: {text_init: 0.3}}}"]):
+        with pytest.raises(ConfigError, match=r"grasp\.text_init' must be 0 when sasrec\.items\.source is 'text'"):
+            load_config(None, sets)
+    load_config(None, ["train_sequential.sasrec.items.id_dropout=0.5", "train_sequential.sasrec.items.source=text"])

@@ -68,6 +68,7 @@ def test_item_tensors_are_reindexed_and_the_rest_taken_as_is():
     assert info["reindexed_by_item"] == ["item_emb.weight"] and info["new_items"] == 1 and info["items_carried"] == 2
     _, other = carry_item_rows({"proj.weight": torch.zeros(3, 3)}, ["", "a"], ["", "a"], new)
     assert other["tensors_skipped"] == ["proj.weight"]                   # another size is not loaded
+    assert info["tensors_missing"] == [] and other["tensors_missing"] == ["item_emb.weight", "proj.bias"]
 
 
 @pytest.mark.parametrize("key,value", [("refresh.mode", "sometimes"), ("refresh.full_every_days", "0")])
