@@ -92,6 +92,10 @@ BENCHMARKS = (
               "results/cold_items.json's run (SASRec only): prepare 550 s (embed 497 s), per seed train_sequential "
               "404-586 s and evaluate 115-125 s; GRASP adds about as much per seed",
               "hours of CPU: two cold_by values x 3 seeds of SASRec and GRASP"),
+    Benchmark("new_items_replay.py", ("--config", "pipelines/conf/amazon_beauty.yaml", "--set",
+                                      "data.path=../shared/datasets/amazon-beauty"), 60,
+              "results/new_items_replay.json's run: per variant night 0 (full SASRec) and 7 incremental nights",
+              "about an hour of CPU: two homes living a week night by night"),
     Benchmark("grasp_tuning.py", ("LABEL=HOME:MODEL", "..."), None, "scores the valid phase of finished runs only "
               "(a minute or two each)", "not standalone: needs finished train_sequential runs given as "
               "LABEL=HOME:MODEL"),
