@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 f |= seed_figures(run_seed(home, args, [*sets, *VARIANTS[v]], s, ["sasrec"], v),
                                   {v: "sasrec", f"{v}_as_trained": "sasrec_as_trained"})
         payload["cold_by"][by] = summarise(figs) | {"text_gate_valid": trade_offs(outs)}
+        payload["cold_by"] = {b: payload["cold_by"][b] for b in ("latest", "random") if b in payload["cold_by"]}
         first = payload["cold_by"][next(iter(payload["cold_by"]))]
         payload |= {k: first[k] for k in ("n_cold_test_users", "n_warm_test_users")}
         notes = [f"models trained: {', '.join(models)} (train_sequential, the section's settings for every model); "
