@@ -94,7 +94,8 @@ def events(inter: pd.DataFrame, ds: str) -> pd.DataFrame:
     past = inter[inter["date"] <= ds]
     later = inter[(inter["date"] > ds) & inter["item_id"].isin(new) & inter["user_id"].isin(set(past["user_id"]))]
     had = set(zip(past["user_id"], past["item_id"], strict=True))
-    later = later[[(u, i) not in had for u, i in zip(later["user_id"], later["item_id"], strict=True)]]
+    first_time = np.array([(u, i) not in had for u, i in zip(later["user_id"], later["item_id"], strict=True)], bool)
+    later = later[first_time]
     return later.drop_duplicates(["user_id", "item_id"])
 
 
