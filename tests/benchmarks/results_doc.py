@@ -41,6 +41,8 @@ QUESTIONS: dict[str, tuple[str, str]] = {
     "recbole_sasrec": ("Quality", "recpipe's SASRec beside RecBole's on the same split"),
     "cold_items": ("Quality", "New items from their first night: day-one paths against content kNN (Beauty, cold "
                               "items held out)"),
+    "new_items_replay": ("Daily life", "Products first seen on each night of a week, ranked for their later first "
+                                       "buyers by that night's model: ID-only against day-one paths (Beauty, dated)"),
     "nightly_replay": ("Daily life", "A week of nightly incremental refreshes against full retrains (Beauty, dated)"),
     "nightly_replay_grasp_patience10": ("Daily life", "The same week for GRASP with patience 10"),
     "beauty_sequential": ("Speed", "Sequential training on 2 CPU cores: one process against two (torchrun)"),
