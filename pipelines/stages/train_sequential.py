@@ -32,7 +32,6 @@ from pipelines.evaluation.data import load_eval_data
 from pipelines.refresh import carry_item_rows, uncarried_cold
 from pipelines.training.distributed import init_distributed
 from pipelines.training.loop import damage, fit
-from pipelines.training.ranking import training_exclude
 from pipelines.training.sequential import (
     SequentialTask,
     build_model,
@@ -124,8 +123,7 @@ def run(ctx: StageContext) -> StageResult:
         if task.batch_size != tm.train.batch_size and rank == 0:
             print(f"  {name}: batches of {task.batch_size} (train.batch_size {tm.train.batch_size}, min_batches "
                   f"{tm.min_batches}: {len(task.train.users):,} training users)", flush=True)
-        model = build_model(name, data.n_items, ctx.cfg, tables if name in text_models else None,
-                            training_exclude(data))
+        model = build_model(name, data.n_items, ctx.cfg, tables if name in text_models else None, task.exclude)
         warm, base_key = (warm_start(ctx, plan.base, name, model, uncarried_cold(list(item_ids), data.cold))
                           if plan.incremental else (None, ""))
         train = dataclasses.replace(tm.train, batch_size=task.batch_size,
