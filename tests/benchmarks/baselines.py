@@ -19,7 +19,14 @@ deltas; ``two-level``: a bootstrap over seeds, then users), which includes run-t
 that says "better" or "worse" only where that interval excludes 0; and, for comparison, the user-only bootstrap
 (``*_ci95_users_only``), which leaves training variance out. Where a run scored other users than the pairs share,
 the payload and the table's notes say so (the means are each run's own users). Each setting of the config is
-listed with the split that chose it (``PROVENANCE``). Results: ``results/baselines<suffix>.{json,md}``.
+listed with the split that chose it (``PROVENANCE``). Results: ``results/<name><suffix>.{json,md}`` (``--name``,
+default ``baselines``).
+
+Issue 39's text-aware SASRec rows (``--name text_gain``; metadata text, no LLM descriptions needed)::
+
+    python tests/benchmarks/baselines.py --config pipelines/conf/amazon_beauty.yaml --name text_gain \
+        --set data.path=../shared/datasets/amazon-beauty --set describe.entities=[] --set embed.sources=[metadata] \
+        --seeds 42 --variants sasrec,sasrec_text_delta[metadata]
 
 Every finished (seed, variant) leaves its ranks and a record (metrics, training figures) under ``HOME/baselines/``;
 a re-run with the same day, resolved config and model code takes those from there instead of training again,
@@ -80,6 +87,15 @@ VARIANTS = {
     # the LLM recommender (llmrec.* as configured; on a CPU, pass a seeded eval.users subset: every variant is then
     # scored on those users, and the deltas pair the users all runs share)
     "llmrec": ([], "llmrec", "train_llmrec"),
+    # issue 39's text-aware item vectors on SASRec's own recipe (per_model.sasrec): frozen, standardised text through
+    # a learned map plus a per-item delta of norm at most 0.5 (mechanism 2), or a free delta dropped for half the
+    # items each step (mechanism 3, DropoutNet's usual 0.5); run with --name text_gain
+    "sasrec_text_delta[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
+                                     "train_sequential.sasrec.items.source=text",
+                                     "train_sequential.sasrec.items.delta_max=0.5"], "sasrec", "train_sequential"),
+    "sasrec_text_dropout[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
+                                       "train_sequential.sasrec.items.source=text",
+                                       "train_sequential.sasrec.items.id_dropout=0.5"], "sasrec", "train_sequential"),
 }
 HEADLINE = [("full", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@20"), ("full", "HR@20"), ("full", "MRR"),
             ("sampled100", "NDCG@10"), ("short_history", "NDCG@10"), ("tail_items", "NDCG@10"), ("valid", "NDCG@10")]
@@ -408,7 +424,9 @@ def last_commit_with(path: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__, home="/tmp/recpipe-baselines")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated; sasrec (the reference) required")
+    p.add_argument("--variants", default="sasrec,grasp,grasp[metadata]", help=f"comma-separated, of {', '.join(VARIANTS)}; "
+                   "sasrec (the reference) required")
+    p.add_argument("--name", default="baselines", help="results/<name><suffix>.{json,md} (text_gain for issue 39's rows)")
     p.add_argument("--ds", default="2026-11-24")
     p.add_argument("--interval", default="t", choices=sorted(INTERVALS), help="t: Student t over the per-seed paired "
                    "deltas (default); two-level: bootstrap over seeds, then users")
@@ -433,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_variants(args.seeds, VARIANTS, labels, lambda seed, label, spec: train_one(args, seed, label, spec),
                            reference="sasrec")
     payload = build_payload(args, cfg, results)
-    write_results(f"baselines{args.suffix}", payload, *report(payload))
+    write_results(f"{args.name}{args.suffix}", payload, *report(payload))
     return 0
 
 
