@@ -124,6 +124,15 @@ class EvalConfig:
     # with split.cold_items: the share of a model's own warm-valid NDCG@10 a day-one path (and the text gate) may
     # cost, new items shown above what the other shoppers would have bought (pipelines.evaluation.scorers.day_one)
     day_one_warm_tolerance: float = 0.01
+    # models also scored as ``<model>_late_fusion``: their scores plus beta times the text match of every item to the
+    # user's recency-weighted history (issue 39's mechanism 5; beta and the decay chosen on valid; evaluated, not
+    # served: pipelines.evaluation.fusion), from the item text vectors of late_fusion_text
+    late_fusion: tuple[str, ...] = ()
+    late_fusion_text: str = "metadata"
+
+    def __post_init__(self) -> None:
+        _one_of("late_fusion", self.late_fusion, ("wals", "sasrec", "grasp", "llmrec"))
+        _one_of("late_fusion_text", self.late_fusion_text, ("descriptions", "metadata"))
 
 
 @dataclass(frozen=True)

@@ -123,23 +123,23 @@ def trained_items(data: EvalData, items: np.ndarray, phase: str) -> np.ndarray:
     return np.flatnonzero(ok)
 
 
-def text_vectors(ctx: StageContext, n_items: int) -> np.ndarray:
-    """(N + 1, D) item text vectors of ``TEXT_SOURCE`` (row 0 and items without one zero)."""
+def text_vectors(ctx: StageContext, n_items: int, source: str = TEXT_SOURCE) -> np.ndarray:
+    """(N + 1, D) item text vectors of ``source`` (row 0 and items without one zero)."""
     emb = warehouse.read_arrow(ctx.home, "text_embeddings", ctx.ds)
-    vec, idx, _ = vectors_of(emb, "item", TEXT_SOURCE)
+    vec, idx, _ = vectors_of(emb, "item", source)
     out = np.zeros((n_items + 1, vec.shape[1]), np.float32)
     keep = idx <= n_items
     out[idx[keep]] = vec[keep]
     return out
 
 
-def text_missing(ctx: StageContext) -> str | None:
-    """Why the item text vectors cannot be had this day, or None."""
+def text_missing(ctx: StageContext, source: str = TEXT_SOURCE) -> str | None:
+    """Why the item text vectors of ``source`` cannot be had this day, or None."""
     if not warehouse.partition_path(ctx.home, "text_embeddings", ctx.ds).exists():
-        return (f"no text_embeddings for ds={ctx.ds}: run the embed stage (with '{TEXT_SOURCE}' in embed.sources) "
+        return (f"no text_embeddings for ds={ctx.ds}: run the embed stage (with '{source}' in embed.sources) "
                 "before evaluate")
     t = warehouse.read_arrow(ctx.home, "text_embeddings", ctx.ds, columns=["kind", "source"])
-    if not pc.any(pc.and_(pc.equal(t.column("kind"), "item"), pc.equal(t.column("source"), TEXT_SOURCE))).as_py():
-        return (f"text_embeddings of ds={ctx.ds} has no item vectors from source '{TEXT_SOURCE}': add it to "
+    if not pc.any(pc.and_(pc.equal(t.column("kind"), "item"), pc.equal(t.column("source"), source))).as_py():
+        return (f"text_embeddings of ds={ctx.ds} has no item vectors from source '{source}': add it to "
                 "embed.sources and re-run embed")
     return None

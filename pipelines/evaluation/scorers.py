@@ -5,6 +5,8 @@ served through MLflow (``user_emb``, ``item_emb``, ``item_bias``; see ``pipeline
 * ``FactorScorer``: a dot product ``U_phase[users] @ V_phase.T``; serves WALS factors and every model whose training
   stage writes ``vectors.npz`` (user vectors per phase and the item table; see ``pipelines.graph.Stage.models``).
 * ``CascadeScorer``: one model re-ranks another's top-k (``llmrec.rerank_from``); evaluated, not served.
+* ``<model>_late_fusion`` for each model of ``eval.late_fusion``: its scores plus a text match to the user's history
+  (``pipelines.evaluation.fusion``); evaluated, not served.
 * With ``split.cold_items``: the cold-item baselines (``add_cold_start``; content kNN, choices and the text vectors
   in ``pipelines.evaluation.cold_start``): ``filled`` (kNN fill-in of SASRec's and WALS's cold rows) and
   ``regressed`` (a ridge map from text vector to SASRec's item row) and ``gated`` (SASRec's scores for warm items,
@@ -27,6 +29,7 @@ from pipelines.backends.wals import SCRATCH, load_factors
 from pipelines.context import StageContext
 from pipelines.evaluation import cold_start
 from pipelines.evaluation.data import evaluation_users
+from pipelines.evaluation.fusion import late_fusion, standardise
 from pipelines.evaluation.protocol import EvalData, Scorer, metrics_from_ranks, target_ranks
 from pipelines.graph import STAGES
 
@@ -79,16 +82,11 @@ class CascadeScorer:
         rest = cand.copy()
         rest[rows, top] = -np.inf
         floor = np.where(np.isfinite(rest).any(1), np.max(rest, axis=1, initial=-np.inf, where=np.isfinite(rest)), 0.0)
-        lt = _z(np.asarray(self.rerank.score(users, phase), dtype=np.float32)[rows, top])  # (B, k)
+        lt = standardise(np.asarray(self.rerank.score(users, phase), dtype=np.float32)[rows, top])  # (B, k)
         if self.mix < 1.0:
-            lt = self.mix * lt + (1.0 - self.mix) * _z(b[rows, top])
+            lt = self.mix * lt + (1.0 - self.mix) * standardise(b[rows, top])
         b[rows, top] = lt - lt.min(1, keepdims=True) + floor[:, None] + 1.0    # above every other candidate
         return b
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    """Each row standardised (zero mean, unit variance; a constant row becomes zeros)."""
-    return (x - x.mean(1, keepdims=True)) / np.maximum(x.std(1, keepdims=True), 1e-12)
 
 
 MIX_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -176,8 +174,23 @@ def model_zoo(ctx: StageContext, skipped: dict[str, str] | None = None) -> dict[
                            evaluation_users(d, ctx.cfg.eval))
 
         zoo[f"llmrec_cascade_{c.rerank_from}"] = _cascade
-    add_cold_start(ctx, zoo, {} if skipped is None else skipped)
+    skipped = {} if skipped is None else skipped
+    add_late_fusion(ctx, zoo, skipped)
+    add_cold_start(ctx, zoo, skipped)
     return zoo
+
+
+def add_late_fusion(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Served]], skipped: dict[str, str]) -> None:
+    """``<model>_late_fusion`` for each model of ``eval.late_fusion`` this day has (``fusion.late_fusion``), from
+    the item text vectors of ``eval.late_fusion_text``; a reason in ``skipped`` for each one that cannot be had."""
+    source, batch = ctx.cfg.eval.late_fusion_text, ctx.cfg.eval.batch_size
+    why = cold_start.text_missing(ctx, source) if ctx.cfg.eval.late_fusion else None
+    for name in ctx.cfg.eval.late_fusion:
+        if name not in zoo or why:
+            skipped[f"{name}_late_fusion"] = why or f"no {name} scores for ds={ctx.ds}: train it first"
+            continue
+        zoo[f"{name}_late_fusion"] = lambda d, m=zoo[name]: late_fusion(
+            m(d)[0], cold_start.text_vectors(ctx, d.n_items, source), d, source, batch)
 
 
 # ----------------------------------------------------------------------------- the cold-item baselines (issue 38)

@@ -96,7 +96,17 @@ VARIANTS = {
     "sasrec_text_dropout[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
                                        "train_sequential.sasrec.items.source=text",
                                        "train_sequential.sasrec.items.id_dropout=0.5"], "sasrec", "train_sequential"),
+    # mechanism 5, late fusion: the trained SASRec (its checkpoint reused) scored by the evaluate stage with the
+    # text match to the history added (pipelines.evaluation.fusion; beta and decay chosen on valid)
+    "sasrec_late_fusion[metadata]": (["train_sequential.models=[sasrec]", "eval.late_fusion=[sasrec]",
+                                      "eval.late_fusion_text=metadata"], "sasrec_late_fusion", "train_sequential"),
+    "sasrec_text_delta_late_fusion[metadata]": (
+        ["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
+         "train_sequential.sasrec.items.source=text", "train_sequential.sasrec.items.delta_max=0.5",
+         "eval.late_fusion=[sasrec]", "eval.late_fusion_text=metadata"], "sasrec_late_fusion", "train_sequential"),
 }
+FUSED = "_late_fusion"  # an evaluated row on top of the model its name starts with (the one its stage trained)
+FUSION_CODE = ROOT / "pipelines" / "evaluation" / "fusion.py"
 HEADLINE = [("full", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@20"), ("full", "HR@20"), ("full", "MRR"),
             ("sampled100", "NDCG@10"), ("short_history", "NDCG@10"), ("tail_items", "NDCG@10"), ("valid", "NDCG@10")]
 SLICES = ("short_history", "tail_items")
@@ -135,7 +145,8 @@ def run_key(ds: str, config: str | None, sets: list[str], name: str) -> str:
     """What a kept run stands for: the day, the resolved config (comments and key order do not count) and the
     model's code."""
     resolved = json.dumps(dataclasses.asdict(load_config(config, sets)), sort_keys=True, default=str)
-    return content_hash(ds, resolved, llmrec_training.code_version() if name == "llmrec" else code_version(name))
+    code = llmrec_training.code_version() if name == "llmrec" else code_version(name.removesuffix(FUSED))
+    return content_hash(ds, resolved, code, *([FUSION_CODE.read_text()] if name.endswith(FUSED) else []))
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -311,7 +322,8 @@ def train_and_evaluate(args: argparse.Namespace, sets: list[str], key: str, name
     cli(home, args.ds, args.config, sets, "stage", "evaluate", log=log)
     run = home / "runs" / args.ds
     m = json.loads((run / "metrics.json").read_text())
-    figures, trained = training_figures(json.loads((run / stage / name / "result.json").read_text()))
+    result = run / stage / name.removesuffix(FUSED) / "result.json"
+    figures, trained = training_figures(json.loads(result.read_text()))
     record = {"key": key, "overrides": sets, "metrics": m[name],
               "commit": commit() if trained else f"reused checkpoint, evaluated at {commit()}",
               "references": {r: m[r] for r in ("popularity", "wals") if r in m},
