@@ -21,9 +21,10 @@ class FieldError(ValueError):
 @dataclass(frozen=True)
 class ItemsConfig:
     """How the backbone represents an item (``models.items``): ``source`` ``id`` (a free vector per item, SASRec's
-    own) or ``text`` (a learned linear map of the item's frozen text vector plus a per-item delta whose norm is at
+    own), ``pca`` (the same table started from the whitened principal components of the item text, at the random
+    init's scale) or ``text`` (a learned linear map of the item's frozen text vector plus a per-item delta whose norm is at
     most ``delta_max``, 0 = unbounded; in a training step a share ``id_dropout`` of the items lose their delta, so
-    the text path alone must rank them; both are ignored with ``id``). An item that never appears in training keeps
+    the text path alone must rank them; both are ignored with ``id`` and ``pca``). An item that never appears in training keeps
     delta 0."""
 
     source: str = "id"
@@ -31,8 +32,8 @@ class ItemsConfig:
     id_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.source not in ("id", "text"):
-            raise FieldError("source", f"must be one of ['id', 'text'], got {self.source!r}")
+        if self.source not in ("id", "pca", "text"):
+            raise FieldError("source", f"must be one of ['id', 'pca', 'text'], got {self.source!r}")
         if self.delta_max < 0:
             raise FieldError("delta_max", f"must be 0 (unbounded) or a positive norm, got {self.delta_max}")
         if not 0.0 <= self.id_dropout < 1.0:

@@ -1,6 +1,11 @@
-"""How a SASRec backbone represents its items when they have text (``SASRecConfig.items.source = "text"``).
+"""How a SASRec backbone represents its items when they have text (``SASRecConfig.items.source``).
 
-An item's vector is ``W t_i + delta_i``: its frozen text vector ``t_i`` (standardised per dimension on the trained
+``pca`` (issue 39, mechanism 1): the id table, trainable and tied as SASRec's own, starts from the item text: the
+text vectors' top ``hidden`` principal components (fit on the trained items), whitened and scaled so that every
+dimension has the random init's std (``item_init_std``) on the trained items; an item without text keeps its random
+row. A cold item gets no gradient and keeps its text's start: its day-one vector.
+
+``text`` (mechanisms 2 and 3): an item's vector is ``W t_i + delta_i``: its frozen text vector ``t_i`` (standardised per dimension on the trained
 items, ``standardise``) through a learned linear map ``W`` into the hidden size, plus a per-item delta, the
 backbone's id embedding, started at zero:
 
@@ -45,6 +50,37 @@ class TextItems(nn.Module):
             delta = delta * keep
         text = self.proj(self.text.to(self.proj.weight.dtype))                 # (N + 1, H)
         return (text + delta) * (torch.arange(len(delta), device=delta.device) != 0)[:, None]
+
+
+def text_init(emb: nn.Embedding, components: torch.Tensor, std: float) -> None:
+    """Rows of ``emb`` with text start at ``std`` times their whitened components ((N + 1, H), ``components``);
+    rows without text (all-zero components: padding, items with no text vector) keep their init."""
+    has = components.abs().sum(1) > 0
+    with torch.no_grad():
+        emb.weight[has] = (components[has] * std).to(emb.weight.dtype)
+
+
+def prepare(cfg: ItemsConfig, text: torch.Tensor, rows: torch.Tensor, hidden: int) -> torch.Tensor | None:
+    """The item text table the model of ``cfg.source`` reads, from raw text vectors ``text`` (N + 1, D), fit on
+    ``rows`` ((N + 1,) bool: the trained items with text, so a held-out item's text shapes nothing): ``text``:
+    ``standardise``d; ``pca``: ``principal_components``; ``id``: None."""
+    if cfg.source == "id":
+        return None
+    return standardise(text, rows) if cfg.source == "text" else principal_components(text, rows, hidden)
+
+
+def principal_components(text: torch.Tensor, rows: torch.Tensor, dim: int) -> torch.Tensor:
+    """(N + 1, D) -> (N + 1, dim): each row's coordinates on the top ``dim`` principal components of ``rows``'
+    vectors, whitened (zero mean, unit std per component over ``rows``); rows without text stay zero, components
+    beyond the data's rank are zero columns."""
+    fit = text[rows].double()
+    mean = fit.mean(0)
+    _, sing, v = torch.linalg.svd(fit - mean, full_matrices=False)                # v (min(R, D), D)
+    q = min(dim, int((sing > sing[0] * 1e-6).sum()))
+    scale = sing[:q] / max(len(fit) - 1, 1) ** 0.5                              # each component's std over rows
+    z = ((text.double() - mean) @ v[:q].T) / scale                              # (N + 1, q)
+    z = torch.nn.functional.pad(z, (0, dim - q)).float()
+    return z * (text.abs().sum(1, keepdim=True) > 0)
 
 
 def standardise(text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

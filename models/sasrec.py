@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.configs import SASRecConfig
-from models.items import TextItems
+from models.items import TextItems, text_init
 
 
 class Enhancer(nn.Module):
@@ -119,15 +119,19 @@ def attention_mask(seq: torch.Tensor, attend_padding: bool = False) -> torch.Ten
 class SASRec(nn.Module):
     def __init__(self, cfg: SASRecConfig, n_items: int, enhancer: Enhancer | None = None,
                  text: torch.Tensor | None = None) -> None:
-        """``n_items``: items are ``1..n_items``, 0 is padding. ``text`` (N + 1, D): the standardised item text
-        vectors ``cfg.items.source = "text"`` reads (``models.items``); ``item_emb`` is then each item's delta."""
+        """``n_items``: items are ``1..n_items``, 0 is padding. ``text`` (N + 1, D): the item text table of
+        ``models.items.prepare`` (``cfg.items.source``): ``text``: the standardised text vectors the item vectors
+        are computed from (``item_emb`` is then each item's delta; required); ``pca``: their whitened principal
+        components (D = hidden), which start ``item_emb`` (optional: a model whose weights are loaded next needs
+        none)."""
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
-        if (cfg.items.source == "text") != (text is not None):
-            raise ValueError(f"items.source={cfg.items.source!r} needs the item text table exactly when it is 'text'")
+        if (text is not None and cfg.items.source == "id") or (text is None and cfg.items.source == "text"):
+            raise ValueError(f"items.source={cfg.items.source!r} needs the item text table for 'text', reads it for "
+                             "'pca' and takes none for 'id'")
         assert text is None or text.shape[0] == n_items + 1, "the text table needs a row per item and padding row 0"
-        self.item_text = None if text is None else TextItems(cfg.items, cfg.hidden, text, cfg.item_init_std)
+        self.item_text = TextItems(cfg.items, cfg.hidden, text, cfg.item_init_std) if cfg.items.source == "text" else None
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
@@ -135,6 +139,8 @@ class SASRec(nn.Module):
         self.enhancer = enhancer
         self.apply(self._init if cfg.block == "prenorm" else self._init_xavier)
         nn.init.normal_(self.item_emb.weight, std=cfg.item_init_std)
+        if cfg.items.source == "pca" and text is not None:
+            text_init(self.item_emb, text, cfg.item_init_std)
         if self.item_text is not None:
             self.item_text.post_init(self.item_emb)
         if enhancer is not None:

@@ -392,9 +392,9 @@ class TrainSequentialConfig:
             self.for_model(name)  # every key and value checked now, not when the model trains
         if "grasp" in self.models:
             g = self.for_model("grasp") if self.per_model.get("grasp") else self  # (for_model's own copy: self)
-            if g.sasrec.items.source == "text" and g.grasp.text_init > 0:
-                raise FieldError("grasp.text_init", "must be 0 when sasrec.items.source is 'text': the item vectors "
-                                                    "already start from the text (and each delta at 0)")
+            if g.sasrec.items.source != "id" and g.grasp.text_init > 0:
+                raise FieldError("grasp.text_init", "must be 0 when sasrec.items.source is 'text' or 'pca': the item "
+                                                    "vectors already start from the text")
 
     def for_model(self, name: str) -> "TrainSequentialConfig":
         """The settings ``name`` trains with: this section with its ``per_model`` entry on top (and no entries)."""

@@ -16,7 +16,7 @@ import torch
 from features.embeddings import vectors_of
 from jobs import warehouse
 from models.grasp import build, mean_neighbours
-from models.items import standardise
+from models.items import prepare
 from models.sasrec import SASRec, bce_loss, ce_loss
 from pipelines.config import Config
 from pipelines.context import StageContext
@@ -170,25 +170,26 @@ def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -
 
 
 def reads_text(name: str, cfg: Config) -> bool:
-    """Whether ``name`` reads the item text tables: GRASP always, any model whose items are ``source: text``."""
-    return name == "grasp" or cfg.train_sequential.for_model(name).sasrec.items.source == "text"
+    """Whether ``name`` reads the item text tables: GRASP always, any model whose items are ``source`` ``text`` or
+    ``pca``."""
+    return name == "grasp" or cfg.train_sequential.for_model(name).sasrec.items.source != "id"
 
 
 def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarray] | None,
                 exclude: torch.Tensor | None = None) -> SASRec:
     """``sasrec`` or ``grasp`` (SASRec + holistic attention over ``tables``), initialised from ``cfg.seed``; with
-    ``sasrec.items.source = text`` its item table reads ``tables["item_sem"]``, standardised on the items outside
-    ``exclude`` ((N + 1,) bool, the held-out cold items)."""
+    ``sasrec.items.source`` ``text`` or ``pca`` its item table reads ``tables["item_sem"]``, prepared
+    (``models.items.prepare``) on the items outside ``exclude`` ((N + 1,) bool, the held-out cold items)."""
     t = cfg.train_sequential.for_model(name)
     torch.manual_seed(cfg.seed)
     text = None
-    if t.sasrec.items.source == "text":
+    if t.sasrec.items.source != "id":
         assert tables is not None, f"{name} reads the item text: it needs the feature tables"
         sem = torch.from_numpy(tables["item_sem"])
         rows = sem.abs().sum(1) > 0
         if exclude is not None:
             rows &= ~exclude.cpu()
-        text = standardise(sem, rows)
+        text = prepare(t.sasrec.items, sem, rows, t.sasrec.hidden)
     if name == "sasrec":
         return SASRec(t.sasrec, n_items, text=text)
     assert tables is not None, "GRASP needs its feature tables"

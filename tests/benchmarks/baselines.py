@@ -96,6 +96,10 @@ VARIANTS = {
     "sasrec_text_dropout[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
                                        "train_sequential.sasrec.items.source=text",
                                        "train_sequential.sasrec.items.id_dropout=0.5"], "sasrec", "train_sequential"),
+    # mechanism 1: SASRec's own id table, started from the whitened principal components of the text at the random
+    # init's scale
+    "sasrec_text_pca[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
+                                   "train_sequential.sasrec.items.source=pca"], "sasrec", "train_sequential"),
     # mechanism 5, late fusion: the trained SASRec (its checkpoint reused) scored by the evaluate stage with the
     # text match to the history added (pipelines.evaluation.fusion; beta and decay chosen on valid)
     "sasrec_late_fusion[metadata]": (["train_sequential.models=[sasrec]", "eval.late_fusion=[sasrec]",

@@ -2,11 +2,13 @@
 training keeps its text's vector."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from models.configs import FieldError, ItemsConfig, SASRecConfig
-from models.items import standardise
+from models.items import principal_components, standardise
 from models.sasrec import SASRec, ce_loss
 
 N_ITEMS, D, H = 9, 12, 8
@@ -83,5 +85,43 @@ def test_items_config_names_the_field_and_the_text_table_is_required_exactly_for
         ItemsConfig(source="semantic")
     with pytest.raises(FieldError, match="'delta_max' must be 0"):
         ItemsConfig(source="text", delta_max=-1.0)
-    with pytest.raises(ValueError, match="needs the item text table exactly when it is 'text'"):
+    with pytest.raises(ValueError, match="needs the item text table for 'text'"):
         SASRec(SASRecConfig(hidden=H, n_heads=1, items=ItemsConfig(source="text")), N_ITEMS)
+    with pytest.raises(ValueError, match="takes none for 'id'"):
+        SASRec(SASRecConfig(hidden=H, n_heads=1), N_ITEMS, text=text_table())
+
+
+# ----------------------------------------------------------------------------- pca: a text-initialised id table
+
+def test_principal_components_are_whitened_on_the_fit_rows_and_ignore_held_out_text():
+    n = 200
+    t = torch.randn(n + 1, 16, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3.0, 16)
+    t[0], t[5] = 0, 0                                                     # padding, an item without text
+    rows = t.abs().sum(1) > 0
+    rows[n] = False                                                       # held out
+    z = principal_components(t, rows, 8)
+    assert z.shape == (n + 1, 8) and z[0].abs().sum() == 0 and z[5].abs().sum() == 0
+    assert torch.allclose(z[rows].mean(0), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(z[rows].std(0), torch.ones(8), atol=1e-4)       # whitened: every component std 1
+    moved = t.clone()
+    moved[n] += 50.0
+    assert torch.allclose(principal_components(moved, rows, 8)[rows], z[rows], atol=1e-5)
+    assert principal_components(t[:6], rows[:6], 8)[:, 4:].abs().sum() == 0   # beyond the rank: zero columns
+
+
+def test_the_pca_init_has_the_random_inits_scale_and_trains_like_an_id_table():
+    n, std = 200, 0.0128
+    t = torch.randn(n + 1, 16, generator=torch.Generator().manual_seed(2)) * torch.linspace(0.1, 3.0, 16)
+    t[0] = 0
+    rows = t.abs().sum(1) > 0
+    cfg = SASRecConfig(max_len=5, hidden=8, n_layers=1, n_heads=1, item_init_std=std, items=ItemsConfig(source="pca"))
+    torch.manual_seed(0)
+    m = SASRec(cfg, n, text=principal_components(t, rows, 8))
+    w = m.item_emb.weight.detach()
+    assert torch.allclose(w[1:].std(0), torch.full((8,), std), rtol=1e-3)   # the random init's scale, per dimension
+    torch.manual_seed(0)
+    random_init = SASRec(dataclasses.replace(cfg, items=ItemsConfig()), n).item_emb.weight.detach()
+    assert abs(random_init[1:].std().item() - std) < 0.1 * std             # which is this
+    assert m.item_text is None and m.item_emb.weight.requires_grad          # the table itself trains, tied
+    assert torch.equal(m.item_table(), m.item_emb.weight)
+    SASRec(cfg, n)                                                          # restored from weights: no text needed

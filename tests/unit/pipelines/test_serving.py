@@ -51,7 +51,7 @@ def tiny_sequential(grasp: bool, user_neighbours: bool = False, text: bool = Fal
     from models.sasrec import SASRec
 
     torch.manual_seed(0)
-    items = ItemsConfig(source="text", delta_max=0.5) if text else ItemsConfig()
+    items = ItemsConfig(source=text, delta_max=0.5) if text else ItemsConfig()
     cfg = SASRecConfig(max_len=4, hidden=16, n_layers=2, n_heads=2, dropout=0.1, items=items)
     enhancer = None
     if grasp:
@@ -59,7 +59,8 @@ def tiny_sequential(grasp: bool, user_neighbours: bool = False, text: bool = Fal
         t = {n: torch.randn(r, 6, generator=g) for n, r in (("item_sem", 9), ("item_nb", 9), ("user_sem", 3),
                                                              ("user_nb", 3))}
         enhancer = build(8, cfg.hidden, cfg.dropout, t, GRASPConfig(user_neighbours=user_neighbours))
-    item_text = torch.randn(9, 6, generator=torch.Generator().manual_seed(2)) if text else None
+    item_text = torch.randn(9, 6 if text == "text" else cfg.hidden, generator=torch.Generator().manual_seed(2)) \
+        if text else None
     model = SASRec(cfg, 8, enhancer, text=item_text)
     with torch.no_grad():
         for p in model.parameters():
@@ -110,8 +111,9 @@ def at(scores: np.ndarray, ids: list[str]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("grasp, user_neighbours, text", [(False, False, False), (True, False, False),
-                                                           (True, True, False), (False, False, True)],
-                         ids=["sasrec", "grasp", "grasp-user-neighbours", "sasrec-text-items"])
+                                                           (True, True, False), (False, False, "text"),
+                                                           (False, False, "pca")],
+                         ids=["sasrec", "grasp", "grasp-user-neighbours", "sasrec-text-items", "sasrec-pca-items"])
 def test_a_request_history_scores_as_the_model_would_on_the_stored_history_plus_it(tmp_path, grasp, user_neighbours,
                                                                                      text):
     """Appending the request's items to the stored history and re-running the model gives the served list and

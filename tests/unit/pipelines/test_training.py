@@ -158,6 +158,31 @@ def test_full_ranks_nan_target_is_the_worst_and_nan_items_never_beat_a_finite_ta
     assert np.isfinite(metrics_from_ranks(got, (10,))["NDCG@10"])
 
 
+def test_a_pca_item_table_starts_from_the_text_and_a_held_out_items_text_moves_its_own_row_only():
+    import torch
+
+    from pipelines.config import load_config
+    from pipelines.training.sequential import build_model, reads_text
+
+    cfg = load_config(None, ["train_sequential.sasrec.items.source=pca", "train_sequential.sasrec.hidden=4",
+                             "train_sequential.sasrec.n_heads=1"])
+    assert reads_text("sasrec", cfg)
+    n = 12
+    sem = np.random.default_rng(0).normal(size=(n + 1, 5)).astype(np.float32)
+    sem[0] = 0
+    exclude = torch.zeros(n + 1, dtype=torch.bool)
+    exclude[n] = True
+    w = build_model("sasrec", n, cfg, {"item_sem": sem}, exclude).item_emb.weight.detach()
+    assert w.shape == (n + 1, 4) and build_model("sasrec", n, cfg, {"item_sem": sem}, exclude).item_text is None
+    moved = sem.copy()
+    moved[n] += 50.0
+    w2 = build_model("sasrec", n, cfg, {"item_sem": moved}, exclude).item_emb.weight.detach()
+    assert torch.allclose(w2[1:n], w[1:n]) and not torch.allclose(w2[n], w[n])
+    other = sem.copy()
+    other[1:n] = other[1:n][::-1]                                       # the trained items' texts start their rows
+    assert not torch.allclose(build_model("sasrec", n, cfg, {"item_sem": other}, exclude).item_emb.weight[1:n], w[1:n])
+
+
 def test_a_text_item_backbone_is_built_from_the_config_and_a_held_out_items_text_shapes_nothing():
     """``sasrec.items.source=text`` reads the item text table (and only then), standardised on the trained items:
     the cold item's text moves its own row only, and its delta starts (and, untrained, stays) at zero."""
