@@ -83,6 +83,30 @@ def principal_components(text: torch.Tensor, rows: torch.Tensor, dim: int) -> to
     return z * (text.abs().sum(1, keepdim=True) > 0)
 
 
+def text_neighbours(text: torch.Tensor, rows: torch.Tensor, k: int, temperature: float,
+                    block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's ``k`` most text-similar items among ``rows`` ((N + 1,) bool: the trained items with text; never
+    itself) and their weights, a softmax of the cosine over ``temperature``: ``(ids (N + 1, k) long, -1 = none;
+    weights (N + 1, k), rows summing to 1, or 0 for an item without text or neighbours)``. The semantic soft
+    targets of ``ce_loss``; scored in blocks of ``block`` items, so memory is ``block x N``, not ``N x N``."""
+    unit = torch.nn.functional.normalize(text.float(), dim=1)                  # (N + 1, D); no text: zero
+    cand = rows.clone()
+    k = min(k, max(int(cand.sum()) - 1, 0))
+    ids = torch.full((len(text), max(k, 1)), -1, dtype=torch.long)
+    weights = torch.zeros(len(text), max(k, 1))
+    has = text.abs().sum(1) > 0
+    for lo in range(0, len(text), block) if k else ():
+        cos = unit[lo:lo + block] @ unit.T                                      # (b, N + 1)
+        cos[:, ~cand] = float("-inf")
+        cos[torch.arange(len(cos)), torch.arange(lo, lo + len(cos))] = float("-inf")   # not itself
+        top, idx = cos.topk(k, dim=1)                                          # (b, k)
+        ok = has[lo:lo + block, None] & torch.isfinite(top)
+        ids[lo:lo + block] = torch.where(ok, idx, -1)
+        w = torch.softmax(torch.where(ok, top / temperature, float("-inf")), dim=1)
+        weights[lo:lo + block] = torch.nan_to_num(w, nan=0.0) * ok
+    return ids, weights
+
+
 def standardise(text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """(N + 1, D) text vectors standardised per dimension with the mean and std of ``rows`` ((N + 1,) bool: the
     items the model trains on, so a held-out item's text shapes nothing); rows without text (all zero) stay zero."""

@@ -215,18 +215,29 @@ def never_candidates(logits: torch.Tensor, exclude: torch.Tensor | None = None) 
 
 
 def ce_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
-            normaliser: float | None = None, exclude: torch.Tensor | None = None) -> torch.Tensor:
+            normaliser: float | None = None, exclude: torch.Tensor | None = None,
+            soft: tuple[torch.Tensor, torch.Tensor] | None = None, soft_weight: float = 0.0) -> torch.Tensor:
     """Cross-entropy over all items, computed only where there is a target.
 
     hidden (B, T, H), targets (B, T) with 0 = no target, items (N + 1, H). ``normaliser``: divide the summed loss by
     this count instead of the local number of targets (data-parallel ranks pass the global count so their gradients
     average to the one-process gradient exactly). ``exclude``: (N + 1,) bool, items outside the softmax
-    (``never_candidates``); no target may be one.
+    (``never_candidates``); no target may be one, nor a neighbour of ``soft``.
+    ``soft`` (semantic soft targets, ``models.items.text_neighbours``): each item's neighbour ids (N + 1, k) and
+    weights (N + 1, k); the target of item y is then ``(1 - soft_weight)`` on y plus ``soft_weight`` times its
+    neighbours' weights (y's full one-hot where it has none); at ``soft_weight`` 0 this is plain CE.
     """
     keep = targets != 0                                                         # (B, T)
-    h = hidden[keep]                                                            # (M, H)
+    h, y = hidden[keep], targets[keep]                                          # (M, H), (M,)
     logits = never_candidates(h @ items.T, exclude)                             # (M, N + 1)
-    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    if soft is None or soft_weight <= 0:
+        loss = F.cross_entropy(logits, y, reduction="sum")
+    else:
+        ids, w = soft[0][y], soft[1][y]                                         # (M, k)
+        logp = F.log_softmax(logits, dim=1)                                     # (M, N + 1)
+        share = soft_weight * (w.sum(1) > 0)                                    # (M,) no neighbours: one-hot
+        near = torch.where(w > 0, w * logp.gather(1, ids.clamp(min=0)), torch.zeros_like(w)).sum(1)
+        loss = -((1 - share) * logp.gather(1, y[:, None])[:, 0] + share * near).sum()
     return loss / (normaliser if normaliser is not None else max(int(keep.sum()), 1))
 
 

@@ -334,13 +334,40 @@ class DistributedConfig:
 
 
 @dataclass(frozen=True)
+class SoftTargetsConfig:
+    """Semantic soft targets (issue 39, mechanism 4; ``models.items.text_neighbours``, ``models.sasrec.ce_loss``):
+    with ``weight`` > 0 the CE target is ``(1 - w)`` on the item plus ``w`` spread over its ``k`` most text-similar
+    trained items (a softmax of their cosine over ``temperature``), ``w`` falling linearly from ``weight`` at epoch
+    1 to 0 at epoch ``anneal_epochs + 1``; 0 (the default) is plain CE. Needs ``loss: ce``; reads the item text of
+    ``text_source``."""
+
+    weight: float = 0.0
+    k: int = 10
+    temperature: float = 0.1
+    anneal_epochs: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight < 1.0:
+            raise FieldError("weight", f"must be in [0, 1) (0 = off), got {self.weight}")
+        if self.k < 1 or self.temperature <= 0 or self.anneal_epochs < 1:
+            raise FieldError("k" if self.k < 1 else "temperature" if self.temperature <= 0 else "anneal_epochs",
+                             f"must be positive (k {self.k}, temperature {self.temperature}, anneal_epochs "
+                             f"{self.anneal_epochs})")
+
+    def weight_at(self, epoch: int) -> float:
+        """The soft share of the target in ``epoch`` (1-based; 0, validation, gets the full weight)."""
+        return self.weight * max(0.0, 1.0 - max(epoch - 1, 0) / self.anneal_epochs)
+
+
+@dataclass(frozen=True)
 class TrainSequentialConfig:
     """SASRec and SASRec + GRASP (``pipelines/stages/train_sequential.py``), trained by the generic loop.
 
     ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``; also
     the text of a backbone whose ``sasrec.items.source`` is ``text`` (``models.items``).
     ``sasrec``: the backbone of both models; ``grasp``: GRASP's own settings (SASRec ignores them, so changing one
-    does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative.
+    does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative;
+    ``soft_targets``: CE's target spread over the item's text neighbours early in training (``SoftTargetsConfig``).
     ``batching``: ``length_weighted`` (the default) puts users of similar history length in one batch (the least
     padding, so the fastest epoch) and divides every batch's summed loss by the mean number of targets per batch, so
     every target weighs the same; ``length`` batches the same way but takes each batch's own targets' mean, so a
@@ -361,6 +388,7 @@ class TrainSequentialConfig:
     models: tuple[str, ...] = ("sasrec", "grasp")
     text_source: str = "descriptions"
     loss: str = "ce"
+    soft_targets: SoftTargetsConfig = SoftTargetsConfig()
     batching: str = "length_weighted"
     min_batches: int = 0
     sasrec: SASRecConfig = SASRecConfig()
@@ -378,6 +406,9 @@ class TrainSequentialConfig:
         _one_of("models", self.models, BY_NAME["train_sequential"].models)
         _one_of("text_source", self.text_source, ("descriptions", "metadata"))
         _one_of("loss", self.loss, ("ce", "bce"))
+        if self.soft_targets.weight and self.loss != "ce":
+            raise FieldError("soft_targets.weight", f"needs loss: ce (a target distribution over every item), got "
+                                                    f"loss: {self.loss}")
         _one_of("batching", self.batching, ("length", "length_weighted", "random"))
         if self.min_batches < 0:
             raise FieldError("min_batches", f"must not be negative (0 = off), got {self.min_batches}")

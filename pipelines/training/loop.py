@@ -45,12 +45,14 @@ from pipelines.training.distributed import deepspeed_config, init_distributed, t
 
 
 class Step(NamedTuple):
-    """Where a batch runs: this process's rank, the world size, the device and its sampling generator."""
+    """Where a batch runs: this process's rank, the world size, the device, its sampling generator and the epoch
+    (1-based; 0 outside training)."""
 
     rank: int
     world: int
     device: torch.device
     rng: np.random.Generator
+    epoch: int = 0
 
 
 class StepLoss(NamedTuple):
@@ -155,7 +157,7 @@ def fit(module: torch.nn.Module, task: Task, train: TrainConfig, dist_cfg: Distr
             break
         epoch_seed = seed * 100_003 + epoch
         torch.manual_seed(epoch_seed + 7_919 * rank)                           # dropout repeats on resume
-        step = Step(rank, world, device, np.random.default_rng(seed * 7 + epoch + 7_919 * rank))
+        step = Step(rank, world, device, np.random.default_rng(seed * 7 + epoch + 7_919 * rank), epoch)
         mean_loss = _train_epoch(engine, task, epoch_seed, step, f"{name} epoch {epoch}", res)
         ndcg, hr = _validate(engine, task, step, res)
         res.epochs_run = epoch

@@ -16,9 +16,9 @@ import torch
 from features.embeddings import vectors_of
 from jobs import warehouse
 from models.grasp import build, mean_neighbours
-from models.items import prepare
+from models.items import prepare, text_neighbours
 from models.sasrec import SASRec, bce_loss, ce_loss
-from pipelines.config import Config
+from pipelines.config import Config, SoftTargetsConfig
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
 from pipelines.training.code_key import model_files, source_hash
@@ -101,7 +101,10 @@ class SequentialTask(Task):
     """Next-item prediction on the train part of ``data``; validation = full-ranking NDCG@10 on the valid targets."""
 
     def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024,
-                 batching: str = "length_weighted", min_batches: int = 0, world: int = 1) -> None:
+                 batching: str = "length_weighted", min_batches: int = 0, world: int = 1,
+                 soft: SoftTargetsConfig | None = None, item_text: np.ndarray | None = None) -> None:
+        """``soft`` with a weight > 0: semantic soft targets (``ce_loss``) over the text neighbours of
+        ``item_text`` (N + 1, D) among the trained items."""
         self.data, self.max_len, self.loss_kind, self.eval_batch = data, max_len, loss, eval_batch
         self.train = TrainSet.from_history(data.train, max_len)
         if len(self.train.users) == 0:
@@ -113,6 +116,7 @@ class SequentialTask(Task):
         n_batches = -(-len(self.train.users) // self.batch_size)
         self.per_batch = float(self.train.n_targets.sum()) / n_batches if batching == "length_weighted" else None
         self.exclude = training_exclude(data)  # cold items: no training sequence holds one, no softmax sees one
+        self.soft_cfg, self.soft = (soft, soft_targets(item_text, self.exclude, soft)) if soft and soft.weight else (None, None)
 
     def batches(self, seed: int) -> list[np.ndarray]:
         return self.train.batches(self.batch_size, seed, self.by_length)
@@ -130,7 +134,9 @@ class SequentialTask(Task):
         norm = n_global / step.world
         exclude = None if self.exclude is None else self.exclude.to(step.device)
         if self.loss_kind == "ce":
-            loss = ce_loss(hidden, tgt, items, normaliser=norm, exclude=exclude)
+            soft = None if self.soft is None else tuple(t.to(step.device) for t in self.soft)
+            loss = ce_loss(hidden, tgt, items, normaliser=norm, exclude=exclude, soft=soft,
+                           soft_weight=self.soft_cfg.weight_at(step.epoch) if self.soft_cfg else 0.0)
         else:
             neg = sample_items(step.rng, self.data.n_items, tuple(tgt.shape), self.exclude)
             loss = bce_loss(hidden, tgt, torch.from_numpy(neg).to(step.device), items, normaliser=norm)
@@ -169,10 +175,23 @@ def feature_tables(ctx: StageContext, source: str, n_items: int, n_users: int) -
     return out
 
 
+def soft_targets(item_text: np.ndarray | None, exclude: torch.Tensor | None,
+                 cfg: SoftTargetsConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each item's ``cfg.k`` text neighbours and weights (``models.items.text_neighbours``) among the items with
+    text outside ``exclude`` (the held-out cold items: no soft target may put mass on one)."""
+    assert item_text is not None, "semantic soft targets need the item text table"
+    text = torch.from_numpy(item_text)
+    rows = text.abs().sum(1) > 0
+    if exclude is not None:
+        rows &= ~exclude.cpu()
+    return text_neighbours(text, rows, cfg.k, cfg.temperature)
+
+
 def reads_text(name: str, cfg: Config) -> bool:
     """Whether ``name`` reads the item text tables: GRASP always, any model whose items are ``source`` ``text`` or
-    ``pca``."""
-    return name == "grasp" or cfg.train_sequential.for_model(name).sasrec.items.source != "id"
+    ``pca`` or that trains on semantic soft targets."""
+    t = cfg.train_sequential.for_model(name)
+    return name == "grasp" or t.sasrec.items.source != "id" or t.soft_targets.weight > 0
 
 
 def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarray] | None,

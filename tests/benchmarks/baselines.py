@@ -100,6 +100,10 @@ VARIANTS = {
     # init's scale
     "sasrec_text_pca[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
                                    "train_sequential.sasrec.items.source=pca"], "sasrec", "train_sequential"),
+    # mechanism 4: CE's target spread over the item's 10 text neighbours (weight 0.3, temperature 0.1), annealed
+    # to plain CE over the first 20 epochs
+    "sasrec_soft_targets[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
+                                       "train_sequential.soft_targets.weight=0.3"], "sasrec", "train_sequential"),
     # mechanism 5, late fusion: the trained SASRec (its checkpoint reused) scored by the evaluate stage with the
     # text match to the history added (pipelines.evaluation.fusion; beta and decay chosen on valid)
     "sasrec_late_fusion[metadata]": (["train_sequential.models=[sasrec]", "eval.late_fusion=[sasrec]",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models.configs import FieldError, ItemsConfig, SASRecConfig
-from models.items import principal_components, standardise
-from models.sasrec import SASRec, ce_loss
+from models.items import principal_components, standardise, text_neighbours
+from models.sasrec import SASRec, ce_loss, never_candidates
 
 N_ITEMS, D, H = 9, 12, 8
 COLD = N_ITEMS  # the last item is held out: no sequence holds it, the softmax excludes it
@@ -125,3 +125,40 @@ def test_the_pca_init_has_the_random_inits_scale_and_trains_like_an_id_table():
     assert m.item_text is None and m.item_emb.weight.requires_grad          # the table itself trains, tied
     assert torch.equal(m.item_table(), m.item_emb.weight)
     SASRec(cfg, n)                                                          # restored from weights: no text needed
+
+
+# ----------------------------------------------------------------------------- semantic soft targets
+
+def test_text_neighbours_are_the_nearest_trained_items_weighted_by_a_temperature_softmax():
+    t = torch.tensor([[0, 0], [1, 0], [0.9, 0.1], [0, 1], [0.8, 0.2], [0, 0], [1, 0.05]], dtype=torch.float32)
+    rows = t.abs().sum(1) > 0
+    rows[6] = False                                                       # held out: never anyone's neighbour
+    ids, w = text_neighbours(t, rows, k=2, temperature=0.5)
+    assert ids[1].tolist() == [2, 4] and 1 not in ids[1].tolist() and 6 not in ids.flatten().tolist()
+    cos = torch.nn.functional.cosine_similarity(t[1:2], t[[2, 4]])
+    assert torch.allclose(w[1], torch.softmax(cos / 0.5, 0), atol=1e-6)
+    has = w.sum(1) > 0
+    assert torch.allclose(w[has].sum(1), torch.ones(int(has.sum())))     # a distribution where there is text
+    assert ids[0].tolist() == [-1, -1] and ids[5].tolist() == [-1, -1] and w[[0, 5]].abs().sum() == 0
+
+
+def test_the_soft_target_sums_to_one_and_is_the_one_hot_at_weight_zero():
+    torch.manual_seed(0)
+    hidden, items = torch.randn(2, 3, 4), torch.randn(7, 4)
+    targets = torch.tensor([[1, 2, 0], [3, 5, 4]])
+    ids = torch.tensor([[-1, -1]] + [[(i % 6) + 1, ((i + 1) % 6) + 1] for i in range(1, 7)])
+    w = torch.tensor([[0.0, 0.0]] + [[0.7, 0.3]] * 6)
+    w[5] = 0                                                              # item 5: no neighbours, its one-hot
+    assert torch.allclose(ce_loss(hidden, targets, items, soft=(ids, w), soft_weight=0.0), ce_loss(hidden, targets, items))
+    keep = targets != 0
+    logp = torch.log_softmax(never_candidates(hidden[keep] @ items.T), 1)
+    q = torch.zeros_like(logp)                                            # the target distribution, written out
+    for m, y in enumerate(targets[keep].tolist()):
+        share = 0.4 if w[y].sum() > 0 else 0.0
+        q[m, y] += 1 - share
+        for j, wj in zip(ids[y].tolist(), w[y].tolist(), strict=True):
+            if wj > 0:
+                q[m, j] += share * wj
+    assert torch.allclose(q.sum(1), torch.ones(len(q)))
+    want = -(q * torch.where(q > 0, logp, torch.zeros_like(logp))).sum() / keep.sum()
+    assert torch.allclose(ce_loss(hidden, targets, items, soft=(ids, w), soft_weight=0.4), want, atol=1e-6)

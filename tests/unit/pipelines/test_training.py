@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,46 @@ def test_length_weighted_batching_divides_by_the_mean_batch_not_its_own_targets(
         assert (b.loss * b.weight).item() == pytest.approx((a.loss * a.weight).item(), rel=1e-5)  # same summed loss
         sums.append(b.weight)
     assert sum(sums) == pytest.approx(total)  # the epoch's mean loss stays the mean over targets
+
+
+def test_soft_targets_anneal_to_plain_ce_and_key_the_checkpoint_only_when_on():
+    from models.configs import SASRecConfig
+    from models.sasrec import SASRec
+    from pipelines.config import SoftTargetsConfig, load_config
+    from pipelines.context import StageContext
+    from pipelines.stages.train_sequential import checkpoint_settings
+    from pipelines.training.loop import Step
+    from pipelines.training.sequential import SequentialTask, reads_text
+
+    rng = np.random.default_rng(0)
+    n_items = 20
+    hist = _csr([list(rng.integers(1, n_items + 1, 6)) for _ in range(16)])
+    data = EvalData(16, n_items, hist, np.ones(16, np.int32), np.ones(16, np.int32))
+    text = rng.normal(size=(n_items + 1, 5)).astype(np.float32)
+    text[0] = 0
+    model = SASRec(SASRecConfig(hidden=8, n_layers=1, n_heads=1, dropout=0.0), n_items).eval()
+
+    class Engine:
+        module = model
+
+        def __call__(self, *a):
+            return model(*a)
+
+    soft = SoftTargetsConfig(weight=0.5, k=3, anneal_epochs=2)
+    plain, task = SequentialTask(data, 10, 16), SequentialTask(data, 10, 16, soft=soft, item_text=text)
+    rows = task.batches(seed=0)[0]
+
+    def loss(t, epoch):
+        return t.loss(Engine(), rows, Step(0, 1, torch.device("cpu"), np.random.default_rng(0), epoch)).loss.item()
+
+    assert loss(task, 1) != pytest.approx(loss(plain, 1))                 # the full soft weight at epoch 1
+    assert loss(task, 3) == pytest.approx(loss(plain, 3))                 # annealed to 0 after anneal_epochs
+    assert [soft.weight_at(e) for e in (1, 2, 3)] == [0.5, 0.25, 0.0]
+    cfg = load_config(None, ["train_sequential.soft_targets.weight=0.2"])
+    assert reads_text("sasrec", cfg) and not reads_text("sasrec", load_config(None, []))
+    on = checkpoint_settings(StageContext(cfg, "2026-01-01", Path("/tmp")), "sasrec", 1)
+    off = checkpoint_settings(StageContext(load_config(None, []), "2026-01-01", Path("/tmp")), "sasrec", 1)
+    assert on["soft_targets"]["weight"] == 0.2 and "soft_targets" not in off
 
 
 def test_min_batches_shrinks_the_batch_of_a_small_dataset_only():
