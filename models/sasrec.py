@@ -241,6 +241,26 @@ def ce_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor,
     return loss / (normaliser if normaliser is not None else max(int(keep.sum()), 1))
 
 
+def sampled_ce_loss(hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor,
+                    log_q: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
+    """Sampled softmax with the logQ correction (Jean et al. 2015; Yi et al. 2019, "Sampling-bias-corrected neural
+    modeling"): cross-entropy of each target against ``negatives`` (n,) item ids shared by the batch, drawn with
+    replacement from a distribution q, every logit less ``log_q`` (N + 1,) = log(n q_i), so the expected gradient
+    approaches full CE's; a negative equal to the row's own target (an accidental hit) is masked. Memory is
+    (M, n + 1) logits instead of full CE's (M, N + 1): what lets a catalogue of 10^5-10^6 items train.
+
+    hidden (B, T, H), targets (B, T) with 0 = no target, items (N + 1, H); ``normaliser`` as in ``ce_loss``.
+    """
+    keep = targets != 0                                                         # (B, T)
+    h, y = hidden[keep], targets[keep]                                          # (M, H), (M,)
+    pos = (h * items[y]).sum(-1) - log_q[y]                                     # (M,)
+    neg = h @ items[negatives].T - log_q[negatives]                             # (M, n)
+    neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))
+    logits = torch.cat([pos[:, None], neg], dim=1)                              # (M, 1 + n)
+    loss = F.cross_entropy(logits, torch.zeros_like(y), reduction="sum")
+    return loss / (normaliser if normaliser is not None else max(int(keep.sum()), 1))
+
+
 def bce_loss(hidden: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor, items: torch.Tensor,
              normaliser: float | None = None) -> torch.Tensor:
     """Binary cross-entropy with one sampled negative per target (the original SASRec objective).

@@ -366,7 +366,10 @@ class TrainSequentialConfig:
     ``text_source``: where GRASP's semantic features come from, ``descriptions`` (the LLM's) or ``metadata``; also
     the text of a backbone whose ``sasrec.items.source`` is ``text`` (``models.items``).
     ``sasrec``: the backbone of both models; ``grasp``: GRASP's own settings (SASRec ignores them, so changing one
-    does not retrain the baseline). ``loss``: ``ce`` over all items or ``bce`` with one sampled negative;
+    does not retrain the baseline). ``loss``: ``ce`` over all items, ``bce`` with one sampled negative, or
+    ``sampled``: a sampled softmax over ``negatives`` items shared by each batch, drawn by smoothed popularity, with
+    the logQ correction (``models.sasrec.sampled_ce_loss``; memory (targets x negatives) instead of (targets x
+    items), for catalogues too large for full CE);
     ``soft_targets``: CE's target spread over the item's text neighbours early in training (``SoftTargetsConfig``).
     ``batching``: ``length_weighted`` (the default) puts users of similar history length in one batch (the least
     padding, so the fastest epoch) and divides every batch's summed loss by the mean number of targets per batch, so
@@ -388,6 +391,7 @@ class TrainSequentialConfig:
     models: tuple[str, ...] = ("sasrec", "grasp")
     text_source: str = "descriptions"
     loss: str = "ce"
+    negatives: int = 1024  # loss: sampled only
     soft_targets: SoftTargetsConfig = SoftTargetsConfig()
     batching: str = "length_weighted"
     min_batches: int = 0
@@ -405,7 +409,9 @@ class TrainSequentialConfig:
     def __post_init__(self) -> None:
         _one_of("models", self.models, BY_NAME["train_sequential"].models)
         _one_of("text_source", self.text_source, ("descriptions", "metadata"))
-        _one_of("loss", self.loss, ("ce", "bce"))
+        _one_of("loss", self.loss, ("ce", "bce", "sampled"))
+        if self.negatives < 1:
+            raise FieldError("negatives", f"must be at least 1 (the sampled softmax's negatives), got {self.negatives}")
         if self.soft_targets.weight and self.loss != "ce":
             raise FieldError("soft_targets.weight", f"needs loss: ce (a target distribution over every item), got "
                                                     f"loss: {self.loss}")

@@ -64,6 +64,8 @@ def checkpoint_settings(ctx: StageContext, name: str, world: int) -> dict:
         settings.update(grasp=dataclasses.asdict(t.grasp), text_source=t.text_source)
     elif reads_text(name, ctx.cfg):
         settings.update(text_source=t.text_source)
+    if t.loss == "sampled":  # the sampled softmax's size (meaningless for the other losses: out of their keys)
+        settings["negatives"] = t.negatives
     if t.soft_targets.weight:  # off, the option stays out of the key (as batching's and min_batches' below)
         settings["soft_targets"] = dataclasses.asdict(t.soft_targets)
     if t.batching != "length":  # the behaviour before the option stays out: checkpoints made then keep their keys
@@ -117,11 +119,13 @@ def run(ctx: StageContext) -> StageResult:
         if changes and rank == 0:
             print(f"  {name}: train_sequential.per_model.{name} sets "
                   + ", ".join(f"{k}={new} (section: {old})" for k, (old, new) in changes.items()), flush=True)
-        how = (tm.sasrec.max_len, tm.train.batch_size, tm.loss, tm.batching, tm.min_batches, tm.soft_targets)
+        how = (tm.sasrec.max_len, tm.train.batch_size, tm.loss, tm.negatives, tm.batching, tm.min_batches,
+               tm.soft_targets)
         if how not in tasks:  # models that batch alike share the task (its training rows are built once)
             tasks[how] = SequentialTask(data, tm.sasrec.max_len, tm.train.batch_size, tm.loss, batching=tm.batching,
                                         min_batches=tm.min_batches, world=world, soft=tm.soft_targets,
-                                        item_text=tables["item_sem"] if name in text_models else None)
+                                        item_text=tables["item_sem"] if name in text_models else None,
+                                        negatives=tm.negatives)
         task = tasks[how]
         if task.batch_size != tm.train.batch_size and rank == 0:
             print(f"  {name}: batches of {task.batch_size} (train.batch_size {tm.train.batch_size}, min_batches "

@@ -43,3 +43,24 @@ def sample_items(rng: np.random.Generator, n_items: int, size: tuple[int, ...],
         return rng.integers(1, n_items + 1, size=size)
     allowed = np.flatnonzero(~exclude.cpu().numpy()[1:]) + 1
     return allowed[rng.integers(0, len(allowed), size=size)]
+
+
+class NegativeSampler:
+    """Shared negatives of the sampled softmax (``models.sasrec.sampled_ce_loss``): ``n`` item ids per batch drawn
+    with replacement with probability proportional to (training-target count + 1) ** 0.75 (word2vec's smoothing:
+    popular items, the hard negatives, are drawn more, rare ones still are), never padding or an ``exclude``
+    item; ``log_q`` (N + 1,) = log(n q_i), the correction each logit gets."""
+
+    def __init__(self, counts: np.ndarray, n: int, exclude: torch.Tensor | None = None) -> None:
+        w = (counts.astype(np.float64) + 1.0) ** 0.75                          # (N + 1,)
+        w[0] = 0.0
+        if exclude is not None:
+            w[exclude.cpu().numpy()] = 0.0
+        self.q, self.n = w / w.sum(), n
+        self.cdf = np.cumsum(self.q)
+        self.log_q = torch.from_numpy(np.log(np.maximum(n * self.q, 1e-30))).float()
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """(n,) item ids (inverse-CDF sampling: O(n log N) a batch)."""
+        return np.minimum(np.searchsorted(self.cdf, rng.random(self.n) * self.cdf[-1], side="right"),
+                          len(self.cdf) - 1)

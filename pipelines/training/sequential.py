@@ -17,13 +17,13 @@ from features.embeddings import vectors_of
 from jobs import warehouse
 from models.grasp import build, mean_neighbours
 from models.items import prepare, text_neighbours
-from models.sasrec import SASRec, bce_loss, ce_loss
+from models.sasrec import SASRec, bce_loss, ce_loss, sampled_ce_loss
 from pipelines.config import Config, SoftTargetsConfig
 from pipelines.context import StageContext
 from pipelines.evaluation.protocol import Csr, EvalData, metrics_from_ranks
 from pipelines.training.code_key import model_files, source_hash
 from pipelines.training.loop import Step, StepLoss, Task
-from pipelines.training.ranking import full_ranks, sample_items, training_exclude
+from pipelines.training.ranking import NegativeSampler, full_ranks, sample_items, training_exclude
 
 # ----------------------------------------------------------------------------- data
 
@@ -102,9 +102,10 @@ class SequentialTask(Task):
 
     def __init__(self, data: EvalData, max_len: int, batch_size: int, loss: str = "ce", eval_batch: int = 1024,
                  batching: str = "length_weighted", min_batches: int = 0, world: int = 1,
-                 soft: SoftTargetsConfig | None = None, item_text: np.ndarray | None = None) -> None:
+                 soft: SoftTargetsConfig | None = None, item_text: np.ndarray | None = None,
+                 negatives: int = 1024) -> None:
         """``soft`` with a weight > 0: semantic soft targets (``ce_loss``) over the text neighbours of
-        ``item_text`` (N + 1, D) among the trained items."""
+        ``item_text`` (N + 1, D) among the trained items. ``negatives``: per batch, with ``loss="sampled"``."""
         self.data, self.max_len, self.loss_kind, self.eval_batch = data, max_len, loss, eval_batch
         self.train = TrainSet.from_history(data.train, max_len)
         if len(self.train.users) == 0:
@@ -117,6 +118,8 @@ class SequentialTask(Task):
         self.per_batch = float(self.train.n_targets.sum()) / n_batches if batching == "length_weighted" else None
         self.exclude = training_exclude(data)  # cold items: no training sequence holds one, no softmax sees one
         self.soft_cfg, self.soft = (soft, soft_targets(item_text, self.exclude, soft)) if soft and soft.weight else (None, None)
+        self.sampler = (NegativeSampler(np.bincount(self.train.seqs[:, 1:].ravel(), minlength=data.n_items + 1), negatives,
+                                        self.exclude) if loss == "sampled" else None)
 
     def batches(self, seed: int) -> list[np.ndarray]:
         return self.train.batches(self.batch_size, seed, self.by_length)
@@ -137,6 +140,9 @@ class SequentialTask(Task):
             soft = None if self.soft is None else tuple(t.to(step.device) for t in self.soft)
             loss = ce_loss(hidden, tgt, items, normaliser=norm, exclude=exclude, soft=soft,
                            soft_weight=self.soft_cfg.weight_at(step.epoch) if self.soft_cfg else 0.0)
+        elif self.sampler is not None:
+            neg = torch.from_numpy(self.sampler.draw(step.rng)).to(step.device)
+            loss = sampled_ce_loss(hidden, tgt, items, neg, self.sampler.log_q.to(step.device), normaliser=norm)
         else:
             neg = sample_items(step.rng, self.data.n_items, tuple(tgt.shape), self.exclude)
             loss = bce_loss(hidden, tgt, torch.from_numpy(neg).to(step.device), items, normaliser=norm)
