@@ -13,9 +13,17 @@ The shop on day ``d`` (``d = ds - start_date`` in days) is a pure function of ``
   popularity within the category. A sequential model can learn the chain; a factor model the tastes.
 
 Everything before day ``d`` is replayed, so day ``d + 1`` holds all of day ``d`` plus that day's increment.
+
+With ``scale`` > 0 (``scaled``) the shop is instead a static, Beauty-shaped one for scale benchmarks (issue 42):
+``scale`` times Amazon Beauty's 22,363 users and 12,101 items, each user's history 5 + a negative binomial, drawn
+by the same habit and tastes and with the same text fields, dated over the year before ``ds``; deterministic. At
+scale 1: 197,416 interactions (Beauty 198,502), history length mean 8.8, median 5, 99th percentile 44 (Beauty 8.9,
+6, 43); item popularity is more peaked than Beauty's (the top 1% of items take 23% of the interactions, Beauty's
+10%; 318 items are never bought, Beauty's 5-core has none).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 
@@ -57,6 +65,12 @@ VOCAB: list[tuple[str, list[str], list[str], list[str]]] = [
 SIZES = ["250 g", "500 g", "1 kg", "small", "medium", "large", "pack of 3", "30 ml", "100 ml", "one size"]
 
 
+# Amazon Beauty 5-core (../shared/datasets/amazon-beauty): users, items, and the excess history length over the
+# 5-core minimum as a negative binomial with its mean (3.88) and dispersion (0.24: Beauty's std of 8.2)
+BEAUTY_USERS, BEAUTY_ITEMS = 22_363, 12_101
+EXCESS_MEAN, EXCESS_DISPERSION = 3.88, 0.24
+
+
 @dataclass(frozen=True)
 class ShopParams:
     seed: int
@@ -69,6 +83,7 @@ class ShopParams:
     events_per_user: int
     active_users_per_day: float
     events_per_active_user: int
+    scale: float = 0.0
 
 
 def day_index(start_date: str, ds: str) -> int:
@@ -197,7 +212,44 @@ def generate(p: ShopParams, ds: str) -> dict[str, pa.Table]:
             "users": _users_table(first_seen)}
 
 
-def _items_table(attrs: dict, n: int) -> pa.Table:
+def scaled(p: ShopParams, ds: str) -> dict[str, pa.Table]:
+    """The static Beauty-shaped shop of ``p.scale`` (see the module docstring): ``interactions``, ``items`` and
+    ``users``; every event dated in the 365 days before ``ds``."""
+    n_users, n_items = max(round(BEAUTY_USERS * p.scale), 1), max(round(BEAUTY_ITEMS * p.scale), 2)
+    shop = dataclasses.replace(p, items_day0=n_items)                          # every item exists from the start
+    attrs = _item_blocks(shop, n_items)
+    nxt = _next_links(shop, attrs["cat"])
+    taste_cdf = np.cumsum(_user_tastes(shop, n_users, min(p.n_categories, len(VOCAB))), axis=1)
+    r = np.random.default_rng([p.seed, 5])
+    q = EXCESS_DISPERSION / (EXCESS_DISPERSION + EXCESS_MEAN)
+    steps = 5 + r.negative_binomial(EXCESS_DISPERSION, q, n_users)            # (U,) history lengths
+    end = int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc).timestamp())
+    first = end - 365 * 86400 + r.integers(0, 300 * 86400, n_users)           # each user's first purchase
+    gap = r.integers(3600, 4 * 86400, n_users)                                 # their usual spacing
+    last = np.full(n_users, -1, dtype=np.int64)
+    ev_u, ev_i, ev_t = [], [], []
+    for k in range(int(steps.max())):
+        act = np.flatnonzero(steps > k)
+        it = _draw(r, act, last[act], n_items, attrs, nxt, taste_cdf)
+        ev_u.append(act)
+        ev_i.append(it)
+        ev_t.append(np.minimum(first[act] + k * gap[act], end - 1))
+        last[act] = it
+    uu, ii, tt = (np.concatenate(x) for x in (ev_u, ev_i, ev_t))
+    order = np.lexsort((uu, tt))                                               # by time (stable: a user's in order)
+    uu, ii, tt = uu[order], ii[order], tt[order]
+    interactions = pa.table({
+        "user_id": pa.array(np.char.add("U", np.char.zfill(uu.astype(str), 7)), pa.string()),
+        "item_id": pa.array(np.char.add("I", np.char.zfill(ii.astype(str), 7)), pa.string()),
+        "timestamp": pa.array(tt, pa.int64()),
+        "event_order": pa.array(np.arange(len(uu)), pa.int64()),
+        "rating": pa.array(np.full(len(uu), 5.0, np.float32), pa.float32()),
+    }, schema=schemas.INTERACTIONS)
+    items = _items_table(attrs, n_items, width=7)
+    return {"interactions": interactions, "items": items, "users": _users_table(first, width=7)}
+
+
+def _items_table(attrs: dict, n: int, width: int = 6) -> pa.Table:
     titles, brands, cats, descs, prices = [], [], [], [], []
     for i in range(n):
         cname, nouns, adjs, brs = VOCAB[attrs["cat"][i]]
@@ -211,15 +263,15 @@ def _items_table(attrs: dict, n: int) -> pa.Table:
         descs.append(f"{art} {adj} {noun} from {brand} for {cname.lower()} enthusiasts. Size: {size}.")
         prices.append(price)
     return pa.table({
-        "item_id": pa.array([f"I{i:06d}" for i in range(n)], pa.string()),
+        "item_id": pa.array([f"I{i:0{width}d}" for i in range(n)], pa.string()),
         "title": titles, "brand": brands, "categories": pa.array(cats, pa.list_(pa.string())),
         "description": descs, "price": pa.array(prices, pa.float64()),
     }, schema=schemas.ITEMS)
 
 
-def _users_table(first_seen: np.ndarray) -> pa.Table:
+def _users_table(first_seen: np.ndarray, width: int = 6) -> pa.Table:
     return pa.table({
-        "user_id": pa.array([f"U{u:06d}" for u in range(len(first_seen))], pa.string()),
+        "user_id": pa.array([f"U{u:0{width}d}" for u in range(len(first_seen))], pa.string()),
         "external_id": pa.array([None] * len(first_seen), pa.string()),
         "first_seen": pa.array(first_seen, pa.int64()),
     }, schema=schemas.USERS)

@@ -238,7 +238,7 @@ def ingest_table(spark, p: dict):
 
 def ingest_synthetic(home: str, ds: str, p: dict) -> dict[str, int]:
     params = synthetic.ShopParams(**p["synthetic"])
-    tables = synthetic.generate(params, ds)
+    tables = synthetic.scaled(params, ds) if params.scale > 0 else synthetic.generate(params, ds)
     return {name: write_arrow(tbl, home, name, ds, STAGING) for name, tbl in tables.items()}
 
 

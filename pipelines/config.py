@@ -50,6 +50,13 @@ class SyntheticConfig:
     events_per_user: int = 12
     active_users_per_day: float = 0.15
     events_per_active_user: int = 2
+    # > 0: instead of the growing shop, a static Beauty-shaped one with scale x Beauty's users, items and
+    # interactions (history lengths and text fields like Beauty's; features.synthetic.scaled): scale benchmarks
+    scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.scale < 0:
+            raise FieldError("scale", f"must be 0 (the growing shop) or a positive multiple of Beauty, got {self.scale}")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """features.synthetic: a deterministic shop that only grows, day by day."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -130,3 +132,24 @@ def test_next_links_point_to_items_that_already_exist(params):
         # day-0 items exist together; a later item links to an older one (or to itself when its
         # target category has no older item)
         assert j == i or j < max(i, params.items_day0), (i, j)
+
+
+# ----------------------------------------------------------------------------- the Beauty-shaped shop (scale)
+
+def test_the_scaled_shop_is_beauty_shaped_deterministic_and_grows_with_the_scale():
+    p = dataclasses.replace(SMALL, scale=0.05)
+    a, b = synthetic.scaled(p, "2026-11-24"), synthetic.scaled(p, "2026-11-24")
+    assert all(a[k].equals(b[k]) for k in a)
+    for name, schema in (("interactions", schemas.INTERACTIONS), ("items", schemas.ITEMS), ("users", schemas.USERS)):
+        assert a[name].schema.equals(schema)
+    inter = a["interactions"]
+    assert a["users"].num_rows == round(22_363 * 0.05) and a["items"].num_rows == round(12_101 * 0.05)
+    per_user = np.unique(inter.column("user_id").to_numpy(zero_copy_only=False), return_counts=True)[1]
+    assert per_user.min() >= 5 and 7.5 < per_user.mean() < 10.5                # Beauty: 5-core, mean 8.9
+    ts = inter.column("timestamp").to_numpy()
+    end = int(dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc).timestamp())
+    assert (np.diff(ts) >= 0).all() and ts.max() < end and ts.min() >= end - 365 * 86400
+    assert inter.column("event_order").to_pylist() == list(range(inter.num_rows))
+    assert all(a["items"].column(c).null_count == 0 for c in ("title", "brand", "description", "price"))
+    bigger = synthetic.scaled(dataclasses.replace(p, scale=0.15), "2026-11-24")["interactions"].num_rows
+    assert 2.5 < bigger / inter.num_rows < 3.5                                 # interactions grow with the scale
