@@ -225,7 +225,7 @@ def scaled(p: ShopParams, ds: str) -> dict[str, pa.Table]:
     steps = 5 + r.negative_binomial(EXCESS_DISPERSION, q, n_users)            # (U,) history lengths
     end = int(dt.datetime.fromisoformat(ds).replace(tzinfo=dt.timezone.utc).timestamp())
     first = end - 365 * 86400 + r.integers(0, 300 * 86400, n_users)           # each user's first purchase
-    gap = r.integers(3600, 4 * 86400, n_users)                                 # their usual spacing
+    gap = np.minimum(r.integers(3600, 4 * 86400, n_users), (end - first) // steps)   # their spacing, within the year
     last = np.full(n_users, -1, dtype=np.int64)
     ev_u, ev_i, ev_t = [], [], []
     for k in range(int(steps.max())):
@@ -233,7 +233,7 @@ def scaled(p: ShopParams, ds: str) -> dict[str, pa.Table]:
         it = _draw(r, act, last[act], n_items, attrs, nxt, taste_cdf)
         ev_u.append(act)
         ev_i.append(it)
-        ev_t.append(np.minimum(first[act] + k * gap[act], end - 1))
+        ev_t.append(first[act] + k * gap[act])
         last[act] = it
     uu, ii, tt = (np.concatenate(x) for x in (ev_u, ev_i, ev_t))
     order = np.lexsort((uu, tt))                                               # by time (stable: a user's in order)

@@ -97,6 +97,10 @@ BENCHMARKS = (
               "results/new_items_replay.json's run: night 0 (SASRec in full) 602 s (id) and 713 s (text), the 7 "
               "incremental nights 100-114 s each, the ranking 35 s; with --cache-from (else about 2 min more per home to "
               "embed)"),
+    Benchmark("bench_scale.py", ("--scales", "1,3,10", "--compare-ce", "10"), None,
+              "not yet run at 1x/3x/10x: a smoke run at 0.02x and 0.05x took 6 minutes, most of it describe's LLM "
+              "load (once per scale) and embed",
+              "not yet measured: the 10x shop (2 M interactions) through every stage, likely hours of CPU"),
     Benchmark("grasp_tuning.py", ("LABEL=HOME:MODEL", "..."), None, "scores the valid phase of finished runs only "
               "(a minute or two each)", "not standalone: needs finished train_sequential runs given as "
               "LABEL=HOME:MODEL"),
