@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
+BLOCK_BUDGET = 2**30  # bytes of one block of a (rows x N) score matrix and its work arrays
+
+
+def block_rows(n_cols: int, rows: int, bytes_per_cell: int, budget: int | None = None) -> int:
+    """Rows of a (rows x ``n_cols``) score block: at most ``rows``, and no more than keep ``bytes_per_cell`` bytes a
+    cell within ``budget`` (default ``BLOCK_BUDGET``), so memory stays bounded however large the catalogue or the
+    user base grows. The one rule for every blocked scoring (neighbours here, full-ranking evaluation and
+    validation in ``pipelines.evaluation.protocol.scoring_batch``)."""
+    return max(1, min(rows, (budget or BLOCK_BUDGET) // (bytes_per_cell * max(n_cols, 1))))
+
 
 def exact_topk(vectors: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of ``vectors`` (N, D), unit-norm float32: the ``k`` most similar other rows.
+    """For each row of ``vectors`` (N, D), unit-norm float32: the ``k`` most similar other rows, ``block`` rows at
+    a time or fewer (``block_rows``: float32 scores and topk's work, about 8 bytes a cell).
 
     Returns ``(index (N, k) int64, score (N, k) float32)``, best first; ties broken by the lower index.
     """
@@ -19,6 +30,7 @@ def exact_topk(vectors: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarr
     x = torch.from_numpy(np.require(vectors, np.float32, ["C", "W"]))  # (N, D), a writable copy only if needed
     n = x.shape[0]
     k = min(k, n - 1)
+    block = block_rows(n, block, 8)
     idx = np.empty((n, k), np.int64)
     val = np.empty((n, k), np.float32)
     for s in range(0, n, block):

@@ -29,6 +29,8 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from features.neighbours import block_rows
+
 
 class Scorer(Protocol):
     def score(self, users: np.ndarray, phase: str) -> np.ndarray:  # (B,) -> (B, N + 1)
@@ -181,6 +183,14 @@ def against_target(scores, target_scores):
     return (scores >= t) | (t != t)                                            # t != t: the target is NaN
 
 
+def scoring_batch(n_items: int, batch: int) -> int:
+    """Users per full-ranking batch: at most ``batch``, and no more than keep the batch's (B, N + 1) float32 scores
+    with their boolean masks and comparisons (about 12 bytes a cell) within ``features.neighbours.BLOCK_BUDGET``
+    (``block_rows``): Beauty's 12,101 items keep a batch of 4,096 users; a catalogue of 10^6 items scores about 90
+    users at a time instead of needing 48 GB."""
+    return block_rows(n_items + 1, batch, 12)
+
+
 def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, negatives: np.ndarray,
                  batch: int, candidates: tuple[int, ...] = (), cold: dict | None = None) -> tuple[np.ndarray, ...]:
     """0-based ranks of each user's target: full ranking and among the sampled negatives, one scoring pass; then,
@@ -195,6 +205,7 @@ def target_ranks(model: Scorer, data: EvalData, phase: str, users: np.ndarray, n
     subsets = {n: np.empty(len(users), np.int64) for n in candidates}
     if cold is not None:
         cold.update(cold_only=np.empty(len(users), np.int64), cold_top10=np.empty(len(users), np.float64))
+    batch = scoring_batch(data.n_items, batch)
     for lo in progress(range(0, len(users), batch), desc=f"evaluate {phase}", unit="batch", leave=False,
                        disable=len(users) <= 4 * batch or None):
         b = users[lo:lo + batch]

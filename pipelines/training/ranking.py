@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipelines.evaluation.protocol import Csr, EvalData, against_target, candidates_mask
+from pipelines.evaluation.protocol import Csr, EvalData, against_target, candidates_mask, scoring_batch
 
 
 @torch.no_grad()
@@ -19,6 +19,7 @@ def full_ranks(users: torch.Tensor, items: torch.Tensor, hist: Csr, targets: np.
     """
     who = np.flatnonzero(targets > 0)
     out = np.empty(len(who), np.int64)
+    batch = scoring_batch(items.shape[0] - 1, batch)
     for lo in range(0, len(who), batch):
         b = who[lo:lo + batch]
         s = users[torch.from_numpy(b)] @ items.T                                 # (B, N + 1)

@@ -29,6 +29,19 @@ def test_exact_matches_brute_force_for_any_block_size(block):
     np.testing.assert_allclose(score, np.take_along_axis(x @ x.T, idx, 1), rtol=1e-5)
 
 
+def test_the_block_is_bounded_by_the_memory_budget_and_the_answer_does_not_depend_on_it(monkeypatch):
+    from features import neighbours
+
+    assert neighbours.block_rows(12_101, 4096, 8) == 4096                 # Beauty: the configured block
+    assert neighbours.block_rows(2_000_000, 4096, 8) * 8 * 2_000_000 <= neighbours.BLOCK_BUDGET   # 100x users
+    x = unit_rows(50, 8)
+    want = exact_topk(x, 5)
+    monkeypatch.setattr(neighbours, "BLOCK_BUDGET", 8 * 50 * 3)           # 3 rows a block
+    assert neighbours.block_rows(50, 4096, 8) == 3
+    got = exact_topk(x, 5)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 def test_k_is_capped_by_the_number_of_other_rows():
     idx, _ = exact_topk(unit_rows(4, 3), 10)
     assert idx.shape == (4, 3)

@@ -85,6 +85,29 @@ def test_full_ranks_matches_the_evaluation_protocol(phase):
     np.testing.assert_array_equal(got, ref)
 
 
+def test_a_scoring_batch_is_bounded_by_memory_and_the_ranks_do_not_depend_on_it(monkeypatch):
+    from features import neighbours
+    from pipelines.evaluation import protocol
+
+    assert protocol.scoring_batch(12_101, 4096) == 4096                # Beauty: the configured batch
+    assert protocol.scoring_batch(10**6, 4096) * 12 * (10**6 + 1) <= neighbours.BLOCK_BUDGET
+    assert protocol.scoring_batch(10**9, 4096) == 1
+    rng = np.random.default_rng(1)
+    n_users, n_items = 200, 30
+    rows = [rng.choice(np.arange(1, n_items + 1), size=3, replace=False).tolist() for _ in range(n_users)]
+    data = EvalData(n_users, n_items, _csr(rows), rng.integers(1, n_items + 1, n_users).astype(np.int32),
+                    rng.integers(1, n_items + 1, n_users).astype(np.int32))
+    u, v = rng.normal(size=(n_users, 4)).astype(np.float32), rng.normal(size=(n_items + 1, 4)).astype(np.float32)
+    who, neg = np.arange(n_users), np.ones((n_users, 1), np.int32)
+    big = target_ranks(FactorScorer({"test": (u, v)}), data, "test", who, neg, 512)[0]
+    ranked = full_ranks(torch.from_numpy(u), torch.from_numpy(v), data.history("test"), data.test)
+    monkeypatch.setattr(neighbours, "BLOCK_BUDGET", 12 * (n_items + 1) * 7)   # 7 users a batch
+    assert protocol.scoring_batch(n_items, 512) == 7
+    np.testing.assert_array_equal(target_ranks(FactorScorer({"test": (u, v)}), data, "test", who, neg, 512)[0], big)
+    np.testing.assert_array_equal(full_ranks(torch.from_numpy(u), torch.from_numpy(v), data.history("test"),
+                                             data.test), ranked)
+
+
 def test_length_weighted_batching_divides_by_the_mean_batch_not_its_own_targets():
     from models.configs import SASRecConfig
     from models.sasrec import SASRec
