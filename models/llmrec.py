@@ -17,6 +17,10 @@ E4SRec-style full-ranking head instead of generating item ids as text).
   model (our addition to the paper; ``user_skip=false`` is the paper's head).
 * Training (``pipelines.training.llmrec``): stage 1 trains projectors and head with the backbone frozen; stage 2
   adds LoRA adapters (``add_lora``: peft's ``LoraConfig`` injected into the backbone in place).
+* Assembly: ``LLMRec.from_pretrained(cfg, path, item_factors, item_text)`` loads a Hugging Face decoder, cuts it
+  to ``cfg.layers``, freezes it and attaches the MP-Head; ``add_lora``, ``load_trained`` (a trained recommender's
+  weights, whatever wraps the layers now) and ``reason_writer`` (the causal LM, full depth, with the trained LoRA)
+  own every rule about the state dict's names, so no caller edits keys.
 
 * With ``retrieval`` the prompt leads with retrieved documents (their tokens marked ``DOC``); with
   ``retrieval=mp_head`` an MP-Head (``models.mp_head``) at decoder layer ``mp_head.layer`` attends over them.
@@ -25,6 +29,11 @@ Inputs are built by the caller; ``kinds`` marks each position: 0 text, 1 the use
 3 a retrieved document's token.
 """
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -106,7 +115,47 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(1) - 1).clamp(min=0)
 
 
+class Pretrained(NamedTuple):
+    """What ``LLMRec.from_pretrained`` loaded besides the decoder: the causal LM (the decoder with its LM head),
+    its tokenizer, the directory, and an identity of the weights (directory name, config hash, depth kept)."""
+
+    causal: Any
+    tokenizer: Any
+    path: Path
+    ident: str
+
+
+def load_causal(path: Path, layers: int) -> Pretrained:
+    """The causal LM and tokenizer in the Hugging Face directory ``path``, cut to its first ``layers`` decoder
+    layers (0 = all) and frozen (LoRA adds the trainable weights)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"llmrec.model_path={path} is not a Hugging Face model directory (no config.json); "
+                                "point it at a directory saved by save_pretrained, or leave it empty for SmolLM2")
+    tok = AutoTokenizer.from_pretrained(path)
+    causal = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    n = len(causal.model.layers)
+    if layers and layers < n:
+        causal.model.layers = torch.nn.ModuleList(list(causal.model.layers)[:layers])
+        causal.config.num_hidden_layers = layers
+    causal.requires_grad_(False)
+    digest = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:12]
+    return Pretrained(causal, tok, path, f"{path.name}:{digest}:layers={min(layers or n, n)}")
+
+
 class LLMRec(nn.Module):
+    @classmethod
+    def from_pretrained(cls, cfg: LLMRecConfig, path: Path, item_factors: torch.Tensor,
+                        item_text: torch.Tensor) -> "LLMRec":
+        """The recommender over the decoder in the Hugging Face directory ``path`` (``load_causal``: cut to
+        ``cfg.layers``, frozen; the MP-Head attached with ``cfg.retrieval = mp_head``). ``pretrained`` keeps the
+        causal LM, tokenizer and identity."""
+        pre = load_causal(Path(path), cfg.layers)
+        model = cls(cfg, pre.causal.model, item_factors, item_text)
+        model.pretrained = pre
+        return model
+
     def __init__(self, cfg: LLMRecConfig, backbone: nn.Module, item_factors: torch.Tensor,
                  item_text: torch.Tensor) -> None:
         """``backbone``: a decoder that takes ``inputs_embeds`` (a Hugging Face ``LlamaModel``, say);
@@ -123,6 +172,51 @@ class LLMRec(nn.Module):
         self.item_proj = Projector(f_dim, cfg.projector_hidden, d) if cfg.soft_tokens else None
         self.head = ItemHead(d, f_dim, t_dim, cfg.head_dim, cfg.user_skip and cfg.soft_tokens)
         self.mp_head = attach_mp_head(backbone, cfg.mp_head) if cfg.retrieval == "mp_head" else None
+        self.pretrained: Pretrained | None = None
+        self.has_lora = False
+
+    def add_lora(self) -> None:
+        """Inject LoRA adapters into the backbone (``add_lora``), once."""
+        if not self.has_lora:
+            add_lora(self.backbone, self.cfg)
+            self.has_lora = True
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> bool:
+        """Start from a trained recommender's weights (its ``best.pt``: projectors, head and, when present, LoRA
+        adapters, injected first): names as a recommender without an MP-Head saves them; the layer an MP-Head wraps
+        here is found under the wrapper (its own weights start fresh, its gate at 0, so this module then computes
+        what the trained one did). Raises ``ValueError`` naming weights this module has no place for. Returns
+        whether the state held LoRA weights."""
+        lora = any("lora_" in k for k in state)
+        if lora:
+            self.add_lora()
+        if self.mp_head is not None:                                            # the wrapped layer's own weights
+            at = f"backbone.layers.{self.cfg.mp_head.layer - 1}.self_attn."
+            state = {(at + "base." + k[len(at):] if k.startswith(at) else k): v for k, v in state.items()}
+        unexpected = self.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"weights this model does not have: {unexpected[:3]} (a different backbone, layers, "
+                             "LoRA targets or head size?)")
+        return lora
+
+    def reason_writer(self) -> nn.Module:
+        """The causal LM that writes reasons: ``pretrained``'s own when the backbone has its full depth (on the
+        backbone's device and dtype), else the full-depth model loaded again with the trained LoRA weights in its
+        first layers (a cut model cannot write)."""
+        assert self.pretrained is not None, "reason_writer needs a model built by from_pretrained"
+        pre = self.pretrained
+        if len(self.backbone.layers) == json.loads((pre.path / "config.json").read_text()).get("num_hidden_layers"):
+            p = next(self.backbone.parameters())                               # on a GPU, in bf16: the LM head too
+            return pre.causal.to(device=p.device, dtype=p.dtype)
+        full = load_causal(pre.path, 0)
+        if self.has_lora:
+            add_lora(full.causal.model, self.cfg)
+            lora = {k.replace("self_attn.base.", "self_attn."): v for k, v in self.backbone.state_dict().items()
+                    if "lora_" in k}
+            unexpected = full.causal.model.load_state_dict(lora, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"LoRA weights without a place in the full model: {unexpected[:3]}")
+        return full.causal
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kinds: torch.Tensor,
                 user_factor: torch.Tensor | None = None, hist: torch.Tensor | None = None) -> torch.Tensor:

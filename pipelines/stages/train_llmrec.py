@@ -29,7 +29,7 @@ from features import schemas
 from features import text as T
 from features.embeddings import vectors_of
 from jobs import warehouse
-from models.llmrec import LLMRec, add_lora
+from models.llmrec import LLMRec
 from pipelines import refresh
 from pipelines.backends.llm import TransformersBackend
 from pipelines.backends.weights import default_model_dir
@@ -45,7 +45,6 @@ from pipelines.training.llmrec import (
     code_version,
     held_out_factors,
     llmrec_users,
-    load_backbone,
     phase_examples,
     seeded_users,
     train_examples,
@@ -78,12 +77,10 @@ def item_text(ctx: StageContext, n_items: int) -> np.ndarray:
     return text
 
 
-def init_from(c, module: LLMRec) -> tuple[str, bool]:
+def init_from(c, module: LLMRec) -> str:
     """Start ``module`` from a trained recommender's weights (``llmrec.init_from``: its ``best.pt`` or the checkpoint
-    directory holding it): projectors, head and, when the file has them, LoRA adapters (injected first, so stage 1
-    starts from the adapted model). What the file lacks (an MP-Head) starts fresh; an MP-Head starts with its gate at
-    0, so the run starts exactly where that model ended. Returns the file's content hash and whether LoRA was
-    injected."""
+    directory holding it; ``LLMRec.load_trained``: projectors, head and, when the file has them, LoRA adapters, so
+    stage 1 starts from the adapted model). Returns the file's content hash."""
     path = Path(c.init_from)
     path = path / "best.pt" if path.is_dir() else path
     if not path.is_file():
@@ -94,18 +91,12 @@ def init_from(c, module: LLMRec) -> tuple[str, bool]:
         raise ValueError(f"llmrec.init_from={c.init_from}: {path} is damaged ({why}); point llmrec.init_from at an "
                          "intact best.pt (an earlier day's checkpoints/train_llmrec/<ds>/stage2-<key>/) or unset it")
     state = torch.load(path, map_location="cpu")
-    lora = any("lora_" in k for k in state)
-    if lora:
-        add_lora(module.backbone, c)
-    if module.mp_head is not None:                                              # the wrapped layer's own weights
-        at = f"backbone.layers.{module.cfg.mp_head.layer - 1}.self_attn."
-        state = {(at + "base." + k[len(at):] if k.startswith(at) else k): v for k, v in state.items()}
-    unexpected = module.load_state_dict(state, strict=False).unexpected_keys
-    if unexpected:
-        raise ValueError(f"llmrec.init_from={c.init_from} holds weights this model does not have: {unexpected[:3]} "
-                         "(a different backbone, layers, LoRA targets or head size?)")
+    try:
+        lora = module.load_trained(state)
+    except ValueError as e:
+        raise ValueError(f"llmrec.init_from={c.init_from} holds {e}") from None
     print(f"  llmrec: started from {path} ({len(state)} tensors{', LoRA included' if lora else ''})", flush=True)
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16], lora
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def retrieved_texts(ctx: StageContext) -> dict[str, dict[int, list[str]]]:
@@ -203,7 +194,9 @@ def run(ctx: StageContext) -> StageResult:
                                dataclasses.replace(ctx.cfg.wals, engine="implicit"))
     cat = load_catalogue(ctx)
     model_dir = Path(c.model_path) if c.model_path else default_model_dir(ctx.home)
-    causal, tok, ident = load_backbone(model_dir, c.layers)
+    torch.manual_seed(ctx.cfg.seed)
+    module = LLMRec.from_pretrained(c, model_dir, torch.from_numpy(factors), torch.from_numpy(text))
+    tok, ident = module.pretrained.tokenizer, module.pretrained.ident
     prompts = Prompts(tok, [""] + [cat.items[i].get("title") or "" for i in range(1, data.n_items + 1)], c,
                       ctx.cfg.domain)
     foldin = FoldIn(factors, ctx.cfg.wals.regularization, ctx.cfg.wals.alpha)
@@ -216,9 +209,7 @@ def run(ctx: StageContext) -> StageResult:
     task = LLMRecTask(prompts, foldin, train, valid, data, c.stage1.batch_size, c.loss, c.negatives, c.align_weight,
                       c.align_temperature, c.eval_batch)
     rank, world = init_distributed(c.distributed.dist_backend)
-    torch.manual_seed(ctx.cfg.seed)
-    module = LLMRec(c, causal.model, torch.from_numpy(factors), torch.from_numpy(text))
-    init, lora_in = init_from(c, module) if c.init_from else ("", False)
+    init = init_from(c, module) if c.init_from else ""
     key1 = _fingerprint(stage_settings(ctx, ident, world, 1), data.train.indptr, data.train.indices, data.valid,
                         factors, text, train.targets, valid.users, [d and d[0] for d in train.docs or []],
                         [d and d[0] for d in valid.docs or []], init)
@@ -226,8 +217,7 @@ def run(ctx: StageContext) -> StageResult:
     results = {"stage1": _fit_stage(ctx, module, task, 1, key1, world).summary()}
     key = key1
     if c.lora:
-        if not lora_in:
-            add_lora(module.backbone, c)
+        module.add_lora()
         task.batch_size = c.stage2.batch_size
         key = _fingerprint(key1, stage_settings(ctx, ident, world, 2))
         results["stage2"] = _fit_stage(ctx, module, task, 2, key, world).summary()
@@ -248,7 +238,7 @@ def run(ctx: StageContext) -> StageResult:
         tmp.replace(d / "vectors.npz")
         out["scored_users"] = int(len(scored))
         if c.reasons_users:
-            out["reasons"] = _reasons(ctx, causal, tok, model_dir, module, vectors, data, cat, scored, key)
+            out["reasons"] = _reasons(ctx, module, vectors, data, cat, scored, key)
         out["seconds"] = round(time.perf_counter() - t0, 2)
         warehouse.write_json(d / "result.json", {**out, "history": {s: r["history"] for s, r in results.items()}})
         outputs[MODEL] = str(d)
@@ -278,26 +268,8 @@ def _score(module: LLMRec, task: LLMRecTask, data, scored: np.ndarray, device, d
     return out
 
 
-def _reason_model(causal, model_dir: Path, module: LLMRec, cfg):
-    """The adapted LLM that writes reasons: the trained backbone itself, or, when ``llmrec.layers`` cut it (a cut
-    model cannot write), the full-depth model with the trained LoRA weights loaded into its first layers."""
-    depth = json.loads((model_dir / "config.json").read_text()).get("num_hidden_layers")
-    if len(causal.model.layers) == depth:
-        p = next(module.backbone.parameters())                                  # on a GPU, in bf16: the LM head too
-        return causal.to(device=p.device, dtype=p.dtype)
-    full, _, _ = load_backbone(model_dir, 0)
-    if cfg.lora:
-        add_lora(full.model, cfg)
-        lora = {k.replace("self_attn.base.", "self_attn."): v for k, v in module.backbone.state_dict().items()
-                if "lora_" in k}
-        unexpected = full.model.load_state_dict(lora, strict=False).unexpected_keys
-        if unexpected:
-            raise ValueError(f"LoRA weights without a place in the full model: {unexpected[:3]}")
-    return full
-
-
-def _reasons(ctx: StageContext, causal, tok, model_dir, module: LLMRec, vectors: dict, data, cat: Catalogue,
-             scored: np.ndarray, model_key: str) -> dict:
+def _reasons(ctx: StageContext, module: LLMRec, vectors: dict, data, cat: Catalogue, scored: np.ndarray,
+             model_key: str) -> dict:
     """Top item of ``reasons_users`` seeded scored users, a reason for each from facts only, groundedness."""
     c = ctx.cfg.llmrec
     users = seeded_users(scored, c.reasons_users, ctx.cfg.seed + 2)
@@ -309,7 +281,7 @@ def _reasons(ctx: StageContext, causal, tok, model_dir, module: LLMRec, vectors:
     histories = [[cat.items[i] for i in hist.indices[hist.indptr[u]:hist.indptr[u + 1]]] for u in users]
     facts = [T.reason_facts(h, cat.items[int(i)], d=ctx.cfg.domain) for h, i in zip(histories, top, strict=True)]
     messages = [T.reason_messages(h, cat.items[int(i)], ctx.cfg.domain) for h, i in zip(histories, top, strict=True)]
-    backend = TransformersBackend.from_loaded(_reason_model(causal, model_dir, module, c), tok,
+    backend = TransformersBackend.from_loaded(module.reason_writer(), module.pretrained.tokenizer,
                                               f"llmrec:{model_key}", batch_size=8,
                                               max_new_tokens=c.reason_max_new_tokens, repetition_penalty=1.15,
                                               seed=ctx.cfg.seed)

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from features.text import SHOP, Domain, content_hash
+from features.text import SHOP, Domain
 from models.configs import LLMRecConfig
 from models.llmrec import DOC, ITEM, TEXT, USER, LLMRec, info_nce, ranking_loss
 from models.sasrec import never_candidates
@@ -327,27 +327,6 @@ def calibrate_scale(module: LLMRec, task: LLMRecTask, n: int = 2000) -> float:
     best = float(grid[int(np.argmin(losses))])
     module.head.log_scale.fill_(float(np.log(best)))
     return best
-
-
-# ----------------------------------------------------------------------------- the backbone
-
-def load_backbone(path: Path, layers: int):
-    """(causal LM, tokenizer, identity) from a Hugging Face directory; with ``layers`` only the first N decoder
-    layers are kept. Every backbone weight is frozen (LoRA adds the trainable ones)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"llmrec.model_path={path} is not a Hugging Face model directory (no config.json); "
-                                "point it at a directory saved by save_pretrained, or leave it empty for SmolLM2")
-    tok = AutoTokenizer.from_pretrained(path)
-    causal = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    n = len(causal.model.layers)
-    if layers and layers < n:
-        causal.model.layers = torch.nn.ModuleList(list(causal.model.layers)[:layers])
-        causal.config.num_hidden_layers = layers
-    causal.requires_grad_(False)
-    ident = f"{path.name}:{content_hash((path / 'config.json').read_text())[:12]}:layers={min(layers or n, n)}"
-    return causal, tok, ident
 
 
 def code_version(models_dir: Path = MODELS_DIR) -> str:

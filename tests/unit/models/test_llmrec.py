@@ -2,6 +2,7 @@
 padding, the item head, LoRA's zero start, the losses."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -157,3 +158,80 @@ def test_runs_with_bf16_weights_and_fp32_feature_tables():
     with torch.no_grad():
         got = m(**batch()) @ m.item_table().T                                  # user_factor stays float32
     assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, atol=0.1, rtol=0.05)
+
+
+# ----------------------------------------------------------------------------- assembly from the config
+
+@pytest.fixture(scope="module")
+def saved_llama(tmp_path_factory):
+    """A 3-layer tiny Llama and a tokenizer saved as a Hugging Face directory, as a user's own model would be."""
+    from transformers import AutoTokenizer
+
+    from pipelines.backends.weights import default_encoder_dir
+
+    path = tmp_path_factory.mktemp("llama")
+    tok = AutoTokenizer.from_pretrained(default_encoder_dir())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM._from_config(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tables():
+    g = torch.Generator().manual_seed(1)
+    factors, text = torch.randn(N_ITEMS + 1, F, generator=g), torch.randn(N_ITEMS + 1, DT, generator=g)
+    factors[0] = text[0] = 0
+    return factors, text
+
+
+def trained_state(m: LLMRec) -> dict:
+    """What best.pt keeps (the trainable weights), after moving every one of them off its start."""
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    return {k: v.clone() for k, v in m.state_dict().items()
+            if k in {n for n, p in m.named_parameters() if p.requires_grad}}
+
+
+def test_from_pretrained_cuts_freezes_and_names_the_backbone(saved_llama):
+    m = LLMRec.from_pretrained(LLMRecConfig(projector_hidden=16, head_dim=8, layers=2), saved_llama, *tables())
+    assert len(m.backbone.layers) == 2 and m.pretrained.ident.endswith(":layers=2")
+    assert not any(p.requires_grad for p in m.backbone.parameters())
+    assert m.pretrained.tokenizer("a shopper")["input_ids"]
+    whole = LLMRec.from_pretrained(LLMRecConfig(projector_hidden=16, head_dim=8, layers=0), saved_llama, *tables())
+    assert len(whole.backbone.layers) == 3 and whole.pretrained.ident != m.pretrained.ident
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        LLMRec.from_pretrained(LLMRecConfig(), saved_llama / "missing", *tables())
+
+
+def test_trained_weights_load_into_a_model_with_an_mp_head_and_it_computes_what_they_did(saved_llama):
+    cfg = LLMRecConfig(projector_hidden=16, head_dim=8, layers=2, lora_dropout=0.0)
+    torch.manual_seed(3)
+    a = LLMRec.from_pretrained(cfg, saved_llama, *tables()).eval()
+    a.add_lora()
+    a.add_lora()                                                          # once only
+    state = trained_state(a)
+    assert any("lora_" in k for k in state)
+    b = LLMRec.from_pretrained(dataclasses.replace(cfg, retrieval="mp_head"), saved_llama, *tables()).eval()
+    assert b.load_trained(state) and b.has_lora
+    with torch.no_grad():
+        assert torch.allclose(a(**batch()), b(**batch()), atol=1e-5)    # the MP-Head's gate starts at 0
+    with pytest.raises(ValueError, match="does not have"):
+        b.load_trained({**state, "head.nope": torch.zeros(1)})
+
+
+def test_the_reason_writer_is_the_full_depth_lm_with_the_trained_lora(saved_llama):
+    cfg = LLMRecConfig(projector_hidden=16, head_dim=8, layers=2, lora_dropout=0.0)
+    m = LLMRec.from_pretrained(cfg, saved_llama, *tables())
+    m.add_lora()
+    trained_state(m)
+    writer = m.reason_writer()
+    assert len(writer.model.layers) == 3
+    mine = {k: v for k, v in m.backbone.state_dict().items() if "lora_" in k}
+    theirs = writer.model.state_dict()
+    assert mine and all(torch.equal(theirs[k], v) for k, v in mine.items())
+    whole = LLMRec.from_pretrained(dataclasses.replace(cfg, layers=0), saved_llama, *tables())
+    assert whole.reason_writer() is whole.pretrained.causal                # full depth: its own LM
