@@ -88,6 +88,34 @@ def ridge_predict(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (np.asarray(x, np.float64) @ w + b).astype(np.float32)
 
 
+def infonce_map(text: np.ndarray, target: np.ndarray, rows: np.ndarray, temperature: float = 0.1,
+                epochs: int = 30, batch: int = 1024, lr: float = 0.01, seed: int = 0) -> np.ndarray:
+    """A linear map ``W`` (D, H) that aligns text vectors ``text`` (N, D) with a trained model's item vectors
+    ``target`` (N, H), fit by InfoNCE over the items ``rows`` (indices): in each batch, the cosine between an
+    item's mapped text and its own item vector, over ``temperature``, should beat the batch's other items'
+    (in-batch negatives; both directions). Adam, ``epochs`` passes over ``rows`` in seeded batches."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(np.asarray(text, np.float32))
+    y = torch.nn.functional.normalize(torch.from_numpy(np.asarray(target, np.float32)), dim=1)
+    w = torch.zeros(x.shape[1], y.shape[1])
+    torch.nn.init.normal_(w, std=x.shape[1] ** -0.5, generator=g)
+    w.requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    idx = torch.from_numpy(np.asarray(rows, np.int64))
+    for _ in range(epochs):
+        for b in idx[torch.randperm(len(idx), generator=g)].split(batch):
+            q = torch.nn.functional.normalize(x[b] @ w, dim=1)                 # (B, H)
+            logits = q @ y[b].T / temperature                                   # (B, B)
+            eye = torch.arange(len(b))
+            loss = torch.nn.functional.cross_entropy(logits, eye) + torch.nn.functional.cross_entropy(logits.T, eye)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w.detach().numpy()
+
+
 def norm_matched(pred: np.ndarray, reference: np.ndarray, scale: float) -> np.ndarray:
     """``pred`` rescaled so its mean row norm is ``scale`` times ``reference``'s (the trained items')."""
     p = float(np.linalg.norm(pred, axis=1).mean()) if len(pred) else 0.0

@@ -136,6 +136,7 @@ class EvalConfig:
     # served: pipelines.evaluation.fusion), from the item text vectors of late_fusion_text
     late_fusion: tuple[str, ...] = ()
     late_fusion_text: str = "metadata"
+    late_fusion_align: bool = False  # map the text into the model's item space first (InfoNCE, on its trained items)
 
     def __post_init__(self) -> None:
         _one_of("late_fusion", self.late_fusion, ("wals", "sasrec", "grasp", "llmrec"))

@@ -190,7 +190,8 @@ def add_late_fusion(ctx: StageContext, zoo: dict[str, Callable[[EvalData], Serve
             skipped[f"{name}_late_fusion"] = why or f"no {name} scores for ds={ctx.ds}: train it first"
             continue
         zoo[f"{name}_late_fusion"] = lambda d, m=zoo[name]: late_fusion(
-            m(d)[0], cold_start.text_vectors(ctx, d.n_items, source), d, source, batch)
+            m(d)[0], cold_start.text_vectors(ctx, d.n_items, source), d, source, batch,
+            align=ctx.cfg.eval.late_fusion_align)
 
 
 # ----------------------------------------------------------------------------- the cold-item baselines (issue 38)

@@ -108,6 +108,11 @@ VARIANTS = {
     # text match to the history added (pipelines.evaluation.fusion; beta and decay chosen on valid)
     "sasrec_late_fusion[metadata]": (["train_sequential.models=[sasrec]", "eval.late_fusion=[sasrec]",
                                       "eval.late_fusion_text=metadata"], "sasrec_late_fusion", "train_sequential"),
+    # the same with the text first mapped into SASRec's item space (InfoNCE on its trained items: issue 39's
+    # alignment row)
+    "sasrec_late_fusion_aligned[metadata]": (["train_sequential.models=[sasrec]", "eval.late_fusion=[sasrec]",
+                                              "eval.late_fusion_text=metadata", "eval.late_fusion_align=true"],
+                                             "sasrec_late_fusion", "train_sequential"),
     "sasrec_text_delta_late_fusion[metadata]": (
         ["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
          "train_sequential.sasrec.items.source=text", "train_sequential.sasrec.items.delta_max=0.5",

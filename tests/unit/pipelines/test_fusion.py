@@ -72,3 +72,24 @@ def test_the_zoo_adds_the_fused_model_or_says_why_not(tmp_path):
     skipped = {}
     assert "sasrec_late_fusion" not in model_zoo(ctx2, skipped)
     assert "run the embed stage" in skipped["sasrec_late_fusion"]
+
+
+def test_the_infonce_map_aligns_text_with_the_item_space_from_the_fit_rows():
+    from features.cold_start import infonce_map
+
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(300, 12)).astype(np.float32)
+    target = np.tanh(text @ rng.normal(size=(12, 6))).astype(np.float32)   # a monotone image of a linear map
+    w = infonce_map(text, target, np.arange(200), epochs=60)
+    q = text[200:] @ w                                                    # items the map never saw
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    t = target[200:] / np.linalg.norm(target[200:], axis=1, keepdims=True)
+    assert ((q @ t.T).argmax(1) == np.arange(100)).mean() > 0.5           # chance: 0.01
+
+
+def test_an_aligned_fusion_maps_the_text_through_the_models_trained_items():
+    d = _data([[1, 3], [2, 4], [1, 4]], [4, 5, 3], [5, 1, 2], {}, 5)
+    base = _factors(np.random.default_rng(2), 3)
+    m, _ = fusion.late_fusion(base, TEXT, d, "metadata", grid=(0.0, 0.5), align=True)
+    assert m.notes["aligned"] is True and m.text.text.shape == (6, 4)      # into the model's 4 dimensions
+    assert (m.text.text[0] == 0).all()                                     # padding stays zero
