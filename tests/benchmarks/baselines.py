@@ -38,6 +38,13 @@ the same SASRec models (checked: every per-seed figure and best epoch of SASRec 
 reuses the other's finished SASRec checkpoints, whose key covers settings, code and data, or retrains it
 deterministically). Each delta stays the one computed in its own run.
 
+``--from-records`` trains nothing: it writes the results from the (seed, variant) runs kept under
+``HOME/baselines``, whatever code or config made them (each run's record names the commit that trained or
+evaluated it), e.g. rows evaluated at an earlier commit whose model code matched the trained checkpoints.
+
+With one seed (``--seeds 42``: issue 39's screening) the rows carry the paired bootstrap over users as their
+interval and the verdict "screening (1 seed)": no interval over seeds exists, so nothing is called better or worse.
+
 ``--reinterval FILE.json`` trains nothing: it recomputes every delta's t-interval from the file's per-seed figures
 (valid where every run scored the same users, as with ``users: all``), keeps the earlier interval as
 ``*_ci95_users_only`` and rewrites ``results/baselines<suffix>``.
@@ -118,6 +125,7 @@ VARIANTS = {
          "train_sequential.sasrec.items.source=text", "train_sequential.sasrec.items.delta_max=0.5",
          "eval.late_fusion=[sasrec]", "eval.late_fusion_text=metadata"], "sasrec_late_fusion", "train_sequential"),
 }
+SCREENING = "screening (1 seed)"  # a one-seed row's verdict: its interval is over users alone, no training variance
 FUSED = "_late_fusion"  # an evaluated row on top of the model its name starts with (the one its stage trained)
 FUSION_CODE = ROOT / "pipelines" / "evaluation" / "fusion.py"
 HEADLINE = [("full", "NDCG@10"), ("full", "HR@10"), ("full", "NDCG@20"), ("full", "HR@20"), ("full", "MRR"),
@@ -225,6 +233,10 @@ def interval_note(payload: dict) -> str:
         return (f"delta: paired bootstrap over users ({payload['bootstrap']['resamples']:,} resamples), seed i paired "
                 "with seed i; 'better'/'worse' only where the 95% interval excludes 0")
     iv, models = payload["interval"], payload["models"]
+    if len(payload["seeds"]) == 1:
+        return ("one seed (screening, valid decides; test shown for the record): the interval is the paired bootstrap "
+                f"over users alone ({payload['bootstrap']['resamples']:,} resamples), which leaves training variance "
+                "out (about half the width of one that includes it), so no row is called better or worse")
     users_only = "; ".join(f"{label} [{r['delta_vs_sasrec_ci95_users_only'][0]:+.4f}, "
                            f"{r['delta_vs_sasrec_ci95_users_only'][1]:+.4f}]" for label, r in models.items()
                            if "delta_vs_sasrec_ci95_users_only" in r)
@@ -314,7 +326,9 @@ def train_one(args: argparse.Namespace, seed: int, label: str, spec: tuple[list[
     key = run_key(args.ds, args.config, sets, name)
     record_file = out / f"{safe}.json"
     record = json.loads(record_file.read_text()) if record_file.exists() and not args.fresh else {}
-    if record.get("key") == key and (out / f"{safe}.npz").exists():
+    if args.from_records and not (record and (out / f"{safe}.npz").exists()):
+        sys.exit(f"--from-records: no finished run of {label}, seed {seed} in {out} (train it first)")
+    if (record.get("key") == key or args.from_records) and (out / f"{safe}.npz").exists():
         print(f"seed {seed} {label}: kept from {record_file}", flush=True)
     else:
         record = train_and_evaluate(args, sets, key, name, stage, out / safe)
@@ -369,11 +383,15 @@ def compare(runs: list[dict], sasrec: list[dict], method: str, resamples: int) -
     for where in (None, *SLICES):
         pre = f"{where}_" if where else ""
         diffs = paired_difference(mine, ref, mask=where, per_seed=True)
-        iv = paired_interval_from_deltas(diffs, method, resamples=resamples)
+        users_only = list(paired_bootstrap(np.mean(diffs, axis=0), n_boot=resamples, seed=0))
+        if len(diffs) > 1:
+            iv = paired_interval_from_deltas(diffs, method, resamples=resamples)
+        else:  # a screening run: no interval over seeds exists; the users' one, and no verdict
+            iv = {"delta": float(np.mean(diffs[0])), "ci95": users_only, "per_seed_deltas": [float(np.mean(diffs[0]))],
+                  "verdict": SCREENING}
         r |= {f"{pre}delta_vs_sasrec": iv["delta"], f"{pre}delta_vs_sasrec_ci95": iv["ci95"],
               f"{pre}delta_vs_sasrec_per_seed": iv["per_seed_deltas"], f"{pre}verdict": iv["verdict"],
-              f"{pre}delta_vs_sasrec_ci95_users_only": list(paired_bootstrap(np.mean(diffs, axis=0),
-                                                                             n_boot=resamples, seed=0))}
+              f"{pre}delta_vs_sasrec_ci95_users_only": users_only}
         if where is None:
             r["paired_users"] = int(diffs[0].size)
     scored = sorted({int(x["metrics"]["full"]["users"]) for x in (*runs, *sasrec)})
@@ -459,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="train every run again, ignoring the records in HOME/baselines")
     p.add_argument("--merge", metavar="A.json,B.json", help="train nothing: write results/baselines<suffix> from "
                    "earlier results files whose SASRec runs are identical (each adds its other variants)")
+    p.add_argument("--from-records", action="store_true", help="train nothing: the results from the finished runs "
+                   "kept in HOME/baselines, whatever code made them (each names its commit)")
     p.add_argument("--reinterval", metavar="FILE.json", help="train nothing: recompute the intervals of FILE from "
                    "its per-seed figures into results/baselines<suffix>")
     args = p.parse_args(argv)
@@ -470,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     home.mkdir(parents=True, exist_ok=True)
     cfg = load_config(args.config, args.sets)  # the config is checked before anything runs
     labels = variant_order(VARIANTS, [v.strip() for v in args.variants.split(",")], "sasrec")  # checked first
-    if not args.skip_prepare:
+    if not (args.skip_prepare or args.from_records):
         print("preparing the day (recpipe run --until neighbours) ...", flush=True)
         cli(home, args.ds, args.config, args.sets, "run", "--until", "neighbours", log=home / "baselines.log")
     results = run_variants(args.seeds, VARIANTS, labels, lambda seed, label, spec: train_one(args, seed, label, spec),

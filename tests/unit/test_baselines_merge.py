@@ -86,3 +86,18 @@ def test_training_figures_take_llmrecs_last_stage_and_tell_a_reused_checkpoint()
     llmrec = {"stages": {"stage1": {**fit, "epoch_seconds": 9.0}, "stage2": {**fit, "best_epoch": 1}}}
     figures, trained = baselines.training_figures(llmrec)
     assert trained and figures["best_epoch"] == 1 and figures["epoch_seconds"] == 2.0
+
+
+def test_a_one_seed_screening_row_carries_the_users_interval_and_no_verdict():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    users = np.arange(400)
+    ranks = {"users": users, "full": rng.integers(0, 30, 400),
+             **{s: rng.random(400) < 0.3 for s in baselines.SLICES}}
+    better = {**ranks, "full": np.maximum(ranks["full"] - 3, 0)}          # every target ranked higher
+    r = baselines.compare([{"ranks": better, "metrics": {"full": {"users": 400}}}],
+                          [{"ranks": ranks, "metrics": {"full": {"users": 400}}}], "t", 200)
+    assert r["verdict"] == baselines.SCREENING and r["delta_vs_sasrec"] > 0
+    assert r["delta_vs_sasrec_ci95"] == r["delta_vs_sasrec_ci95_users_only"] and r["delta_vs_sasrec_ci95"][0] > 0
+    assert all(r[f"{s}_verdict"] == baselines.SCREENING for s in baselines.SLICES)
