@@ -84,6 +84,10 @@ from tests.benchmarks.common import (  # noqa: E402
     write_results,
 )
 
+# SASRec's recipe (amazon_beauty.yaml's per_model.sasrec) given to GRASP, for issue 39's GRASP trained as fairly
+GRASP_AS_SASREC = [f"train_sequential.per_model.grasp.{k}" for k in (
+    "sasrec.block=original", "sasrec.item_init_std=0.0128", "sasrec.dropout=0.6", "sasrec.n_heads=1",
+    "train.batch_size=512", "train.weight_decay=1e-08", "train.epochs=200", "train.patience=20", "min_batches=40")]
 # label -> (overrides of its stage's section, the model name the stage writes, the stage that trains it)
 VARIANTS = {
     "sasrec": (["train_sequential.models=[sasrec]"], "sasrec", "train_sequential"),
@@ -111,6 +115,11 @@ VARIANTS = {
     # to plain CE over the first 20 epochs
     "sasrec_soft_targets[metadata]": (["train_sequential.models=[sasrec]", "train_sequential.text_source=metadata",
                                        "train_sequential.soft_targets.weight=0.3"], "sasrec", "train_sequential"),
+    # mechanism 6: GRASP trained as SASRec is (per_model.sasrec's budget, patience, batch, dropout, block, init,
+    # min_batches), at two learning rates; the row of the one better on valid is the one that counts
+    **{f"grasp_fair_lr{lr}[metadata]": (["train_sequential.models=[grasp]", "train_sequential.text_source=metadata",
+                                        *GRASP_AS_SASREC, f"train_sequential.per_model.grasp.train.lr={lr}"], "grasp",
+                                       "train_sequential") for lr in ("0.0005", "0.001")},
     # mechanism 5, late fusion: the trained SASRec (its checkpoint reused) scored by the evaluate stage with the
     # text match to the history added (pipelines.evaluation.fusion; beta and decay chosen on valid)
     "sasrec_late_fusion[metadata]": (["train_sequential.models=[sasrec]", "eval.late_fusion=[sasrec]",
