@@ -35,6 +35,8 @@ QUESTIONS: dict[str, tuple[str, str]] = {
     "heldout_ml100k_strong_min_batches": ("Quality", "Does SASRec's recipe with min_batches travel to MovieLens-100k?"),
     "heldout_ml100k_shipped_per_model": ("Quality", "amazon_beauty.yaml as shipped, per-model recipes, on "
                                                     "MovieLens-100k"),
+    "heldout_ml100k_generic": ("Quality", "The generic config (sequences.yaml) with the recipe that travelled, as a "
+                                          "new user runs it on MovieLens-100k"),
     "llmrec_beauty": ("Quality", "The LLM recommender on a 1,000-user CPU subset of Beauty"),
     "llmrec_beauty_gpu": ("Quality", "The LLM recommender on all Beauty users on a GPU"),
     "webrec_beauty": ("Quality", "Web retrieval and the MP-Head on Beauty"),
