@@ -187,10 +187,14 @@ def soft_targets(item_text: np.ndarray | None, exclude: torch.Tensor | None,
     text outside ``exclude`` (the held-out cold items: no soft target may put mass on one)."""
     assert item_text is not None, "semantic soft targets need the item text table"
     text = torch.from_numpy(item_text)
+    return text_neighbours(text, fit_rows(text, exclude), cfg.k, cfg.temperature)
+
+
+def fit_rows(text: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    """(N + 1,) bool: the items a text transform may be fit on or point to: those with text, outside ``exclude``
+    (the held-out cold items, whose text must shape nothing a trained model reads)."""
     rows = text.abs().sum(1) > 0
-    if exclude is not None:
-        rows &= ~exclude.cpu()
-    return text_neighbours(text, rows, cfg.k, cfg.temperature)
+    return rows & ~exclude.cpu() if exclude is not None else rows
 
 
 def reads_text(name: str, cfg: Config) -> bool:
@@ -211,10 +215,7 @@ def build_model(name: str, n_items: int, cfg: Config, tables: dict[str, np.ndarr
     if t.sasrec.items.source != "id":
         assert tables is not None, f"{name} reads the item text: it needs the feature tables"
         sem = torch.from_numpy(tables["item_sem"])
-        rows = sem.abs().sum(1) > 0
-        if exclude is not None:
-            rows &= ~exclude.cpu()
-        text = prepare(t.sasrec.items, sem, rows, t.sasrec.hidden)
+        text = prepare(t.sasrec.items, sem, fit_rows(sem, exclude), t.sasrec.hidden)
     if name == "sasrec":
         return SASRec(t.sasrec, n_items, text=text)
     assert tables is not None, "GRASP needs its feature tables"

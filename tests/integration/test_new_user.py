@@ -61,8 +61,9 @@ def test_describe_switched_off_leaves_embed_on_metadata_text(synthetic_home):
 
 def test_the_generic_config_names_the_dataset_by_its_folder_and_warns_of_untitled_items(tmp_path):
     """A second dataset run with the Beauty config was labelled amazon-beauty and 22 untitled items passed without a
-    word (reliability issue, 7). ``sequences.yaml`` carries no Beauty values: the folder names the dataset, and
-    validation warns (without failing) about items that have no title."""
+    word (reliability issue, 7). ``sequences.yaml`` carries no Beauty values but SASRec's training recipe, the one
+    shown to travel to MovieLens-100k (issue 39): the folder names the dataset, and validation warns (without
+    failing) about items that have no title."""
     import json
 
     from pipelines import cli
@@ -79,4 +80,12 @@ def test_the_generic_config_names_the_dataset_by_its_folder_and_warns_of_untitle
     assert summary["dataset"] == "tiny-music"
     warned = json.loads((home / "runs" / "2026-01-01" / "validation.json").read_text())["warnings"]
     assert len(warned) == 1 and warned[0].startswith("2 item(s) have no title, e.g. ['3', '9']"), warned
-    assert "beauty" not in conf.read_text().lower()                               # no Beauty-chosen values
+    from pipelines.config import Config, load_config
+
+    generic, beauty, code = load_config(conf, [f"data.path={data}"]), load_config(CONF), Config()
+    assert all(line.lstrip().startswith("#") for line in conf.read_text().lower().splitlines() if "beauty" in line)
+    assert generic.train_sequential.per_model["sasrec"] == beauty.train_sequential.per_model["sasrec"]  # the recipe
+    for section in ("wals", "split", "eval"):                                   # nothing else Beauty chose
+        assert getattr(generic, section) == getattr(code, section), section
+    assert (generic.train_sequential.sasrec, generic.train_sequential.grasp) == (code.train_sequential.sasrec,
+                                                                                code.train_sequential.grasp)
