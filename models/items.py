@@ -52,10 +52,16 @@ class TextItems(nn.Module):
         return (text + delta) * (torch.arange(len(delta), device=delta.device) != 0)[:, None]
 
 
+def has_text(table: torch.Tensor) -> torch.Tensor:
+    """(N + 1,) bool: the rows of an item text table that hold a vector (padding and items without text are zero
+    rows). The one test of "has text" for every transform here and for the rows they are fit on."""
+    return table.abs().sum(1) > 0
+
+
 def text_init(emb: nn.Embedding, components: torch.Tensor, std: float) -> None:
     """Rows of ``emb`` with text start at ``std`` times their whitened components ((N + 1, H), ``components``);
     rows without text (all-zero components: padding, items with no text vector) keep their init."""
-    has = components.abs().sum(1) > 0
+    has = has_text(components)
     with torch.no_grad():
         emb.weight[has] = (components[has] * std).to(emb.weight.dtype)
 
@@ -80,7 +86,7 @@ def principal_components(text: torch.Tensor, rows: torch.Tensor, dim: int) -> to
     scale = sing[:q] / max(len(fit) - 1, 1) ** 0.5                              # each component's std over rows
     z = ((text.double() - mean) @ v[:q].T) / scale                              # (N + 1, q)
     z = torch.nn.functional.pad(z, (0, dim - q)).float()
-    return z * (text.abs().sum(1, keepdim=True) > 0)
+    return z * has_text(text)[:, None]
 
 
 def text_neighbours(text: torch.Tensor, rows: torch.Tensor, k: int, temperature: float,
@@ -94,7 +100,7 @@ def text_neighbours(text: torch.Tensor, rows: torch.Tensor, k: int, temperature:
     k = min(k, max(int(cand.sum()) - 1, 0))
     ids = torch.full((len(text), max(k, 1)), -1, dtype=torch.long)
     weights = torch.zeros(len(text), max(k, 1))
-    has = text.abs().sum(1) > 0
+    has = has_text(text)
     for lo in range(0, len(text), block) if k else ():
         cos = unit[lo:lo + block] @ unit.T                                      # (b, N + 1)
         cos[:, ~cand] = float("-inf")
@@ -112,4 +118,4 @@ def standardise(text: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     items the model trains on, so a held-out item's text shapes nothing); rows without text (all zero) stay zero."""
     fit = text[rows]
     z = (text - fit.mean(0)) / fit.std(0).clamp(min=1e-6)
-    return z * (text.abs().sum(1, keepdim=True) > 0)
+    return z * has_text(text)[:, None]

@@ -16,7 +16,7 @@ import torch
 from features.embeddings import vectors_of
 from jobs import warehouse
 from models.grasp import build, mean_neighbours
-from models.items import prepare, text_neighbours
+from models.items import has_text, prepare, text_neighbours
 from models.sasrec import SASRec, bce_loss, ce_loss, sampled_ce_loss
 from pipelines.config import Config, SoftTargetsConfig
 from pipelines.context import StageContext
@@ -193,7 +193,7 @@ def soft_targets(item_text: np.ndarray | None, exclude: torch.Tensor | None,
 def fit_rows(text: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
     """(N + 1,) bool: the items a text transform may be fit on or point to: those with text, outside ``exclude``
     (the held-out cold items, whose text must shape nothing a trained model reads)."""
-    rows = text.abs().sum(1) > 0
+    rows = has_text(text)
     return rows & ~exclude.cpu() if exclude is not None else rows
 
 
